@@ -1,0 +1,68 @@
+"""Limits and options, in one place.
+
+Every buffer in maildissect is bounded by one of these limits; going past one
+produces a named anomaly, never an exception or unbounded memory. docs/limits.md
+describes each; the CLI exposes them as ``--limit NAME=VALUE`` and the API as
+``analyze(..., limits={"max_line": 65536})``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+
+
+@dataclass(slots=True)
+class Limits:
+    """Upper bounds on what a hostile capture may make us hold."""
+
+    # capture / decoding
+    max_frame: int = 262_144  # largest record length believed in a capture file
+    max_fragment_bytes: int = 65_535  # reassembled IPv4/IPv6 datagram
+    max_fragment_sets: int = 4_096  # datagrams being reassembled at once
+    fragment_timeout: float = 30.0  # seconds before an incomplete datagram is dropped
+    # TCP
+    max_flows: int = 1_000_000  # connections tracked at once (oldest idle evicted)
+    max_ooo_bytes: int = 4 * 1024 * 1024  # out-of-order bytes buffered per direction
+    max_ooo_segments: int = 4_096  # out-of-order segments buffered per direction
+    idle_timeout: float = 3600.0  # seconds of silence before a flow is closed (live mode)
+    # protocol detection
+    max_detect_bytes: int = 4_096  # bytes buffered per side while the protocol is unknown
+    # dissectors
+    max_line: int = 65_536  # command/reply/header line
+    max_pending_commands: int = 1_000  # commands awaiting a reply (pipelining)
+    max_recipients: int = 10_000  # RCPT TO per transaction
+    max_message_size: int = 64 * 1024 * 1024  # bytes of one message kept for parsing
+    max_literal: int = 64 * 1024 * 1024  # IMAP literal kept for parsing
+    max_nesting: int = 100  # IMAP parenthesis depth, JSON depth
+    max_commands_in_flight: int = 1_000  # IMAP tagged commands awaiting completion
+    max_http_header_bytes: int = 1024 * 1024  # request/response header block
+    max_http_body: int = 64 * 1024 * 1024  # HTTP body kept for parsing
+    max_decompressed: int = 64 * 1024 * 1024  # body after Content-Encoding
+    max_decompression_ratio: int = 1_000  # decompressed / compressed
+    # MIME
+    max_mime_depth: int = 50  # nested multiparts / message/rfc822
+    max_mime_parts: int = 10_000
+    max_headers: int = 10_000  # header fields in one header block
+    max_header_bytes: int = 1024 * 1024  # one header block
+    preview_chars: int = 200  # text preview length in tables
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def updated(self, **changes) -> "Limits":
+        unknown = set(changes) - set(self.names())
+        if unknown:
+            raise ValueError(f"unknown limit(s): {', '.join(sorted(unknown))}")
+        return replace(self, **changes)
+
+
+@dataclass(slots=True)
+class Config:
+    """Options of one analysis run, shared by every stage."""
+
+    limits: Limits = field(default_factory=Limits)
+    keep_bodies: bool = False  # keep raw messages and attachment bytes (extraction)
+    strict: bool = False  # turn anomalies into exceptions (tests)
+    redact: bool = False  # mask secrets in every output
+    ports: dict[int, str] = field(default_factory=dict)  # extra port -> protocol map

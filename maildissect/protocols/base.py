@@ -1,0 +1,151 @@
+"""The sans-I/O dissector interface and the bounded buffer dissectors read from.
+
+A dissector is a state machine over one TCP connection. The reassembler feeds it
+ordered bytes per side, tells it about bytes it will never see (gaps) and about
+the end of the connection; it returns records (:mod:`maildissect.model`). It
+never touches sockets, files or clocks, accepts data split at any byte, and an
+exception escaping it on peer input is a bug: bad input becomes an Anomaly.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from ..anomalies import make as make_anomaly
+from ..config import Config
+from ..model import CLIENT, SERVER, SIDE_NAMES, Anomaly, Session
+
+__all__ = ["Dissector", "StreamBuffer", "OVERLONG", "CLIENT", "SERVER", "SIDE_NAMES"]
+
+
+class Dissector(ABC):
+    """Base class: subclasses override feed/gap/close.
+
+    ``session`` is the Session record this dissector fills in (helo, auth,
+    tls, ...); ``config`` carries limits and options.
+    """
+
+    protocol = ""
+
+    def __init__(self, session: Session, config: Config | None = None):
+        self.session = session
+        self.config = config or Config()
+        self.limits = self.config.limits
+
+    @abstractmethod
+    def feed(self, side: int, data: bytes, ts: float) -> list:
+        """Bytes ``data`` arrived in order from ``side`` (CLIENT or SERVER)."""
+
+    @abstractmethod
+    def gap(self, side: int, length: int, ts: float) -> list:
+        """``length`` bytes from ``side`` were never captured."""
+
+    @abstractmethod
+    def close(self, ts: float, reason: str) -> list:
+        """The connection ended (``fin``, ``rst``, ``timeout`` or ``eof``)."""
+
+    def anomaly(self, ts: float | None, side: int | None, name: str, detail: str = "") -> Anomaly:
+        """A named anomaly for this session (raises in strict mode)."""
+        self.session.anomalies += 1
+        side_name = SIDE_NAMES[side] if side is not None else ""
+        return make_anomaly(ts, self.session.session_id, side_name, name, detail, self.config.strict)
+
+
+#: Returned by :meth:`StreamBuffer.readline` when a line exceeded the limit.
+OVERLONG = object()
+
+
+class StreamBuffer:
+    """Bytes of one direction awaiting parsing, with bounded line extraction.
+
+    ``readline`` returns a complete line (terminator included), ``None`` when no
+    full line is buffered yet, or :data:`OVERLONG` once when the pending line
+    passed ``max_line``; the rest of that line is then discarded up to its LF,
+    so memory never exceeds ``max_line`` plus one feed. Modelled on h11's
+    receive buffer: a read offset instead of re-slicing on every line, and a
+    remembered search start so a long line is scanned once.
+    """
+
+    __slots__ = ("_buf", "_pos", "_scan", "max_line", "discarding", "discarded")
+
+    def __init__(self, max_line: int = 65536):
+        self._buf = bytearray()
+        self._pos = 0
+        self._scan = 0
+        self.max_line = max_line
+        self.discarding = False  # inside an over-long line
+        self.discarded = 0  # bytes dropped from over-long lines, in total
+
+    def __len__(self) -> int:
+        return len(self._buf) - self._pos
+
+    def __bytes__(self) -> bytes:
+        return bytes(self._buf[self._pos:])
+
+    def append(self, data: bytes) -> None:
+        if self._pos and self._pos > 65536 and self._pos * 2 > len(self._buf):
+            del self._buf[: self._pos]
+            self._scan -= self._pos
+            self._pos = 0
+        self._buf += data
+
+    def clear(self) -> None:
+        self._buf.clear()
+        self._pos = self._scan = 0
+        self.discarding = False
+
+    def readline(self):
+        buf = self._buf
+        start = max(self._scan, self._pos)
+        i = buf.find(b"\n", start)
+        if i < 0:
+            pending = len(buf) - self._pos
+            if self.discarding:
+                self.discarded += pending
+                self._pos = self._scan = len(buf)
+                return None
+            if pending > self.max_line:
+                self.discarding = True
+                self.discarded += pending
+                self._pos = self._scan = len(buf)
+                return OVERLONG
+            self._scan = len(buf)
+            return None
+        end = i + 1
+        if self.discarding:
+            self.discarded += end - self._pos
+            self._pos = self._scan = end
+            self.discarding = False
+            return self.readline()
+        if end - self._pos > self.max_line:
+            self.discarded += end - self._pos
+            self._pos = self._scan = end
+            return OVERLONG
+        line = bytes(buf[self._pos:end])
+        self._pos = self._scan = end
+        return line
+
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` buffered bytes (fewer when fewer are buffered)."""
+        end = min(self._pos + n, len(self._buf))
+        data = bytes(self._buf[self._pos:end])
+        self._pos = end
+        if self._scan < end:
+            self._scan = end
+        return data
+
+    def read_all(self) -> bytes:
+        return self.read(len(self))
+
+    def find(self, sub: bytes, start: int = 0) -> int:
+        """Offset of ``sub`` relative to the unread data, or -1."""
+        i = self._buf.find(sub, self._pos + start)
+        return -1 if i < 0 else i - self._pos
+
+    def peek(self, n: int) -> bytes:
+        return bytes(self._buf[self._pos:self._pos + n])
+
+    def skip(self, n: int) -> None:
+        self._pos = min(self._pos + n, len(self._buf))
+        if self._scan < self._pos:
+            self._scan = self._pos
