@@ -244,6 +244,10 @@ class HttpRequest:
     response_sha256: str | None = None
     mail_action: str | None = None  # login, list, read, send, upload, download, jmap:Email/get...
     files: list[Attachment] = field(default_factory=list)  # multipart form files
+    response_md5: str | None = None  # md5 of the decoded response body (Zeek's files.log md5)
+    response_filename: str | None = None  # Content-Disposition filename of the response
+    upgrade: str | None = None  # connection left HTTP/1: "connect", "websocket", "h2c", "h2"...
+    complete: bool = True  # False when a gap, a limit or a decoding error cut a body
 
 
 @dataclass(slots=True)
