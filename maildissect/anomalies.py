@@ -25,6 +25,7 @@ MODULES = (
     "maildissect.protocols.http",
     "maildissect.protocols.webmail",
     "maildissect.mime",
+    "maildissect.pipeline",
 )
 
 

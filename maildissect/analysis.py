@@ -1,0 +1,153 @@
+"""The public analysis API: ``analyze(paths) -> Analysis`` with its DataFrames."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Callable, Iterable
+
+import pandas as pd
+
+from . import frames
+from .config import Config, Limits
+from .pipeline import Collector, Pipeline
+
+TABLES = tuple(frames.SCHEMAS)
+
+
+class Analysis:
+    """Everything found in one or more captures.
+
+    DataFrames (built on first access): ``flows``, ``sessions``, ``commands``,
+    ``messages``, ``attachments``, ``credentials``, ``anomalies``, ``http``,
+    ``mailboxes``. The underlying records are in ``records`` (a Collector);
+    ``stats`` holds capture counters. docs/data.md explains every column.
+    """
+
+    def __init__(self, collector: Collector, config: Config, stats: dict):
+        self.records = collector
+        self.config = config
+        self.stats = stats
+
+    def table(self, name: str) -> pd.DataFrame:
+        """A table by name (``Analysis.table("messages")``)."""
+        if name not in TABLES:
+            raise KeyError(f"unknown table {name!r}; tables: {', '.join(TABLES)}")
+        return getattr(self, name)
+
+    def _records(self, name: str) -> list:
+        if name == "attachments":
+            return frames.attachment_rows(self._records("messages"))
+        return frames.sort_records(name, getattr(self.records, name))
+
+    def _frame(self, name: str) -> pd.DataFrame:
+        df = frames.frame(name, self._records(name))
+        if self.config.redact:
+            df = self._redacted(name, df)
+        return df
+
+    def _redacted(self, name, df):
+        if name == "credentials" and len(df):
+            df["secret"] = df["secret"].where(df["secret"].isna(), frames.MASK)
+        elif name == "commands" and len(df):
+            recs = self._records("commands")
+            df["argument"] = pd.array([frames.redact_command(c) for c in recs], dtype="string")
+        return df
+
+    @cached_property
+    def flows(self) -> pd.DataFrame:
+        return self._frame("flows")
+
+    @cached_property
+    def sessions(self) -> pd.DataFrame:
+        return self._frame("sessions")
+
+    @cached_property
+    def commands(self) -> pd.DataFrame:
+        return self._frame("commands")
+
+    @cached_property
+    def messages(self) -> pd.DataFrame:
+        return self._frame("messages")
+
+    @cached_property
+    def attachments(self) -> pd.DataFrame:
+        return self._frame("attachments")
+
+    @cached_property
+    def credentials(self) -> pd.DataFrame:
+        return self._frame("credentials")
+
+    @cached_property
+    def anomalies(self) -> pd.DataFrame:
+        return self._frame("anomalies")
+
+    @cached_property
+    def http(self) -> pd.DataFrame:
+        return self._frame("http")
+
+    @cached_property
+    def mailboxes(self) -> pd.DataFrame:
+        return self._frame("mailboxes")
+
+    def __repr__(self) -> str:
+        r = self.records
+        return (f"<Analysis {self.stats.get('frames', 0)} frames, {len(r.flows)} flows, "
+                f"{len(r.sessions)} sessions, {len(r.messages)} messages>")
+
+
+def make_config(limits: dict | Limits | None = None, **options) -> Config:
+    """A Config from keyword options (``redact``, ``keep_bodies``, ``strict``, ``ports``) and limits."""
+    if isinstance(limits, Limits):
+        lim = limits
+    else:
+        lim = Limits().updated(**(limits or {}))
+    unknown = set(options) - {"redact", "keep_bodies", "strict", "ports"}
+    if unknown:
+        raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    return Config(limits=lim, **options)
+
+
+def analyze(paths: str | Iterable[str], *, limits: dict | Limits | None = None,
+            progress: Callable[[int, int], None] | None = None,
+            message_hook: Callable | None = None, **options) -> Analysis:
+    """Analyse capture files (pcap, pcapng, gzip; '-' for stdin), merged in time order.
+
+    Options: ``redact`` (mask secrets), ``keep_bodies`` (keep raw messages and
+    attachment bytes on the records), ``strict`` (raise on the first anomaly),
+    ``ports`` ({port: protocol} added to the port map), ``limits``
+    ({name: value}, see docs/limits.md). Raises
+    :class:`maildissect.capture.files.CaptureError` for a file that is not a
+    capture.
+    """
+    if isinstance(paths, (str, bytes)) or hasattr(paths, "__fspath__"):
+        paths = [paths]
+    paths = [str(p) for p in paths]
+    config = make_config(limits, **options)
+    pipe = Pipeline(config, message_hook=message_hook)
+    collector = pipe.run(paths, progress)
+    return Analysis(collector, config, pipeline_stats(pipe, paths))
+
+
+def pipeline_stats(pipe: Pipeline, paths) -> dict:
+    d = pipe.decoder
+    return {
+        "files": list(paths),
+        "frames": pipe.frames,
+        "tcp_segments": d.tcp,
+        "non_ip": d.non_ip,
+        "non_tcp": d.non_tcp,
+        "malformed": d.malformed,
+        "ip_fragments": d.fragments,
+        "linktypes": sorted({lt for r in pipe.readers for lt in r.linktypes}),
+        "first_ts": min((f.start for f in pipe.collector.flows), default=None),
+        "last_ts": max((f.end for f in pipe.collector.flows), default=None),
+    }
+
+
+def read_flows(paths: str | Iterable[str], *, limits: dict | Limits | None = None) -> list:
+    """The TCP connections of captures as :class:`maildissect.model.Flow` records.
+
+    Each has its endpoints, packet and byte counts, the sha256 of each
+    direction's reassembled bytes, gaps, close reason and detected protocol.
+    """
+    return sorted(analyze(paths, limits=limits).records.flows, key=lambda f: f.flow_id)

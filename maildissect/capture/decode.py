@@ -1,0 +1,309 @@
+"""Link, IP and TCP header decoding with struct, no packet objects.
+
+:class:`Decoder` turns a raw frame into a TCP segment tuple::
+
+    (key, src, dst, sport, dport, seq, ack, flags, payload, seglen)
+
+``key`` is ``src + dst + sport/dport`` as bytes (the flow-table key of this
+direction); ``src``/``dst`` are packed addresses (4 or 16 bytes); ``payload`` is
+the captured TCP payload and ``seglen`` its length on the wire (larger when the
+capture's snapshot length cut the packet: the reassembler reports the rest as a
+gap). IPv4 fragments are reassembled (bounded); IPv6 extension headers are
+walked. Anything else is counted and skipped. Checksums are not verified: many
+captures are taken on the sending host with checksum offload, and Zeek's test
+traces carry bad checksums on purpose.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from ..model import Anomaly
+
+ANOMALIES = {
+    "ip_bad_header": "an IPv4/IPv6 header is shorter than its minimum or declares impossible lengths",
+    "tcp_bad_header": "a TCP header declares a data offset outside the packet",
+    "ip_fragment_overlap": "IP fragments overlap; the first copy of each byte is kept",
+    "ip_fragment_incomplete": "an IP datagram's fragments never all arrived (dropped at timeout or end)",
+    "ip_fragment_too_large": "fragments describe a datagram beyond the reassembly limit; dropped",
+    "ip_fragment_table_full": "too many datagrams in reassembly at once; the oldest was dropped",
+}
+
+# Link types (https://www.tcpdump.org/linktypes.html)
+LINKTYPE_NULL = 0
+LINKTYPE_ETHERNET = 1
+LINKTYPE_RAW = 101
+LINKTYPE_LOOP = 108
+LINKTYPE_LINUX_SLL = 113
+LINKTYPE_IPV4 = 228
+LINKTYPE_IPV6 = 229
+LINKTYPE_LINUX_SLL2 = 276
+_RAW_LINKTYPES = {LINKTYPE_RAW, 12, 14, LINKTYPE_IPV4, LINKTYPE_IPV6}
+
+ETH_IPV4 = 0x0800
+ETH_IPV6 = 0x86DD
+_VLAN_TYPES = {0x8100, 0x88A8, 0x9100, 0x9200}
+_BSD_AF_INET6 = {24, 28, 30}  # AF_INET6 on NetBSD/OpenBSD, FreeBSD, macOS
+_IPV6_EXT = {0, 43, 60, 51, 135, 139, 140}  # hop-by-hop, routing, dest opts, AH, mobility, HIP, shim6
+
+_u16 = struct.Struct("!H").unpack_from
+_ipv4 = struct.Struct("!BBHHHBBH4s4s").unpack_from
+_tcp = struct.Struct("!HHIIBB").unpack_from
+_ipv6_frag = struct.Struct("!BBHI").unpack_from
+
+
+class Decoder:
+    """Stateful frame decoder (the state is the IP fragment table).
+
+    Counters: ``frames``, ``tcp``, ``non_ip``, ``non_tcp``, ``malformed``,
+    ``fragments``. Anomalies go to ``anomalies``.
+    """
+
+    def __init__(self, max_fragment_bytes: int = 65535, max_fragment_sets: int = 4096,
+                 fragment_timeout: float = 30.0):
+        self.frames = 0
+        self.tcp = 0
+        self.non_ip = 0
+        self.non_tcp = 0
+        self.malformed = 0
+        self.fragments = 0
+        self.anomalies: list[Anomaly] = []
+        self.max_fragment_bytes = max_fragment_bytes
+        self.max_fragment_sets = max_fragment_sets
+        self.fragment_timeout = fragment_timeout
+        self._frags: dict[tuple, _Datagram] = {}
+
+    # -- link layer ---------------------------------------------------------------
+    def decode(self, ts: float, linktype: int, data: bytes, wirelen: int):
+        """Decode one frame; returns a segment tuple or None."""
+        self.frames += 1
+        n = len(data)
+        if linktype == LINKTYPE_ETHERNET:
+            if n < 14:
+                self.non_ip += 1
+                return None
+            etype = (data[12] << 8) | data[13]
+            off = 14
+            while etype in _VLAN_TYPES:  # 802.1Q, QinQ
+                if n < off + 4:
+                    self.non_ip += 1
+                    return None
+                etype = (data[off + 2] << 8) | data[off + 3]
+                off += 4
+        elif linktype == LINKTYPE_LINUX_SLL:
+            if n < 16:
+                self.non_ip += 1
+                return None
+            etype = (data[14] << 8) | data[15]
+            off = 16
+        elif linktype == LINKTYPE_LINUX_SLL2:
+            if n < 20:
+                self.non_ip += 1
+                return None
+            etype = (data[0] << 8) | data[1]
+            off = 20
+        elif linktype == LINKTYPE_NULL or linktype == LINKTYPE_LOOP:
+            if n < 4:
+                self.non_ip += 1
+                return None
+            if linktype == LINKTYPE_LOOP:
+                family = struct.unpack_from("!I", data)[0]
+            else:  # host byte order of the capturing machine: accept either
+                family = struct.unpack_from("<I", data)[0]
+                if family > 0xFFFF:
+                    family = struct.unpack_from(">I", data)[0]
+            if family == 2:
+                etype = ETH_IPV4
+            elif family in _BSD_AF_INET6:
+                etype = ETH_IPV6
+            else:
+                self.non_ip += 1
+                return None
+            off = 4
+        elif linktype in _RAW_LINKTYPES:
+            if not n:
+                self.non_ip += 1
+                return None
+            version = data[0] >> 4
+            etype = ETH_IPV4 if version == 4 else ETH_IPV6 if version == 6 else 0
+            off = 0
+        else:
+            self.non_ip += 1
+            return None
+        if etype == ETH_IPV4:
+            return self._ipv4(ts, data, off, wirelen)
+        if etype == ETH_IPV6:
+            return self._ipv6(ts, data, off, wirelen)
+        self.non_ip += 1
+        return None
+
+    # -- IPv4 --------------------------------------------------------------------
+    def _ipv4(self, ts, data, off, wirelen):
+        if len(data) < off + 20:
+            return self._bad(ts, "ip_bad_header", "IPv4 header cut short")
+        vihl, _tos, total, ident, frag, _ttl, proto, _sum, src, dst = _ipv4(data, off)
+        ihl = (vihl & 0x0F) * 4
+        if vihl >> 4 != 4 or ihl < 20 or total < ihl:
+            return self._bad(ts, "ip_bad_header", f"IPv4 version/ihl/total {vihl >> 4}/{ihl}/{total}")
+        if proto != 6:
+            self.non_tcp += 1
+            return None
+        if frag & 0x3FFF:  # MF set or offset > 0: a fragment
+            self.fragments += 1
+            end = min(len(data), off + total)
+            datagram = self._fragment(ts, (src, dst, ident, proto), (frag & 0x1FFF) * 8,
+                                      not frag & 0x2000, data[off + ihl:end])
+            if datagram is None:
+                return None
+            return self._tcp(ts, datagram, 0, len(datagram), len(datagram), src, dst)
+        # bytes of this IP packet present in the capture, and on the wire
+        captured_end = min(len(data), off + total)
+        wire_payload = total - ihl
+        if captured_end < off + ihl:
+            return self._bad(ts, "ip_bad_header", "IPv4 options cut short")
+        return self._tcp(ts, data, off + ihl, captured_end, wire_payload, src, dst)
+
+    # -- IPv6 --------------------------------------------------------------------
+    def _ipv6(self, ts, data, off, wirelen):
+        if len(data) < off + 40:
+            return self._bad(ts, "ip_bad_header", "IPv6 header cut short")
+        if data[off] >> 4 != 6:
+            return self._bad(ts, "ip_bad_header", "IPv6 version field")
+        plen = _u16(data, off + 4)[0]
+        nxt = data[off + 6]
+        src = data[off + 8:off + 24]
+        dst = data[off + 24:off + 40]
+        p = off + 40
+        end_wire = p + plen
+        captured_end = min(len(data), end_wire)
+        frag_info = None
+        while nxt in _IPV6_EXT or nxt == 44:
+            if p + 8 > captured_end:
+                return self._bad(ts, "ip_bad_header", "IPv6 extension header cut short")
+            if nxt == 44:
+                nxt2, _res, offflags, ident = _ipv6_frag(data, p)
+                frag_info = ((offflags >> 3) * 8, not offflags & 1, ident)
+                nxt = nxt2
+                p += 8
+                continue
+            hlen = (data[p + 1] + 2) * 4 if nxt == 51 else (data[p + 1] + 1) * 8
+            nxt = data[p]
+            p += hlen
+        if nxt != 6:
+            self.non_tcp += 1
+            return None
+        if p > captured_end:
+            return self._bad(ts, "ip_bad_header", "IPv6 extension headers exceed the packet")
+        if frag_info is not None:
+            self.fragments += 1
+            foff, last, ident = frag_info
+            datagram = self._fragment(ts, (src, dst, ident, 6), foff, last, data[p:captured_end])
+            if datagram is None:
+                return None
+            return self._tcp(ts, datagram, 0, len(datagram), len(datagram), src, dst)
+        return self._tcp(ts, data, p, captured_end, end_wire - p, src, dst)
+
+    # -- TCP ---------------------------------------------------------------------
+    def _tcp(self, ts, data, p, end, wire_len, src, dst):
+        """TCP header at ``p``; the IP payload is ``wire_len`` bytes on the wire, captured to ``end``."""
+        if end - p < 20:
+            return self._bad(ts, "tcp_bad_header", "TCP header cut short")
+        sport, dport, seq, ack, doff, flags = _tcp(data, p)
+        hlen = (doff >> 4) * 4
+        if hlen < 20 or hlen > wire_len:
+            return self._bad(ts, "tcp_bad_header", f"data offset {hlen} in a {wire_len}-byte segment")
+        self.tcp += 1
+        start = p + hlen
+        payload = data[start:end] if end > start else b""
+        return (src + dst + data[p:p + 4], src, dst, sport, dport, seq, ack, flags, payload, wire_len - hlen)
+
+    def _bad(self, ts, name, detail):
+        self.malformed += 1
+        # one anomaly per kind and per 1000 occurrences keeps a hostile file's report small
+        if self.malformed <= 100 or self.malformed % 1000 == 0:
+            self.anomalies.append(Anomaly(ts, None, "", name, f"frame {self.frames}: {detail}"))
+        return None
+
+    # -- fragments ---------------------------------------------------------------
+    def _fragment(self, ts, key, offset, last, chunk):
+        table = self._frags
+        dg = table.get(key)
+        if dg is None:
+            if len(table) >= self.max_fragment_sets:
+                self._expire(ts, force_one=True)
+            dg = table[key] = _Datagram(ts)
+        if offset + len(chunk) > self.max_fragment_bytes:
+            del table[key]
+            self.anomalies.append(Anomaly(ts, None, "", "ip_fragment_too_large",
+                                          f"fragment at offset {offset} of {len(chunk)} bytes"))
+            return None
+        if dg.add(offset, chunk, last):
+            self.anomalies.append(Anomaly(ts, None, "", "ip_fragment_overlap",
+                                          f"fragment at offset {offset} overlaps differing data"))
+        if ts - dg.first > self.fragment_timeout:
+            self._expire(ts)
+        whole = dg.assemble()
+        if whole is not None:
+            table.pop(key, None)
+        return whole
+
+    def _expire(self, ts, force_one=False):
+        table = self._frags
+        if force_one and table:
+            oldest = min(table, key=lambda k: table[k].first)
+            del table[oldest]
+            self.anomalies.append(Anomaly(ts, None, "", "ip_fragment_table_full",
+                                          f"{len(table) + 1} datagrams in reassembly"))
+        for k in [k for k, d in table.items() if ts - d.first > self.fragment_timeout]:
+            del table[k]
+            self.anomalies.append(Anomaly(ts, None, "", "ip_fragment_incomplete", "timed out"))
+
+    def finish(self):
+        """Report datagrams still incomplete at the end of input."""
+        if self._frags:
+            self.anomalies.append(Anomaly(None, None, "", "ip_fragment_incomplete",
+                                          f"{len(self._frags)} datagrams never completed"))
+            self._frags.clear()
+
+
+class _Datagram:
+    """Fragments of one IP datagram; the first copy of every byte wins."""
+
+    __slots__ = ("first", "parts", "total")
+
+    def __init__(self, ts):
+        self.first = ts
+        self.parts: list[tuple[int, bytes]] = []
+        self.total: int | None = None
+
+    def add(self, offset: int, chunk: bytes, last: bool) -> bool:
+        """Store a fragment; True when it overlapped earlier data with different bytes."""
+        if last:
+            self.total = offset + len(chunk)
+        conflict = False
+        for o, c in self.parts:
+            lo, hi = max(o, offset), min(o + len(c), offset + len(chunk))
+            if lo < hi and c[lo - o:hi - o] != chunk[lo - offset:hi - offset]:
+                conflict = True
+        self.parts.append((offset, chunk))
+        return conflict
+
+    def assemble(self) -> bytes | None:
+        if self.total is None:
+            return None
+        out = bytearray(self.total)
+        covered = 0
+        # earliest-received first wins: write in reverse arrival order
+        for o, c in reversed(self.parts):
+            if o < self.total:
+                seg = c[: self.total - o]
+                out[o:o + len(seg)] = seg
+        # check coverage
+        spans = sorted((o, min(o + len(c), self.total)) for o, c in self.parts)
+        for o, e in spans:
+            if o > covered:
+                return None
+            covered = max(covered, e)
+        if covered < self.total:
+            return None
+        return bytes(out[: self.total])

@@ -1,0 +1,426 @@
+"""The ``maildissect`` command line: parse options, call the API, render.
+
+No analysis logic lives here; every command is a thin layer over
+:func:`maildissect.analyze` and the output modules.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .capture.files import CaptureError
+
+TABLE_HELP = {
+    "flows": "TCP connections: endpoints, packets, bytes and sha256 each way, gaps, handshake RTT, close.",
+    "sessions": "Mail sessions: protocol, endpoints, HELO, authenticated user, TLS, counts.",
+    "messages": "Messages sent, retrieved, appended, uploaded or downloaded, with headers and attachments.",
+    "attachments": "Attachments of every message, with decoded names and md5/sha1/sha256.",
+    "credentials": "User names and secrets seen on the wire, with the server's verdict.",
+    "commands": "Every command with its reply code, reply text and latency.",
+    "anomalies": "Broken, truncated or suspicious input (like Zeek's weird.log).",
+    "http": "HTTP requests and responses, with the webmail action recognised.",
+    "mailboxes": "What IMAP/POP3 sessions reveal of mailboxes: UIDVALIDITY, UIDs, flags, changes.",
+}
+
+FORMAT_CHOICE = click.Choice(["table", "jsonl", "csv", "parquet"])
+
+
+class UserError(Exception):
+    """An error worth one line to the user (exit status 1)."""
+
+
+def _fail(message: str, status: int = 1):
+    click.echo(f"maildissect: error: {message}", err=True)
+    sys.exit(status)
+
+
+def handle_errors(fn):
+    """One-line errors instead of tracebacks; exit 1 for bad input."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .output.extract import ExtractError
+        try:
+            return fn(*args, **kwargs)
+        except (CaptureError, ExtractError, UserError) as e:
+            _fail(str(e))
+        except BrokenPipeError:
+            try:
+                sys.stdout = open(os.devnull, "w")
+            except OSError:
+                pass
+            sys.exit(0)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as e:  # a bug: say so in one line; the traceback on request
+            if os.environ.get("MAILDISSECT_DEBUG"):
+                raise
+            _fail(f"internal error: {type(e).__name__}: {e} (set MAILDISSECT_DEBUG=1 for the traceback)")
+    return wrapper
+
+
+def _parse_pairs(values, what: str, convert=str) -> dict:
+    out = {}
+    for v in values:
+        key, sep, val = v.partition("=")
+        if not sep or not key or not val:
+            raise click.BadParameter(f"expected NAME=VALUE, got {v!r}", param_hint=what)
+        try:
+            out[key.strip()] = convert(val.strip())
+        except ValueError:
+            raise click.BadParameter(f"bad value in {v!r}", param_hint=what) from None
+    return out
+
+
+def _number(text: str):
+    text = text.replace("_", "")
+    mult = 1
+    for suffix, m in (("k", 1024), ("K", 1024), ("M", 1024 ** 2), ("G", 1024 ** 3)):
+        if text.endswith(suffix):
+            text, mult = text[:-1], m
+            break
+    return float(text) * mult if "." in text else int(text) * mult
+
+
+def analysis_options(fn):
+    """Options shared by every command that analyses captures."""
+    fn = click.option("--port", "ports", multiple=True, metavar="PORT=PROTO",
+                      help="Treat a server port as a protocol (smtp, imap, pop3, http; smtps/imaps/pop3s/"
+                           "https for implicit TLS). Repeatable.")(fn)
+    fn = click.option("--limit", "limits", multiple=True, metavar="NAME=VALUE",
+                      help="Override a limit (docs/limits.md), e.g. --limit max_line=1M. Repeatable.")(fn)
+    fn = click.option("--redact", is_flag=True, help="Mask passwords and tokens in every output.")(fn)
+    fn = click.option("-q", "--quiet", is_flag=True, help="No progress bar and no warnings on stderr.")(fn)
+    return fn
+
+
+def output_options(fn):
+    fn = click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+                      help="Write to FILE instead of standard output.")(fn)
+    fn = click.option("-f", "--format", "fmt", type=FORMAT_CHOICE, default="table", show_default=True,
+                      help="Output format.")(fn)
+    return fn
+
+
+def filter_options(fn):
+    fn = click.option("--session", "session_id", type=int, default=None, help="Only this session (flow id).")(fn)
+    fn = click.option("--subject", default=None, help="Subject contains TEXT (case-insensitive).")(fn)
+    fn = click.option("--to", "to_", default=None, help="A recipient (header or envelope) contains TEXT.")(fn)
+    fn = click.option("--from", "from_", default=None, help="Sender (header or envelope) contains TEXT.")(fn)
+    fn = click.option("--protocol", type=click.Choice(["smtp", "imap", "pop3", "http", "tls"]), default=None,
+                      help="Only this protocol.")(fn)
+    return fn
+
+
+def bundled_capture() -> str | None:
+    """The sample capture shipped with maildissect (for `maildissect analyze` with no argument)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "captures" / "journey.pcap", here / "data" / "journey.pcap"):
+        if candidate.is_file():
+            return str(candidate)
+    return None
+
+
+def _progress_callback(quiet: bool):
+    """A rich progress bar on stderr when it is a terminal."""
+    if quiet or not sys.stderr.isatty():
+        return None, None
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+    progress = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                        TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
+                        transient=True)
+    task = progress.add_task("reading", total=None)
+
+    def update(done, total):
+        progress.update(task, completed=done, total=total or None)
+    return progress, update
+
+
+def run_analysis(captures, *, quiet=False, redact=False, limits=(), ports=(), keep_bodies=False,
+                 message_hook=None):
+    """Parse the shared options and run :func:`maildissect.analyze` with a progress bar."""
+    from .analysis import analyze
+    lim = _parse_pairs(limits, "--limit", _number)
+    port_map = {}
+    for k, v in _parse_pairs(ports, "--port").items():
+        if not k.isdigit() or not 0 < int(k) < 65536:
+            raise click.BadParameter(f"bad port {k!r}", param_hint="--port")
+        from .protocols.detect import parse_name
+        if parse_name(v)[0] not in ("smtp", "imap", "pop3", "http", "tls"):
+            raise click.BadParameter(f"unknown protocol {v!r}", param_hint="--port")
+        port_map[int(k)] = v
+    try:
+        from .config import Limits
+        Limits().updated(**lim)
+    except (ValueError, TypeError) as e:
+        raise click.BadParameter(str(e), param_hint="--limit") from None
+    progress, update = _progress_callback(quiet)
+    try:
+        if progress is not None:
+            progress.start()
+        result = analyze(list(captures), limits=lim, progress=update, redact=redact, ports=port_map,
+                         keep_bodies=keep_bodies, message_hook=message_hook)
+    finally:
+        if progress is not None:
+            progress.stop()
+    if not quiet:
+        warn_capture_problems(result)
+    return result
+
+
+def warn_capture_problems(result) -> None:
+    """Capture-level damage (truncated files, cut packets) is said on stderr."""
+    for a in result.records.anomalies:
+        if a.session_id is None and (a.name.startswith("capture_") or a.name.startswith("ip_fragment_table")):
+            click.echo(f"maildissect: warning: {a.name}: {a.detail}", err=True)
+
+
+def apply_filters(df, protocol=None, from_=None, to_=None, subject=None, session_id=None):
+    """Filter a table by the columns it has."""
+    import pandas as pd
+    mask = pd.Series(True, index=df.index)
+    if protocol and "protocol" in df.columns:
+        mask &= df["protocol"].astype("string").str.lower() == protocol
+    if session_id is not None:
+        col = "session_id" if "session_id" in df.columns else "flow_id" if "flow_id" in df.columns else None
+        if col:
+            mask &= df[col] == session_id
+
+    def contains(values, needle):
+        needle = needle.lower()
+        return [any(needle in str(x).lower() for x in (v if isinstance(v, (list, tuple)) else [v]) if x is not None)
+                for v in values]
+    if from_:
+        cols = [c for c in ("from", "mail_from", "auth_user", "user") if c in df.columns]
+        if cols:
+            m = pd.Series(False, index=df.index)
+            for c in cols:
+                m |= pd.Series(contains(df[c].tolist(), from_), index=df.index)
+            mask &= m
+    if to_:
+        cols = [c for c in ("to", "cc", "rcpt_to", "bcc") if c in df.columns]
+        if cols:
+            m = pd.Series(False, index=df.index)
+            for c in cols:
+                m |= pd.Series(contains(df[c].tolist(), to_), index=df.index)
+            mask &= m
+    if subject and "subject" in df.columns:
+        mask &= pd.Series(contains(df["subject"].tolist(), subject), index=df.index)
+    return df[mask].reset_index(drop=True)
+
+
+def emit_table(df, table: str, fmt: str, output: str | None, title: str | None = None) -> None:
+    """Write a table in the chosen format (rich table on a terminal by default)."""
+    from .output import files
+    if fmt == "table":
+        from .output.tables import console, render
+        if output and output != "-":
+            with open(output, "w", encoding="utf-8") as f:
+                render(df, table, console(f), title=title)
+        else:
+            render(df, table, console(), title=title)
+        return
+    files.write(df, fmt, output)
+
+
+# ---------------------------------------------------------------------------------
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "-V", "--version", prog_name="maildissect")
+def cli():
+    """What mail went over this wire?
+
+    maildissect reads pcap/pcapng captures, reassembles TCP streams and parses
+    SMTP, IMAP, POP3 and HTTP webmail into sessions, commands, messages,
+    attachments and credentials.
+
+    \b
+    Start here:
+      maildissect analyze                    # the bundled sample capture
+      maildissect analyze mail.pcap          # a summary of your capture
+      maildissect messages mail.pcap -f jsonl
+      maildissect extract mail.pcap -o out/  # .eml files and attachments
+      maildissect flows mail.pcap            # every TCP connection
+      maildissect follow mail.pcap --flow 3  # one conversation's bytes
+
+    Every listing command takes several captures (merged in time order, '-'
+    for stdin, .gz accepted) and --format table|jsonl|csv|parquet with -o FILE.
+    Docs: docs/ in the source tree (data.md explains every column).
+    """
+
+
+def _listing_command(table: str):
+    @click.argument("captures", nargs=-1, required=True, type=click.Path(allow_dash=True))
+    @output_options
+    @filter_options
+    @analysis_options
+    @handle_errors
+    def command(captures, fmt, output, protocol, from_, to_, subject, session_id, quiet, redact, limits, ports):
+        result = run_analysis(captures, quiet=quiet, redact=redact, limits=limits, ports=ports)
+        df = apply_filters(result.table(table), protocol, from_, to_, subject, session_id)
+        emit_table(df, table, fmt, output)
+    command.__doc__ = TABLE_HELP[table] + "\n\nColumns are described in docs/data.md."
+    return cli.command(table, help=command.__doc__)(command)
+
+
+for _table in TABLE_HELP:
+    _listing_command(_table)
+
+
+@cli.command()
+@click.argument("captures", nargs=-1, type=click.Path(allow_dash=True))
+@analysis_options
+@handle_errors
+def analyze(captures, quiet, redact, limits, ports):
+    """A readable summary of captures: protocols, sessions, messages, credentials, anomalies.
+
+    With no CAPTURE, analyses the bundled sample capture (captures/journey.pcap).
+    """
+    if not captures:
+        sample = bundled_capture()
+        if sample is None:
+            raise UserError("no capture given and the bundled sample capture is missing")
+        if not quiet:
+            click.echo(f"Analysing the bundled sample capture {sample}", err=True)
+        captures = (sample,)
+    result = run_analysis(captures, quiet=quiet, redact=redact, limits=limits, ports=ports)
+    from .output.summary import print_summary
+    from .output.tables import console
+    print_summary(result, console())
+
+
+@cli.command()
+@click.argument("capture", nargs=-1, required=True, type=click.Path(allow_dash=True))
+@click.option("--flow", "flow_id", type=int, required=True, help="Flow id (from `maildissect flows`).")
+@click.option("-f", "--format", "fmt", type=click.Choice(["ascii", "hex", "raw"]), default="ascii",
+              show_default=True, help="ascii and hex as tshark -z follow prints them; raw writes the bytes.")
+@click.option("--side", type=click.Choice(["client", "server", "both"]), default="both", show_default=True,
+              help="Which direction to show.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+              help="Write to FILE instead of standard output.")
+@click.option("--limit", "limits", multiple=True, metavar="NAME=VALUE", help="Override a limit.")
+@handle_errors
+def follow(capture, flow_id, fmt, side, output, limits):
+    """Show one TCP conversation's bytes, like Wireshark's Follow TCP Stream.
+
+    Gaps (bytes never captured) are shown as [N bytes missing]; the client's
+    bytes are flush left and the server's indented, as tshark prints them.
+    """
+    from .config import Limits
+    from .follow import Formatter, follow as follow_flow
+    try:
+        lim = Limits().updated(**_parse_pairs(limits, "--limit", _number))
+    except (ValueError, TypeError) as e:
+        raise click.BadParameter(str(e), param_hint="--limit") from None
+    out = sys.stdout if output in (None, "-") else open(output, "w" if fmt != "raw" else "wb")
+    try:
+        if fmt == "raw":
+            binary = out.buffer if out is sys.stdout else out
+            fmtr = Formatter("raw", side, write_bytes=binary.write)
+        else:
+            fmtr = Formatter(fmt, side, write_text=out.write, color=out is sys.stdout and sys.stdout.isatty())
+        flow = follow_flow(list(capture), flow_id, fmtr.event, lim, on_flow=fmtr.header)
+        if flow is None:
+            raise UserError(f"no flow {flow_id} in the capture (see `maildissect flows`)")
+        fmtr.footer()
+    finally:
+        if out is not sys.stdout:
+            out.close()
+
+
+@cli.command()
+@click.argument("captures", nargs=-1, required=True, type=click.Path(allow_dash=True))
+@click.option("-o", "--output", "directory", type=click.Path(file_okay=False), required=True,
+              help="Directory to write into (created if missing).")
+@click.option("--overwrite", is_flag=True, help="Replace files that already exist (default: keep them and "
+                                                "write a numbered variant).")
+@click.option("--no-attachments", is_flag=True, help="Write .eml files only.")
+@filter_options
+@analysis_options
+@handle_errors
+def extract(captures, directory, overwrite, no_attachments, protocol, from_, to_, subject, session_id, quiet,
+            redact, limits, ports):
+    """Write every message as .eml (exact bytes as transferred) and its attachments.
+
+    Layout: DIR/messages/*.eml, DIR/attachments/* (identical files written
+    once) and DIR/index.csv. Names are sanitised; nothing is written outside
+    DIR and existing files are not overwritten unless --overwrite.
+    """
+    from .output.extract import Extractor
+    ext = Extractor(directory, overwrite=overwrite, attachments=not no_attachments)
+
+    def hook(msg):
+        if protocol and msg.protocol != protocol:
+            return
+        if session_id is not None and msg.session_id != session_id:
+            return
+        if from_ and from_.lower() not in f"{msg.from_} {msg.mail_from}".lower():
+            return
+        if to_ and to_.lower() not in " ".join(msg.to + msg.cc + msg.rcpt_to).lower():
+            return
+        if subject and subject.lower() not in (msg.subject or "").lower():
+            return
+        ext(msg)
+    try:
+        run_analysis(captures, quiet=quiet, redact=redact, limits=limits, ports=ports, keep_bodies=True,
+                     message_hook=hook)
+        index = ext.write_index()
+    finally:
+        ext.close()
+    if not quiet:
+        click.echo(f"{len(ext.rows)} messages, {ext.written} files written to {directory} (index: {index})",
+                   err=True)
+        for s in ext.skipped:
+            click.echo(f"maildissect: warning: skipped {s}", err=True)
+
+
+@cli.command()
+@click.argument("captures", nargs=-1, required=True, type=click.Path(allow_dash=True))
+@click.option("-o", "--output", "directory", type=click.Path(file_okay=False), required=True,
+              help="Directory to write the tables into.")
+@click.option("-f", "--format", "fmt", type=click.Choice(["parquet", "csv", "jsonl"]), default="parquet",
+              show_default=True, help="File format of the tables.")
+@analysis_options
+@handle_errors
+def export(captures, directory, fmt, quiet, redact, limits, ports):
+    """Write every table (flows, sessions, messages, ...) as files in a directory."""
+    from .analysis import TABLES
+    from .output import files
+    result = run_analysis(captures, quiet=quiet, redact=redact, limits=limits, ports=ports)
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create {directory}: {e.strerror or e}") from None
+    for table in TABLES:
+        path = os.path.join(directory, table + files.EXTENSIONS[fmt])
+        files.write(result.table(table), fmt, path)
+    if not quiet:
+        click.echo(f"{len(TABLES)} tables written to {directory}", err=True)
+
+
+def _register_optional():
+    """Commands whose modules may pull heavier dependencies are registered if importable."""
+    try:
+        from .generate import generate_command
+    except ImportError:
+        return
+    cli.add_command(generate_command, "generate")
+
+
+_register_optional()
+
+
+def main():
+    cli(prog_name="maildissect")
+
+
+if __name__ == "__main__":
+    main()

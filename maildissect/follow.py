@@ -1,0 +1,135 @@
+"""Follow one TCP stream: its reassembled bytes in order, gaps included.
+
+The equivalent of Wireshark's "Follow TCP Stream" (and ``tshark -z follow``):
+:func:`follow` runs only decoding and reassembly (no dissectors) and streams
+the chosen connection's events to a callback; :class:`Formatter` renders them
+as tshark does (ascii, hex) or as raw bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .capture.decode import Decoder
+from .capture.files import read_frames
+from .config import Limits
+from .model import CLIENT, Flow
+from .tcp import Reassembler
+
+
+class _Recorder:
+    __slots__ = ("emit",)
+
+    def __init__(self, emit):
+        self.emit = emit
+
+    def data(self, side, data, ts):
+        self.emit("data", side, data, ts)
+
+    def gap(self, side, length, ts):
+        self.emit("gap", side, length, ts)
+
+    def close(self, ts, reason):
+        self.emit("close", None, reason, ts)
+
+
+def follow(paths, flow_id: int, on_event: Callable, limits: Limits | None = None,
+           on_flow: Callable[[Flow], None] | None = None) -> Flow | None:
+    """Stream events ``(kind, side, value, ts)`` of connection ``flow_id``.
+
+    ``kind`` is ``data`` (value: bytes), ``gap`` (value: missing length) or
+    ``close`` (value: reason). ``on_flow(flow)`` is called when the connection
+    is first seen. Returns the connection's Flow record, or None when the
+    captures have no such connection.
+    """
+    limits = limits or Limits()
+    found: list[Flow] = []
+
+    def on_open(conn):
+        if conn.flow.flow_id != flow_id:
+            return None
+        found.append(conn.flow)
+        if on_flow is not None:
+            on_flow(conn.flow)
+        return _Recorder(on_event)
+
+    decoder = Decoder(limits.max_fragment_bytes, limits.max_fragment_sets, limits.fragment_timeout)
+    reasm = Reassembler(limits, on_open=on_open)
+    decode, packet = decoder.decode, reasm.packet
+    for ts, linktype, data, wirelen in read_frames(paths, limits.max_frame):
+        seg = decode(ts, linktype, data, wirelen)
+        if seg is not None:
+            packet(ts, seg)
+    reasm.finish()
+    return found[0] if found else None
+
+
+def _printable(data: bytes) -> str:
+    return "".join(chr(b) if 32 <= b < 127 or b in (9, 10, 13) else "." for b in data)
+
+
+class Formatter:
+    """Renders follow events as text (tshark's layout) or raw bytes."""
+
+    def __init__(self, fmt: str = "ascii", side: str = "both", write_text=None, write_bytes=None,
+                 color: bool = False):
+        self.fmt = fmt
+        self.side = side
+        self.write_text = write_text
+        self.write_bytes = write_bytes
+        self.color = color
+        self.offsets = [0, 0]
+
+    def _wanted(self, side) -> bool:
+        return self.side == "both" or (self.side == "client") == (side == CLIENT)
+
+    def header(self, flow: Flow) -> None:
+        if self.fmt == "raw":
+            return
+        bar = "=" * 67
+        self.write_text(f"{bar}\nFollow: tcp,{self.fmt}\n"
+                        f"Filter: flow {flow.flow_id} ({flow.client_ip}:{flow.client_port} <-> "
+                        f"{flow.server_ip}:{flow.server_port})\n"
+                        f"Node 0: {flow.client_ip}:{flow.client_port}\n"
+                        f"Node 1: {flow.server_ip}:{flow.server_port}\n")
+
+    def footer(self) -> None:
+        if self.fmt != "raw":
+            self.write_text("=" * 67 + "\n")
+
+    def event(self, kind, side, value, ts) -> None:
+        if kind == "close" or not self._wanted(side):
+            return
+        indent = "\t" if side != CLIENT else ""
+        if kind == "gap":
+            if self.fmt != "raw":
+                self.write_text(self._paint(f"{indent}[{value} bytes missing]\n", side))
+            self.offsets[side] += value
+            return
+        if self.fmt == "raw":
+            self.write_bytes(value)
+            return
+        if self.fmt == "ascii":
+            text = _printable(value)
+            body = text if not indent else "\n".join(indent + line if line else line
+                                                     for line in text.split("\n"))
+            self.write_text(self._paint(f"{indent}{len(value)}\n{body}" + ("" if text.endswith("\n") else "\n"),
+                                        side))
+        else:  # hex, like tshark: offset, 16 bytes, printable column
+            lines = []
+            base = self.offsets[side]
+            for i in range(0, len(value), 16):
+                chunk = value[i:i + 16]
+                hexpart = " ".join(f"{b:02x}" for b in chunk[:8])
+                if len(chunk) > 8:
+                    hexpart += "  " + " ".join(f"{b:02x}" for b in chunk[8:])
+                asc = "".join(chr(b) if 32 <= b < 127 else "." for b in chunk)
+                lines.append(f"{indent}{base + i:08X}  {hexpart:<49} {asc}")
+            self.write_text(self._paint("\n".join(lines) + "\n", side))
+        self.offsets[side] += len(value)
+
+    def _paint(self, text: str, side) -> str:
+        if not self.color:
+            return text
+        code = "31" if side == CLIENT else "34"  # Wireshark: client red, server blue
+        return f"\x1b[{code}m{text}\x1b[0m"

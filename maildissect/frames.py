@@ -1,0 +1,368 @@
+"""Records to DataFrames: the table schemas, in one place.
+
+Every table's columns are declared here with a kind and a one-line meaning;
+the DataFrames, the JSON/CSV/Parquet exports and docs/data.md all come from
+these declarations, so a column means the same thing everywhere.
+
+Kinds: ``int`` (nullable Int64), ``float`` (Float64), ``str`` (string),
+``bool`` (nullable boolean), ``ts`` (datetime64[us, UTC]), ``cat`` (category),
+``list`` (Python list of strings), ``dicts`` (list of dicts, e.g. attachments).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timezone
+
+import pandas as pd
+
+MASK = "********"
+
+# (column, kind, meaning[, record attribute when it differs])
+SCHEMAS: dict[str, list[tuple]] = {
+    "flows": [
+        ("flow_id", "int", "connection number from 0, in order of first packet (Wireshark's tcp.stream; also the session_id of its session)"),
+        ("client_ip", "str", "address of the side that opened the connection"),
+        ("client_port", "int", "client TCP port"),
+        ("server_ip", "str", "address of the side that accepted the connection"),
+        ("server_port", "int", "server TCP port"),
+        ("start", "ts", "time of the first packet"),
+        ("end", "ts", "time of the last packet"),
+        ("packets", "int", "packets of this connection, both directions, duplicates included"),
+        ("bytes_client", "int", "reassembled payload bytes sent by the client"),
+        ("bytes_server", "int", "reassembled payload bytes sent by the server"),
+        ("client_sha256", "str", "sha256 of the reassembled client-to-server byte stream"),
+        ("server_sha256", "str", "sha256 of the reassembled server-to-client byte stream"),
+        ("gaps", "int", "number of gaps (ranges of bytes never captured), both directions"),
+        ("gap_bytes", "int", "total bytes missing in those gaps"),
+        ("protocol", "cat", "application protocol detected (smtp, imap, pop3, http; smtps/imaps/pop3s/https "
+                            "for implicit TLS; tls when only TLS was recognised; empty when unknown)"),
+        ("handshake_rtt", "float", "seconds from the client's SYN to its ACK of the SYN-ACK (the three-way "
+                                   "handshake as seen at the capture point); empty without a full handshake"),
+        ("close", "cat", "how it ended: fin, rst, refused (SYN answered by RST), unanswered (SYN only), "
+                         "timeout (idle), open (still open at the end of the capture)"),
+        ("syn_seen", "bool", "the client's SYN is in the capture"),
+        ("role_by", "cat", "how client and server were told apart: syn, port (well-known port), first "
+                           "(first packet's sender)"),
+    ],
+    "sessions": [
+        ("protocol", "cat", "smtp, imap, pop3, http or tls"),
+        ("session_id", "int", "the connection's flow_id"),
+        ("client_ip", "str", "client address"),
+        ("client_port", "int", "client port"),
+        ("server_ip", "str", "server address"),
+        ("server_port", "int", "server port"),
+        ("start", "ts", "first packet"),
+        ("end", "ts", "last packet"),
+        ("helo", "str", "SMTP EHLO/HELO argument"),
+        ("auth_user", "str", "user that authenticated (LOGIN, AUTH, USER...)"),
+        ("auth_mechanism", "str", "authentication mechanism used (PLAIN, LOGIN, CRAM-MD5, USER/PASS...)"),
+        ("tls", "bool", "the session switched to TLS (STARTTLS/STLS) or used implicit TLS"),
+        ("decrypted", "bool", "TLS traffic was decrypted with a key log"),
+        ("tls_version", "str", "TLS version negotiated (from the ServerHello, else offered in the ClientHello)"),
+        ("sni", "str", "server name the client asked for (TLS SNI)"),
+        ("alpn", "str", "application protocol negotiated by TLS ALPN (offered list if no answer seen)"),
+        ("banner", "str", "server greeting text"),
+        ("client_software", "str", "client software (IMAP ID, HTTP User-Agent)"),
+        ("server_software", "str", "server software (IMAP ID, HTTP Server header)"),
+        ("extensions", "list", "extensions the server advertised (EHLO keywords, IMAP CAPABILITY, POP3 CAPA)"),
+        ("commands", "int", "rows of this session in the commands table"),
+        ("messages", "int", "rows of this session in the messages table"),
+        ("bytes_client", "int", "reassembled bytes sent by the client"),
+        ("bytes_server", "int", "reassembled bytes sent by the server"),
+        ("tls_bytes_client", "int", "client bytes sent inside TLS (not parsed unless decrypted)"),
+        ("tls_bytes_server", "int", "server bytes sent inside TLS"),
+        ("anomalies", "int", "anomalies recorded for this session (TCP and protocol)"),
+        ("complete", "bool", "false when bytes of the connection were never captured (gaps)"),
+    ],
+    "commands": [
+        ("session_id", "int", "session the command belongs to"),
+        ("protocol", "cat", "smtp, imap, pop3 or http"),
+        ("ts", "ts", "time the command was sent (the greeting: time it was received)"),
+        ("tag", "str", "IMAP command tag"),
+        ("command", "str", "verb upper-cased (UID FETCH for IMAP UID commands, the method for HTTP); empty "
+                           "for the server greeting"),
+        ("argument", "str", "the rest of the command line (secrets masked under --redact; IMAP literals "
+                            "shown as {size})"),
+        ("reply_code", "str", "SMTP code (250), POP3 +OK/-ERR, IMAP OK/NO/BAD, HTTP status"),
+        ("reply_text", "str", "first line of the reply after the code"),
+        ("reply_ts", "ts", "time of the reply"),
+        ("latency", "float", "seconds between command and reply"),
+    ],
+    "messages": [
+        ("protocol", "cat", "protocol that carried the message"),
+        ("session_id", "int", "session that carried it"),
+        ("message_index", "int", "1 for the first message of its session, 2 for the next..."),
+        ("ts", "ts", "time the transfer ended (final reply, end of literal, end of body)"),
+        ("client_ip", "str", "client address"),
+        ("client_port", "int", "client port"),
+        ("server_ip", "str", "server address"),
+        ("server_port", "int", "server port"),
+        ("direction", "cat", "sent (SMTP, webmail send), retrieved (IMAP FETCH, POP3 RETR, webmail read), "
+                             "appended (IMAP APPEND), uploaded or downloaded (HTTP)"),
+        ("mail_from", "str", "SMTP envelope sender (MAIL FROM)"),
+        ("rcpt_to", "list", "SMTP envelope recipients the server accepted"),
+        ("rcpt_rejected", "list", "SMTP envelope recipients the server rejected or deferred"),
+        ("from", "str", "From header, decoded", "from_"),
+        ("to", "list", "To header addresses, decoded"),
+        ("cc", "list", "Cc header addresses, decoded"),
+        ("bcc", "list", "Bcc header addresses (rarely present on the wire)"),
+        ("reply_to", "str", "Reply-To header"),
+        ("sender", "str", "Sender header"),
+        ("subject", "str", "Subject, decoded from RFC 2047"),
+        ("message_id", "str", "Message-ID header"),
+        ("in_reply_to", "str", "In-Reply-To header"),
+        ("references", "list", "Message-IDs in the References header"),
+        ("date", "ts", "Date header in UTC"),
+        ("date_raw", "str", "Date header as written"),
+        ("helo", "str", "EHLO/HELO name of the SMTP session"),
+        ("user_agent", "str", "User-Agent or X-Mailer header"),
+        ("return_path", "str", "Return-Path header"),
+        ("x_originating_ip", "str", "X-Originating-IP header"),
+        ("received", "dicts", "Received headers, newest first, parsed into from/by/with/id/for/date"),
+        ("dkim_signed", "bool", "a DKIM-Signature header is present"),
+        ("authentication_results", "str", "Authentication-Results header"),
+        ("tls", "bool", "the session was in TLS (the message was seen because it was decrypted)"),
+        ("size", "int", "bytes of the message as transferred (after dot-unstuffing)"),
+        ("sha256", "str", "sha256 of those bytes"),
+        ("body_sha256", "str", "sha256 of the bytes after the header block"),
+        ("complete", "bool", "false when part of the message was not seen (gap, partial fetch, TOP, limit)"),
+        ("missing_bytes", "int", "bytes of the message known to be missing"),
+        ("attachments", "dicts", "attachments: filename, content_type, size, md5, sha1, sha256..."),
+        ("text_preview", "str", "start of the text body, whitespace collapsed"),
+        ("has_html", "bool", "the message has an HTML part"),
+        ("queue_id", "str", "queue id from the server's final reply (\"queued as X\")"),
+        ("reply_code", "str", "the server's final reply code for the transfer"),
+        ("reply_text", "str", "the server's final reply text"),
+        ("kind", "str", "how the message was found: IMAP body/header/text/part/partial, POP3 retr/top, "
+                        "webmail jmap/form/rfc822"),
+        ("source", "str", "the command or request that carried it (\"RETR 3\", \"POST /upload\")"),
+        ("heuristic", "bool", "recognised by a heuristic (a generic web form) rather than a known format"),
+        ("headers", "dicts", "every header, decoded, in order: name and value"),
+    ],
+    "attachments": [
+        ("session_id", "int", "session of the message"),
+        ("message_index", "int", "message within that session"),
+        ("protocol", "cat", "protocol that carried the message"),
+        ("direction", "cat", "direction of the message"),
+        ("ts", "ts", "time of the message"),
+        ("message_id", "str", "Message-ID of the message"),
+        ("filename", "str", "file name, decoded (RFC 2231/2047)"),
+        ("content_type", "str", "MIME type of the part"),
+        ("disposition", "str", "attachment or inline"),
+        ("size", "int", "decoded bytes"),
+        ("md5", "str", "md5 of the decoded bytes"),
+        ("sha1", "str", "sha1 of the decoded bytes"),
+        ("sha256", "str", "sha256 of the decoded bytes"),
+        ("part", "str", "MIME part path (1.2 is the second part of the first part)"),
+        ("encoding", "str", "Content-Transfer-Encoding"),
+        ("content_id", "str", "Content-ID"),
+    ],
+    "credentials": [
+        ("session_id", "int", "session"),
+        ("protocol", "cat", "smtp, imap, pop3 or http"),
+        ("ts", "ts", "time the secret was sent"),
+        ("mechanism", "str", "PLAIN, LOGIN, CRAM-MD5, XOAUTH2, OAUTHBEARER, USER/PASS, APOP, BASIC, BEARER, FORM"),
+        ("user", "str", "user name"),
+        ("secret", "str", "password, token or response (masked under --redact)"),
+        ("success", "bool", "the server accepted it; empty when no verdict was seen"),
+        ("detail", "str", "mechanism details (CRAM-MD5 challenge, form field names)"),
+    ],
+    "anomalies": [
+        ("session_id", "int", "session (empty for capture-level anomalies)"),
+        ("ts", "ts", "when"),
+        ("side", "str", "client, server, or empty"),
+        ("name", "str", "anomaly name (docs/anomalies.md lists them all)"),
+        ("detail", "str", "what exactly"),
+    ],
+    "http": [
+        ("session_id", "int", "session"),
+        ("ts", "ts", "time of the request"),
+        ("method", "str", "request method"),
+        ("host", "str", "Host header"),
+        ("uri", "str", "request target"),
+        ("version", "str", "HTTP version"),
+        ("status", "int", "response status code"),
+        ("reason", "str", "response reason phrase"),
+        ("request_content_type", "str", "request Content-Type"),
+        ("request_size", "int", "request body bytes after decoding"),
+        ("response_content_type", "str", "response Content-Type"),
+        ("response_size", "int", "response body bytes after decoding"),
+        ("user_agent", "str", "User-Agent"),
+        ("referer", "str", "Referer"),
+        ("response_ts", "ts", "time of the response"),
+        ("latency", "float", "seconds between request and response"),
+        ("request_sha256", "str", "sha256 of the decoded request body"),
+        ("response_sha256", "str", "sha256 of the decoded response body"),
+        ("mail_action", "str", "webmail action recognised (login, list, read, send, upload, download, jmap:...)"),
+        ("files", "dicts", "files in a multipart form: filename, content_type, size, hashes"),
+    ],
+    "mailboxes": [
+        ("session_id", "int", "session"),
+        ("ts", "ts", "when it was seen"),
+        ("protocol", "cat", "imap or pop3"),
+        ("user", "str", "authenticated user"),
+        ("mailbox", "str", "mailbox name (INBOX for POP3)"),
+        ("action", "str", "select, exists, fetch, store, copy, move, expunge, append, stat, list, uidl, retr, dele..."),
+        ("uidvalidity", "int", "UIDVALIDITY of the mailbox"),
+        ("uid", "int", "message UID (POP3: empty; see detail for UIDL)"),
+        ("seq", "int", "message sequence number"),
+        ("count", "int", "message count (EXISTS, STAT)"),
+        ("flags", "list", "message flags"),
+        ("size", "int", "message size"),
+        ("message_id", "str", "Message-ID when known"),
+        ("detail", "str", "more (COPY target, UIDL id, ENVELOPE...)"),
+    ],
+}
+
+#: Columns shown by default in terminal tables (all columns go to files).
+TABLE_VIEWS = {
+    "flows": ["flow_id", "client_ip", "client_port", "server_ip", "server_port", "start", "packets",
+              "bytes_client", "bytes_server", "gaps", "protocol", "handshake_rtt", "close"],
+    "sessions": ["session_id", "protocol", "client_ip", "server_ip", "server_port", "start", "helo",
+                 "auth_user", "tls", "commands", "messages", "anomalies"],
+    "commands": ["session_id", "ts", "tag", "command", "argument", "reply_code", "reply_text", "latency"],
+    "messages": ["session_id", "ts", "protocol", "direction", "from", "to", "subject", "attachments", "size",
+                 "complete"],
+    "attachments": ["session_id", "message_id", "filename", "content_type", "size", "sha256"],
+    "credentials": ["session_id", "protocol", "ts", "mechanism", "user", "secret", "success"],
+    "anomalies": ["session_id", "ts", "side", "name", "detail"],
+    "http": ["session_id", "ts", "method", "host", "uri", "status", "response_content_type", "response_size",
+             "mail_action"],
+    "mailboxes": ["session_id", "ts", "user", "mailbox", "action", "uid", "flags", "message_id"],
+}
+
+# record attributes that are deliberately not columns
+NOT_COLUMNS = {
+    "Message": {"raw"},
+    "Attachment": {"data"},
+    "Command": {"secret"},
+    "Session": set(),
+}
+
+ATTACHMENT_KEYS = ("filename", "content_type", "disposition", "size", "md5", "sha1", "sha256", "part",
+                   "encoding", "content_id")
+
+
+def _iso(ts):
+    if ts is None:
+        return None
+    try:
+        return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _plain(value):
+    """Nested records (attachments, Received) to JSON-ready dicts."""
+    if dataclasses.is_dataclass(value):
+        out = {}
+        for f in dataclasses.fields(value):
+            if f.name == "data":
+                continue
+            v = getattr(value, f.name)
+            key = f.name.rstrip("_")
+            if key == "date" and isinstance(v, float):
+                v = _iso(v)
+            out[key] = v
+        return out
+    if isinstance(value, tuple) and len(value) == 2:
+        return {"name": value[0], "value": value[1]}
+    return value
+
+
+def _column(kind: str, values: list):
+    if kind == "int":
+        return pd.array(values, dtype="Int64")
+    if kind == "float":
+        return pd.array(values, dtype="Float64")
+    if kind == "bool":
+        return pd.array(values, dtype="boolean")
+    if kind == "str":
+        return pd.array([None if v is None else str(v) for v in values], dtype="string")
+    if kind == "cat":
+        return pd.Categorical([None if v is None else str(v) for v in values])
+    if kind == "ts":
+        arr = pd.to_datetime(pd.Series([float("nan") if v is None else v for v in values], dtype="float64"),
+                             unit="s", utc=True, errors="coerce")
+        return arr.astype("datetime64[us, UTC]").array
+    if kind == "list":
+        return pd.array([list(v) if v else [] for v in values], dtype=object)
+    if kind == "dicts":
+        return pd.array([[_plain(x) for x in v] if v else [] for v in values], dtype=object)
+    raise ValueError(kind)
+
+
+def frame(table: str, records: list) -> pd.DataFrame:
+    """Build one table's DataFrame from its records (column by column, once)."""
+    cols = {}
+    for spec in SCHEMAS[table]:
+        name, kind = spec[0], spec[1]
+        attr = spec[3] if len(spec) > 3 else name
+        cols[name] = _column(kind, [getattr(r, attr, None) for r in records])
+    return pd.DataFrame(cols, index=pd.RangeIndex(len(records)))
+
+
+def attachment_rows(messages: list) -> list:
+    """Flatten message attachments into attachment-table rows."""
+    rows = []
+    for m in messages:
+        for a in m.attachments:
+            rows.append(_AttachmentRow(m, a))
+    return rows
+
+
+class _AttachmentRow:
+    __slots__ = ("m", "a")
+
+    def __init__(self, m, a):
+        self.m, self.a = m, a
+
+    def __getattr__(self, name):
+        if name in ("session_id", "message_index", "protocol", "direction", "ts", "message_id"):
+            return getattr(self.m, name)
+        return getattr(self.a, name)
+
+
+def redact_command(cmd) -> str:
+    """A command argument with its secret part masked (keeps a leading user or mechanism)."""
+    arg = cmd.argument or ""
+    if not cmd.secret or not arg:
+        return arg
+    head, sep, _rest = arg.partition(" ")
+    return f"{head} {MASK}" if sep else MASK
+
+
+def sort_records(table: str, records: list) -> list:
+    """Deterministic order: by id for flows/sessions, else by time then session (stable)."""
+    if table in ("flows",):
+        return sorted(records, key=lambda r: r.flow_id)
+    if table == "sessions":
+        return sorted(records, key=lambda r: r.session_id)
+    if table in ("commands", "messages", "credentials", "http", "mailboxes"):
+        return sorted(records, key=lambda r: (r.ts if r.ts is not None else 0.0, r.session_id))
+    if table == "anomalies":
+        return sorted(records, key=lambda r: (r.ts if r.ts is not None else float("-inf"),
+                                              -1 if r.session_id is None else r.session_id))
+    return records
+
+
+def markdown() -> str:
+    """docs/data.md: every column of every table."""
+    lines = ["# Data dictionary", "",
+             "Every table maildissect produces, column by column. The same names are used in DataFrames "
+             "(`Analysis.<table>`), JSON lines, CSV, Parquet and the HTML report. Timestamps are tz-aware "
+             "UTC datetimes in DataFrames and ISO 8601 UTC strings in JSON/CSV. Generated from "
+             "`maildissect/frames.py` (`python -m maildissect.frames > docs/data.md`).", ""]
+    kinds = {"int": "integer", "float": "float", "str": "string", "bool": "boolean", "ts": "timestamp",
+             "cat": "category", "list": "list of strings", "dicts": "list of objects"}
+    for table, cols in SCHEMAS.items():
+        lines += [f"## {table}", "", "| column | type | meaning |", "|---|---|---|"]
+        for spec in cols:
+            lines.append(f"| `{spec[0]}` | {kinds[spec[1]]} | {spec[2]} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown(), end="")

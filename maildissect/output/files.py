@@ -1,0 +1,79 @@
+"""Writing tables as JSON lines, CSV and Parquet.
+
+All formats come from the same DataFrame, so a column has the same name and
+meaning everywhere: timestamps become ISO 8601 UTC strings in JSON and CSV
+(Parquet keeps them as timestamps), lists and nested records become JSON arrays
+(CSV cells hold the JSON text).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+
+import pandas as pd
+
+FORMATS = ("table", "jsonl", "csv", "parquet")
+
+
+def _iso_series(s: pd.Series) -> pd.Series:
+    out = s.dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return out.astype(object).where(s.notna(), None)
+
+
+def json_ready(df: pd.DataFrame) -> list[dict]:
+    """Rows as plain dicts: ISO timestamps, None for missing, lists kept."""
+    cols = {}
+    for name in df.columns:
+        s = df[name]
+        if isinstance(s.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_any_dtype(s.dtype):
+            cols[name] = _iso_series(s).tolist()
+        elif s.dtype == object:
+            cols[name] = s.tolist()
+        else:
+            cols[name] = s.astype(object).where(s.notna(), None).tolist()
+    names = list(df.columns)
+    return [dict(zip(names, row)) for row in zip(*(cols[n] for n in names))] if names else []
+
+
+def write_jsonl(df: pd.DataFrame, out) -> None:
+    for row in json_ready(df):
+        out.write(json.dumps(row, ensure_ascii=False, default=str))
+        out.write("\n")
+
+
+def write_csv(df: pd.DataFrame, out) -> None:
+    flat = pd.DataFrame(json_ready(df), columns=df.columns)
+    for name in flat.columns:
+        if df[name].dtype == object:
+            flat[name] = [json.dumps(v, ensure_ascii=False, default=str) for v in flat[name]]
+    flat.to_csv(out, index=False, lineterminator="\n")
+
+
+def write_parquet(df: pd.DataFrame, path_or_buffer) -> None:
+    df.to_parquet(path_or_buffer, index=False)
+
+
+def write(df: pd.DataFrame, fmt: str, output: str | None) -> None:
+    """Write ``df`` in ``fmt`` to the file ``output`` (stdout when None or '-')."""
+    to_stdout = output in (None, "-")
+    if fmt == "parquet":
+        if to_stdout:
+            buf = io.BytesIO()
+            write_parquet(df, buf)
+            sys.stdout.buffer.write(buf.getvalue())
+            sys.stdout.flush()
+        else:
+            write_parquet(df, output)
+        return
+    writer = {"jsonl": write_jsonl, "csv": write_csv}[fmt]
+    if to_stdout:
+        writer(df, sys.stdout)
+        sys.stdout.flush()
+    else:
+        with open(output, "w", encoding="utf-8", newline="") as f:
+            writer(df, f)
+
+
+EXTENSIONS = {"jsonl": ".jsonl", "csv": ".csv", "parquet": ".parquet"}

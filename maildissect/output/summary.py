@@ -1,0 +1,63 @@
+"""The `maildissect analyze` summary: what mail went over this wire, at a glance."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from .tables import cell, render
+
+
+def overview(result) -> list[tuple[str, str]]:
+    """(label, value) figures of an Analysis."""
+    r, s = result.records, result.stats
+    protos = Counter(x.protocol for x in r.sessions)
+    directions = Counter(m.direction for m in r.messages)
+    span = ""
+    if s.get("first_ts") is not None and s.get("last_ts") is not None:
+        span = f"{s['last_ts'] - s['first_ts']:.3f} s"
+    rows = [
+        ("files", ", ".join(s.get("files", []))),
+        ("frames", f"{s.get('frames', 0)} ({s.get('tcp_segments', 0)} TCP, {s.get('non_tcp', 0)} other IP, "
+                   f"{s.get('non_ip', 0)} not IP)"),
+        ("time span", span),
+        ("TCP connections", str(len(r.flows))),
+        ("sessions", ", ".join(f"{n} {p}" for p, n in sorted(protos.items())) or "none"),
+        ("messages", (", ".join(f"{n} {d}" for d, n in sorted(directions.items())) or "none")),
+        ("attachments", str(sum(len(m.attachments) for m in r.messages))),
+        ("credentials", str(len(r.credentials))),
+        ("anomalies", str(len(r.anomalies))),
+    ]
+    return rows
+
+
+def print_summary(result, console: Console) -> None:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    for label, value in overview(result):
+        grid.add_row(label, value)
+    console.print(Panel(grid, title="maildissect", expand=False))
+    if len(result.records.sessions):
+        render(result.sessions, "sessions", console, title="Sessions", max_rows=50)
+    if len(result.records.messages):
+        render(result.messages, "messages", console, title="Messages", max_rows=50,
+               columns=["session_id", "ts", "protocol", "direction", "from", "to", "subject", "attachments",
+                        "complete"])
+    if len(result.records.credentials):
+        render(result.credentials, "credentials", console, title="Credentials", max_rows=50)
+    if len(result.records.anomalies):
+        counts = Counter(a.name for a in result.records.anomalies)
+        t = Table(title="Anomalies", show_header=True, header_style="bold")
+        t.add_column("name")
+        t.add_column("count", justify="right")
+        t.add_column("example")
+        first = {}
+        for a in result.records.anomalies:
+            first.setdefault(a.name, a.detail)
+        for name, n in counts.most_common(20):
+            t.add_row(name, str(n), cell(first[name]))
+        console.print(t)

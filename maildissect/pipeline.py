@@ -1,0 +1,271 @@
+"""The pipeline: capture files -> frames -> segments -> streams -> dissectors -> records.
+
+One direction, no back and forth (DESIGN.md "Data flow"). :class:`Pipeline`
+owns the decoder, the reassembler and a :class:`Collector` of records; each TCP
+connection gets a :class:`SessionRouter` that detects its protocol and feeds
+its dissector. Records are collected in plain lists; :mod:`maildissect.frames`
+turns them into DataFrames once, at the end.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+from . import anomalies as anomaly_registry
+from .capture.decode import Decoder
+from .capture.files import CaptureReader, read_frames
+from .config import Config
+from .model import (CLIENT, SIDE_NAMES, Anomaly, Command, Credential, Flow, HttpRequest,
+                    MailboxEvent, Message, Session)
+from .protocols import detect
+from .protocols import dissector_class
+from .tcp import Reassembler
+
+ANOMALIES = {
+    "dissector_error": "a dissector failed on this input (a bug: please report it); the rest of the session was skipped",
+}
+
+#: implicit-TLS flows are labelled like this in the flows table
+TLS_LABELS = {"smtp": "smtps", "imap": "imaps", "pop3": "pop3s", "http": "https"}
+
+
+class Collector:
+    """Lists of records, one per table."""
+
+    def __init__(self):
+        self.flows: list[Flow] = []
+        self.sessions: list[Session] = []
+        self.commands: list[Command] = []
+        self.messages: list[Message] = []
+        self.credentials: list[Credential] = []
+        self.anomalies: list[Anomaly] = []
+        self.http: list[HttpRequest] = []
+        self.mailboxes: list[MailboxEvent] = []
+
+
+class SessionRouter:
+    """Listener for one connection: detects the protocol, then feeds the dissector."""
+
+    __slots__ = ("pipeline", "conn", "session", "dissector", "decided", "pending", "first", "buffered")
+
+    def __init__(self, pipeline: "Pipeline", conn):
+        self.pipeline = pipeline
+        self.conn = conn
+        self.session = None
+        self.dissector = None
+        self.decided = False
+        self.pending: list[tuple] = []
+        self.first = [b"", b""]
+        self.buffered = 0
+        flow = conn.flow
+        known = detect.by_port(flow.server_port, pipeline.config.ports)
+        if known is not None:
+            self._start(known[0], known[1])
+
+    def _start(self, protocol: str, implicit_tls: bool = False):
+        self.decided = True
+        flow = self.conn.flow
+        if not protocol:
+            return
+        cls = dissector_class("tls" if implicit_tls else protocol)
+        if cls is None:
+            flow.protocol = protocol
+            return
+        flow.protocol = TLS_LABELS.get(protocol, protocol) if implicit_tls else protocol
+        sess = Session(flow.flow_id, protocol, flow.client_ip, flow.client_port, flow.server_ip,
+                       flow.server_port, flow.start, flow.end)
+        if implicit_tls or protocol == "tls":
+            sess.tls = True
+        self.session = sess
+        try:
+            self.dissector = cls(sess, self.pipeline.config)
+        except Exception as e:  # pragma: no cover - constructor bugs
+            self._crash(e, flow.start)
+
+    # -- listener interface ---------------------------------------------------------
+    def data(self, side: int, data: bytes, ts: float):
+        d = self.dissector
+        if d is not None:
+            try:
+                records = d.feed(side, data, ts)
+            except anomaly_registry.StrictError:
+                raise
+            except Exception as e:
+                self._crash(e, ts)
+                return
+            if records:
+                self.pipeline.emit(self.session, records)
+        elif not self.decided:
+            self.pending.append((0, side, data, ts))
+            self.buffered += len(data)
+            if len(self.first[side]) < 512:
+                self.first[side] += data[: 512 - len(self.first[side])]
+            self._sniff(ts, final=self.buffered > self.pipeline.config.limits.max_detect_bytes)
+
+    def gap(self, side: int, length: int, ts: float):
+        d = self.dissector
+        if d is not None:
+            try:
+                records = d.gap(side, length, ts)
+            except anomaly_registry.StrictError:
+                raise
+            except Exception as e:
+                self._crash(e, ts)
+                return
+            if records:
+                self.pipeline.emit(self.session, records)
+        elif not self.decided:
+            self.pending.append((1, side, length, ts))
+
+    def close(self, ts: float, reason: str):
+        if not self.decided:
+            self._sniff(ts, final=True)
+        d = self.dissector
+        if d is not None:
+            try:
+                records = d.close(ts, reason)
+            except anomaly_registry.StrictError:
+                raise
+            except Exception as e:
+                self._crash(e, ts)
+                records = None
+            if records:
+                self.pipeline.emit(self.session, records)
+
+    # -- detection ------------------------------------------------------------------
+    def _sniff(self, ts, final=False):
+        proto = detect.by_content(self.first[CLIENT], self.first[1], final)
+        if proto is None:
+            return
+        if proto == "" and any(self.first):
+            flow = self.conn.flow
+            self.pipeline.collector.anomalies.append(Anomaly(
+                ts, flow.flow_id, "", "detect_unknown_protocol",
+                f"port {flow.server_port}: {bytes(self.first[CLIENT][:24] or self.first[1][:24])!r}"))
+        self._start(proto)
+        pending, self.pending, self.first = self.pending, [], [b"", b""]
+        for kind, side, value, t in pending:
+            if self.dissector is None:
+                break
+            if kind == 0:
+                self.data(side, value, t)
+            else:
+                self.gap(side, value, t)
+
+    def _crash(self, exc: Exception, ts: float):
+        """A dissector raised: record it, stop dissecting this session, keep going."""
+        sess = self.session
+        self.dissector = None
+        detail = f"{type(exc).__name__}: {exc}"[:300]
+        self.pipeline.collector.anomalies.append(Anomaly(ts, sess.session_id if sess else None, "",
+                                                         "dissector_error", detail))
+        if sess is not None:
+            sess.anomalies += 1
+
+
+class Pipeline:
+    """Runs captures through decoding, reassembly and the dissectors."""
+
+    def __init__(self, config: Config | None = None, message_hook: Callable[[Message], None] | None = None,
+                 flow_hook: Callable | None = None):
+        self.config = config or Config()
+        self.collector = Collector()
+        self.message_hook = message_hook
+        self.flow_hook = flow_hook  # called with each closed Connection (e.g. follow)
+        lim = self.config.limits
+        self.decoder = Decoder(lim.max_fragment_bytes, lim.max_fragment_sets, lim.fragment_timeout)
+        self.reassembler = Reassembler(lim, on_open=self._open, on_close=self._closed)
+        self.readers: list[CaptureReader] = []
+        self.frames = 0
+
+    # -- connection hooks -----------------------------------------------------------
+    def _open(self, conn):
+        return SessionRouter(self, conn)
+
+    def _closed(self, conn, router):
+        flow = conn.flow
+        self.collector.flows.append(flow)
+        sess = router.session if router is not None else None
+        if sess is not None:
+            sess.end = flow.end
+            sess.bytes_client = flow.bytes_client
+            sess.bytes_server = flow.bytes_server
+            sess.anomalies += conn.anomalies
+            if flow.gaps:
+                sess.complete = False
+            self.collector.sessions.append(sess)
+        if self.flow_hook is not None:
+            self.flow_hook(conn)
+
+    # -- records ------------------------------------------------------------------
+    def emit(self, session: Session, records: Iterable) -> None:
+        c = self.collector
+        for r in records:
+            t = type(r)
+            if t is Command:
+                session.commands += 1
+                c.commands.append(r)
+            elif t is Message:
+                session.messages += 1
+                r.message_index = session.messages
+                r.client_ip, r.client_port = session.client_ip, session.client_port
+                r.server_ip, r.server_port = session.server_ip, session.server_port
+                if session.tls:
+                    r.tls = True
+                if r.helo is None and session.helo:
+                    r.helo = session.helo
+                if self.message_hook is not None:
+                    self.message_hook(r)
+                    r.raw = None
+                    for a in r.attachments:
+                        a.data = None
+                c.messages.append(r)
+            elif t is Anomaly:
+                c.anomalies.append(r)
+            elif t is Credential:
+                c.credentials.append(r)
+            elif t is HttpRequest:
+                c.http.append(r)
+            elif t is MailboxEvent:
+                c.mailboxes.append(r)
+
+    # -- running ------------------------------------------------------------------
+    def run(self, paths, progress: Callable[[int, int], None] | None = None) -> Collector:
+        """Process capture files (merged in time order); returns the collector.
+
+        ``progress(done_bytes, total_bytes)`` is called now and then.
+        """
+        frames = read_frames(paths, self.config.limits.max_frame, self.readers)
+        self.process(frames, progress)
+        return self.collector
+
+    def process(self, frames, progress=None) -> None:
+        decode = self.decoder.decode
+        packet = self.reassembler.packet
+        n = 0
+        total = sum(r.size or 0 for r in self.readers)
+        last_ts = None
+        for ts, linktype, data, wirelen in frames:
+            n += 1
+            seg = decode(ts, linktype, data, wirelen)
+            if seg is not None:
+                packet(ts, seg)
+            if progress is not None and not n & 0x3FFF:
+                progress(sum(r.position() for r in self.readers), total)
+            last_ts = ts
+        self.frames += n
+        self.finish(last_ts)
+        if progress is not None:
+            progress(total, total)
+
+    def finish(self, ts=None) -> None:
+        self.reassembler.finish(ts)
+        self.decoder.finish()
+        c = self.collector
+        for r in self.readers:
+            c.anomalies.extend(r.anomalies)
+            r.anomalies = []
+        c.anomalies.extend(self.decoder.anomalies)
+        self.decoder.anomalies = []
+        c.anomalies.extend(self.reassembler.anomalies)
+        self.reassembler.anomalies = []

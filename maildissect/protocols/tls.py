@@ -1,0 +1,164 @@
+"""TLS handshake metadata without keys: version, SNI and ALPN.
+
+:class:`TlsHelloParser` reads the first handshake records of each side
+(ClientHello, ServerHello) and writes what they reveal into the Session;
+:class:`TlsDissector` is the dissector for implicit-TLS ports (465, 993, 995,
+443), which records that metadata and counts the encrypted bytes. Mail
+dissectors hand their post-STARTTLS bytes to a TlsHelloParser as well.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from .base import Dissector
+
+ANOMALIES = {
+    "tls_bad_record": "a TLS record header is not valid while the handshake was expected",
+}
+
+VERSIONS = {0x0300: "SSLv3", 0x0301: "TLSv1.0", 0x0302: "TLSv1.1", 0x0303: "TLSv1.2", 0x0304: "TLSv1.3"}
+MAX_HELLO = 65536  # bytes of handshake buffered per side
+
+
+class TlsHelloParser:
+    """Extract version, SNI and ALPN from the hellos of one connection."""
+
+    def __init__(self, session):
+        self.session = session
+        self.buf = [bytearray(), bytearray()]
+        self.done = [False, False]
+        self.client_version = None
+        self.bad = False
+
+    def feed(self, side: int, data: bytes) -> bool:
+        """Returns False when the bytes are not TLS (once)."""
+        if self.done[side]:
+            return True
+        buf = self.buf[side]
+        buf += data[: MAX_HELLO - len(buf)]
+        if len(buf) >= 5 and not (buf[0] == 0x16 and buf[1] == 0x03):
+            self.done[side] = True
+            self.buf[side] = bytearray()
+            return False
+        hs = self._handshake_bytes(buf)
+        if hs is None:
+            if len(buf) >= MAX_HELLO:
+                self.done[side] = True
+            return True
+        try:
+            if side == 0:
+                self._client_hello(hs)
+            else:
+                self._server_hello(hs)
+        except (struct.error, IndexError, ValueError):
+            pass
+        self.done[side] = True
+        self.buf[side] = bytearray()
+        return True
+
+    @staticmethod
+    def _handshake_bytes(buf: bytearray) -> bytes | None:
+        """Concatenated handshake-record payloads once the first message is complete."""
+        out = bytearray()
+        p = 0
+        while p + 5 <= len(buf):
+            ctype, _ver, length = struct.unpack_from("!BHH", buf, p)
+            if ctype != 0x16:
+                break
+            if p + 5 + length > len(buf):
+                break
+            out += buf[p + 5:p + 5 + length]
+            p += 5 + length
+            if len(out) >= 4:
+                need = 4 + int.from_bytes(out[1:4], "big")
+                if len(out) >= need:
+                    return bytes(out[:need])
+        return None
+
+    def _extensions(self, body: bytes, p: int):
+        if p + 2 > len(body):
+            return
+        total = struct.unpack_from("!H", body, p)[0]
+        p += 2
+        end = min(len(body), p + total)
+        while p + 4 <= end:
+            etype, elen = struct.unpack_from("!HH", body, p)
+            yield etype, body[p + 4:p + 4 + elen]
+            p += 4 + elen
+
+    def _client_hello(self, hs: bytes):
+        if hs[0] != 1:
+            return
+        body = hs[4:]
+        self.client_version = struct.unpack_from("!H", body, 0)[0]
+        p = 2 + 32
+        p += 1 + body[p]  # session id
+        p += 2 + struct.unpack_from("!H", body, p)[0]  # cipher suites
+        p += 1 + body[p]  # compression methods
+        for etype, ext in self._extensions(body, p):
+            if etype == 0 and len(ext) > 5:  # server_name
+                nlen = struct.unpack_from("!H", ext, 3)[0]
+                self.session.sni = ext[5:5 + nlen].decode("ascii", "replace")
+            elif etype == 16 and len(ext) > 2:  # ALPN offered
+                names = self._alpn_list(ext)
+                if names and not self.session.alpn:
+                    self.session.alpn = ",".join(names)
+        if not self.session.tls_version:
+            self.session.tls_version = VERSIONS.get(self.client_version, hex(self.client_version))
+
+    def _server_hello(self, hs: bytes):
+        if hs[0] != 2:
+            return
+        body = hs[4:]
+        version = struct.unpack_from("!H", body, 0)[0]
+        p = 2 + 32
+        p += 1 + body[p]  # session id
+        p += 2 + 1  # cipher suite, compression
+        selected_alpn = None
+        for etype, ext in self._extensions(body, p):
+            if etype == 43 and len(ext) >= 2:  # supported_versions (TLS 1.3)
+                version = struct.unpack_from("!H", ext, 0)[0]
+            elif etype == 16 and len(ext) > 2:
+                names = self._alpn_list(ext)
+                selected_alpn = names[0] if names else None
+        self.session.tls_version = VERSIONS.get(version, hex(version))
+        if selected_alpn:
+            self.session.alpn = selected_alpn
+
+    @staticmethod
+    def _alpn_list(ext: bytes) -> list[str]:
+        names, p = [], 2
+        while p < len(ext):
+            n = ext[p]
+            names.append(ext[p + 1:p + 1 + n].decode("ascii", "replace"))
+            p += 1 + n
+        return names
+
+
+class TlsDissector(Dissector):
+    """Implicit TLS (465/993/995/443, or TLS found on another port): metadata and byte counts."""
+
+    protocol = "tls"
+
+    def __init__(self, session, config=None):
+        super().__init__(session, config)
+        session.tls = True
+        self.hello = TlsHelloParser(session)
+        self.reported = False
+
+    def feed(self, side, data, ts):
+        if side == 0:
+            self.session.tls_bytes_client += len(data)
+        else:
+            self.session.tls_bytes_server += len(data)
+        if not self.hello.feed(side, data) and not self.reported:
+            self.reported = True
+            return [self.anomaly(ts, side, "tls_bad_record", data[:16].hex())]
+        return []
+
+    def gap(self, side, length, ts):
+        return []
+
+    def close(self, ts, reason):
+        return []
