@@ -1,0 +1,468 @@
+"""Request and response body formats met in web mail: forms, multipart, JSON.
+
+Pure functions and small streaming parsers over bytes, shared by the HTTP/1
+dissector and any other front end that produces HTTP messages:
+
+- :func:`header_params` splits ``type/subtype; name="value"`` header values
+  (RFC 9110 parameters, with RFC 2231 ``name*=`` extended values decoded by
+  :mod:`email.utils`);
+- :func:`parse_urlencoded` reads ``application/x-www-form-urlencoded``;
+- :class:`MultipartParser` reads ``multipart/form-data`` (and any other
+  multipart body) incrementally: each part is hashed as it streams by and only
+  the parts worth parsing (form fields, attached messages) are kept, within a
+  byte budget;
+- :func:`load_json` parses JSON with a nesting bound;
+- :func:`login_fields` picks the user and password fields out of a form.
+
+Nothing here raises on peer input: problems come back as ``(name, detail)``
+issue pairs for the caller to turn into anomalies.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import json
+import re
+from urllib.parse import parse_qsl
+
+__all__ = [
+    "header_params", "parse_urlencoded", "MultipartParser", "FormPart", "load_json",
+    "login_fields", "is_message_type", "decode_text",
+]
+
+# A parameter: ;name=token or ;name="quoted \" string". Values of quoted strings
+# may hold ';' and '=', hence a small scanner instead of str.split.
+_PARAM = re.compile(r';\s*([^\s=;]+)\s*(?:=\s*("(?:[^"\\]|\\.)*"?|[^;]*))?', re.S)
+
+
+def decode_text(raw: bytes) -> str:
+    """Header or field bytes as text: UTF-8 when valid (browsers send raw UTF-8
+    file names), else Latin-1 (every byte maps, nothing is lost)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def header_params(value: str | None) -> tuple[str, dict[str, str]]:
+    """``("type/subtype", {param: value})`` from a Content-Type-like header.
+
+    The main value is lower-cased and stripped; parameter names are
+    lower-cased; quoted values are unquoted; RFC 2231 extended parameters
+    (``filename*=UTF-8''na%C3%AFve.txt``, continuations ``name*0``) are decoded
+    and take precedence over the plain form, as RFC 6266 asks.
+    """
+    if not value:
+        return "", {}
+    main, sep, rest = value.partition(";")
+    pairs: list[tuple[str, str]] = []
+    if sep:
+        for m in _PARAM.finditer(";" + rest):
+            name, val = m.group(1).lower(), (m.group(2) or "").strip()
+            if len(val) >= 2 and val[0] == '"' and val[-1] == '"':
+                val = re.sub(r"\\(.)", r"\1", val[1:-1])
+            elif val.startswith('"'):
+                val = val[1:]
+            pairs.append((name, val))
+    params: dict[str, str] = {}
+    extended = [(n, v) for n, v in pairs if "*" in n]
+    for name, val in pairs:
+        if "*" not in name:
+            params.setdefault(name, val)
+    if extended:
+        try:
+            # decode_params wants the main value first and quoted values re-quoted.
+            decoded = email.utils.decode_params([("", "")] + [(n, '"%s"' % v) for n, v in extended])
+            for name, val in decoded[1:]:
+                params[name.lower()] = email.utils.collapse_rfc2231_value(val, errors="replace")
+        except Exception:  # a malformed extended value must not cost the rest
+            pass
+    return main.strip().lower(), params
+
+
+def is_message_type(content_type: str | None, filename: str | None = None) -> bool:
+    """True for a whole Internet message: ``message/rfc822``, ``message/global``
+    or a file named ``*.eml``."""
+    if content_type and content_type.split(";", 1)[0].strip().lower() in ("message/rfc822", "message/global"):
+        return True
+    return bool(filename) and filename.lower().rstrip().endswith(".eml")
+
+
+def parse_urlencoded(data: bytes, max_fields: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Fields of an urlencoded body, in order, and issues.
+
+    Values are percent-decoded as UTF-8 (undecodable bytes replaced); ``+``
+    means space. More than ``max_fields`` fields: the first ones are kept.
+    """
+    issues: list[tuple[str, str]] = []
+    try:
+        text = data.decode("latin-1")
+        if text.count("&") + text.count(";") >= max_fields:
+            issues.append(("http_form_too_many_fields", f"more than {max_fields} fields"))
+            text = "&".join(text.split("&", max_fields)[:max_fields])
+        fields = parse_qsl(text, keep_blank_values=True, encoding="utf-8", errors="replace",
+                           separator="&")
+    except Exception as exc:  # parse_qsl is lenient; stay safe anyway
+        issues.append(("http_form_invalid", str(exc)[:200]))
+        fields = []
+    # parse_qsl decoded percent-escapes with UTF-8, but the un-escaped bytes went
+    # through Latin-1 above: re-decode those so raw UTF-8 in a form survives.
+    fixed = []
+    for name, value in fields:
+        fixed.append((_relatin(name), _relatin(value)))
+    return fixed, issues
+
+
+def _relatin(s: str) -> str:
+    if s.isascii():
+        return s
+    try:
+        return s.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return s
+
+
+def load_json(data: bytes, max_depth: int):
+    """``(value, issue)``: the parsed JSON document, or None and an issue pair.
+
+    The C scanner recurses per nesting level and raises RecursionError on very
+    deep input; the depth is then checked iteratively against ``max_depth``
+    (only when the bracket count makes it possible to exceed it).
+    """
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = data.decode("latin-1")
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        return None, ("http_json_too_deep", f"nesting beyond {max_depth}")
+    except ValueError as exc:
+        return None, ("http_json_invalid", str(exc)[:200])
+    if text.count("[") + text.count("{") > max_depth and _depth(value, max_depth) > max_depth:
+        return None, ("http_json_too_deep", f"nesting beyond {max_depth}")
+    return value, None
+
+
+def _depth(value, limit: int) -> int:
+    """Nesting depth of a parsed JSON value, stopping once past ``limit``."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        node, d = stack.pop()
+        if isinstance(node, dict):
+            children = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if d > deepest:
+            deepest = d
+            if deepest > limit:
+                return deepest
+        stack.extend((c, d + 1) for c in children if isinstance(c, (dict, list)))
+    return deepest
+
+
+# -- login forms -------------------------------------------------------------
+
+_USER_NAMES = {
+    "user", "username", "login", "email", "mail", "uname", "userid", "account", "log", "name",
+    "uid", "loginname", "usr", "emailaddress", "loginid", "nick", "jusername", "principal",
+    "identifier", "usermail", "useremail",
+}
+_PASS_EXACT = {"pwd", "pw", "secret", "passphrase", "pin", "credential", "credentials"}
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def is_password_field(name: str) -> bool:
+    """A form field name that holds a password (``_pass``, ``password``, ``pwd``...)."""
+    n = _norm(name)
+    return "pass" in n or n in _PASS_EXACT
+
+
+def is_user_field(name: str) -> bool:
+    """A form field name that holds a login name (``_user``, ``username``, ``email``...)."""
+    n = _norm(name)
+    return n in _USER_NAMES or "user" in n or "login" in n or n.endswith("email")
+
+
+def login_fields(fields) -> tuple[str, str | None, str, str] | None:
+    """``(user_field, user, password_field, password)`` when ``fields`` (pairs of
+    name and value) look like a login form: a non-empty password-like field,
+    with the first user-like field if there is one."""
+    pw_name = pw = None
+    user_name, user = "", None
+    for name, value in fields:
+        if not isinstance(value, str):
+            continue
+        if pw_name is None and value and is_password_field(name):
+            pw_name, pw = name, value
+        elif user is None and value and is_user_field(name) and not is_password_field(name):
+            user_name, user = name, value
+    if pw_name is None:
+        return None
+    return user_name, user, pw_name, pw
+
+
+# -- multipart ---------------------------------------------------------------
+
+class FormPart:
+    """One part of a multipart body, hashed as it streamed by.
+
+    ``data`` holds the part's bytes when they were kept (form fields, attached
+    messages, or every part when the caller asked to keep files), else None;
+    ``truncated`` says the keep budget ran out inside this part.
+    """
+
+    __slots__ = ("index", "headers", "name", "filename", "content_type", "disposition",
+                 "encoding", "content_id", "size", "_md5", "_sha1", "_sha256", "data",
+                 "truncated", "complete", "parts")
+
+    def __init__(self, index: int, headers: list[tuple[str, str]]):
+        self.index = index
+        self.headers = headers
+        hmap = {}
+        for k, v in headers:
+            hmap.setdefault(k.lower(), v)
+        disp, dparams = header_params(hmap.get("content-disposition"))
+        ctype, cparams = header_params(hmap.get("content-type"))
+        self.disposition = disp or None
+        self.name = dparams.get("name")
+        self.filename = dparams.get("filename")
+        self.content_type = ctype or ("application/octet-stream" if self.filename is not None else "text/plain")
+        cte = hmap.get("content-transfer-encoding")
+        self.encoding = cte.strip().lower() if cte else None
+        cid = hmap.get("content-id")
+        self.content_id = cid.strip() if cid else None
+        self.size = 0
+        self._md5 = hashlib.md5()
+        self._sha1 = hashlib.sha1()
+        self._sha256 = hashlib.sha256()
+        self.data: bytearray | None = None
+        self.truncated = False
+        self.complete = True
+        self.parts: list[FormPart] = []  # nested multipart/mixed (RFC 2388 multiple files)
+
+    @property
+    def is_file(self) -> bool:
+        return self.filename is not None
+
+    @property
+    def md5(self) -> str:
+        return self._md5.hexdigest()
+
+    @property
+    def sha1(self) -> str:
+        return self._sha1.hexdigest()
+
+    @property
+    def sha256(self) -> str:
+        return self._sha256.hexdigest()
+
+    def text(self) -> str:
+        """The kept value as text (empty when not kept)."""
+        return decode_text(bytes(self.data)) if self.data is not None else ""
+
+
+class MultipartParser:
+    """Incremental multipart body parser (RFC 2046 / RFC 7578).
+
+    Feed body bytes in any chunks; parts come out in ``parts`` with sizes and
+    md5/sha1/sha256 computed on the fly. Part data is kept when ``keep(part)``
+    says so and while the shared ``budget`` lasts, so memory stays bounded by
+    the budget plus one delimiter length whatever the body size.
+
+    A virtual CRLF is put before the first byte so that the first delimiter,
+    which RFC 2046 lets start the body, is found by the same search as the
+    others.
+    """
+
+    PREAMBLE, AFTER_DELIM, HEADERS, BODY, EPILOGUE, FAILED = range(6)
+
+    def __init__(self, boundary: str, *, budget: int, max_parts: int, max_header_bytes: int,
+                 keep=None, depth: int = 0, max_depth: int = 50):
+        self.delim = b"\r\n--" + boundary.encode("latin-1", "replace")
+        self._buf = bytearray(b"\r\n")
+        self._pos = 0
+        self.state = self.PREAMBLE
+        self.budget = budget
+        self.max_parts = max_parts
+        self.max_header_bytes = max_header_bytes
+        self.keep = keep or (lambda part: part.filename is None)
+        self.depth = depth
+        self.max_depth = max_depth
+        self.parts: list[FormPart] = []
+        self.issues: list[tuple[str, str]] = []
+        self._part: FormPart | None = None
+        self._keeping = False
+        self.closed = False  # the closing delimiter was seen
+
+    # The delimiter search keeps len(delim)-1 bytes back so a delimiter split
+    # across feeds is still found; everything before that is part content.
+    def feed(self, data) -> None:
+        if self.state in (self.EPILOGUE, self.FAILED) or not data:
+            return
+        self._buf += data
+        self._run()
+        if self._pos:
+            del self._buf[:self._pos]
+            self._pos = 0
+
+    def _run(self) -> None:
+        buf, dl = self._buf, len(self.delim)
+        while True:
+            st = self.state
+            if st == self.BODY or st == self.PREAMBLE:
+                i = buf.find(self.delim, self._pos)
+                if i < 0:
+                    safe = len(buf) - (dl - 1)
+                    if safe > self._pos:
+                        if st == self.BODY:
+                            self._content(memoryview(buf)[self._pos:safe])
+                        self._pos = safe
+                    return
+                if st == self.BODY:
+                    self._content(memoryview(buf)[self._pos:i])
+                    self._end_part()
+                self._pos = i + dl
+                self.state = self.AFTER_DELIM
+            elif st == self.AFTER_DELIM:
+                if len(buf) - self._pos < 2:
+                    return
+                if buf[self._pos:self._pos + 2] == b"--":
+                    self.closed = True
+                    self.state = self.EPILOGUE
+                    self._pos = len(buf)
+                    return
+                lf = buf.find(b"\n", self._pos)
+                if lf < 0:
+                    if len(buf) - self._pos > 1024:  # transport padding is a few blanks
+                        self._fail("http_multipart_bad", "garbage after a boundary delimiter")
+                    return
+                self._pos = lf + 1
+                self.state = self.HEADERS
+            elif st == self.HEADERS:
+                end, skip = buf.find(b"\r\n\r\n", self._pos), 4
+                lf_end = buf.find(b"\n\n", self._pos)
+                if lf_end >= 0 and (end < 0 or lf_end < end):
+                    end, skip = lf_end, 2
+                if self._pos < len(buf) and buf[self._pos] in (0x0A, 0x0D):
+                    # no header fields at all: the blank line comes first
+                    nl = buf.find(b"\n", self._pos)
+                    if nl >= 0 and not buf[self._pos:nl].strip():
+                        end, skip = self._pos, nl + 1 - self._pos
+                if end < 0:
+                    if len(buf) - self._pos > self.max_header_bytes:
+                        self._fail("http_multipart_bad", f"part header block beyond {self.max_header_bytes} bytes")
+                    return
+                if len(self.parts) >= self.max_parts:
+                    self._fail("http_multipart_bad", f"more than {self.max_parts} parts")
+                    return
+                self._start_part(bytes(buf[self._pos:end]))
+                self._pos = end + skip
+                self.state = self.BODY
+            else:
+                return
+
+    def _fail(self, name: str, detail: str) -> None:
+        self.issues.append((name, detail))
+        if self._part is not None:
+            self._part.complete = False
+            self._end_part()
+        self.state = self.FAILED
+        self._pos = len(self._buf)
+
+    def _start_part(self, block: bytes) -> None:
+        headers: list[tuple[str, str]] = []
+        for line in block.replace(b"\r\n", b"\n").split(b"\n"):
+            if line[:1] in (b" ", b"\t") and headers:
+                k, v = headers[-1]
+                headers[-1] = (k, v + " " + decode_text(line.strip()))
+                continue
+            k, sep, v = line.partition(b":")
+            if sep:
+                headers.append((decode_text(k.strip()), decode_text(v.strip())))
+        part = FormPart(len(self.parts), headers)
+        self.parts.append(part)
+        self._part = part
+        self._keeping = bool(self.keep(part)) or part.content_type.startswith("multipart/")
+        if self._keeping:
+            part.data = bytearray()
+
+    def _content(self, chunk) -> None:
+        part = self._part
+        if part is None or not len(chunk):
+            return
+        part.size += len(chunk)
+        part._md5.update(chunk)
+        part._sha1.update(chunk)
+        part._sha256.update(chunk)
+        if self._keeping:
+            room = self.budget
+            if len(chunk) <= room:
+                part.data += chunk
+                self.budget -= len(chunk)
+            else:
+                part.data += chunk[:room]
+                self.budget = 0
+                part.truncated = True
+                self._keeping = False
+                self.issues.append(("http_form_part_too_large",
+                                    f"part {part.index} ({part.name or part.filename or ''}) not kept past the body limit"))
+
+    def _end_part(self) -> None:
+        part = self._part
+        self._part = None
+        if part is None:
+            return
+        ctype, params = header_params(part.content_type)
+        if (ctype.startswith("multipart/") and part.data is not None and not part.truncated
+                and params.get("boundary")):
+            if self.depth + 1 >= self.max_depth:
+                self.issues.append(("http_multipart_bad", "multipart nesting too deep"))
+                return
+            inner = MultipartParser(params["boundary"], budget=self.budget, max_parts=self.max_parts,
+                                    max_header_bytes=self.max_header_bytes, keep=self.keep,
+                                    depth=self.depth + 1, max_depth=self.max_depth)
+            inner.feed(bytes(part.data))
+            inner.close()
+            self.budget = inner.budget
+            for sub in inner.parts:
+                # RFC 2388 multiple files: the inner parts belong to the outer field.
+                if sub.name is None:
+                    sub.name = part.name
+            part.parts = inner.parts
+            self.issues.extend(inner.issues)
+
+    def close(self) -> None:
+        """End of body: flush the held-back tail and finish an open part."""
+        if self.state == self.BODY:
+            tail = memoryview(self._buf)[self._pos:]
+            self._content(tail)
+            self._pos = len(self._buf)
+            if self._part is not None:
+                self._part.complete = False
+            self._end_part()
+        if not self.closed and self.state != self.FAILED:
+            if self.parts or self.state != self.PREAMBLE:
+                self.issues.append(("http_multipart_unterminated", "body ended without the closing delimiter"))
+            else:
+                self.issues.append(("http_multipart_bad", "no boundary delimiter in the body"))
+        self.state = self.EPILOGUE
+        self._buf = bytearray()
+        self._pos = 0
+
+    def all_parts(self) -> list[FormPart]:
+        """Parts in order with nested multipart parts flattened in place."""
+        out: list[FormPart] = []
+        for p in self.parts:
+            if p.parts:
+                out.extend(p.parts)
+            else:
+                out.append(p)
+        return out
