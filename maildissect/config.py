@@ -35,6 +35,7 @@ class Limits:
     max_literal: int = 64 * 1024 * 1024  # IMAP literal kept for parsing
     max_nesting: int = 100  # IMAP parenthesis depth, JSON depth
     max_commands_in_flight: int = 1_000  # IMAP tagged commands awaiting completion
+    max_mailbox_messages: int = 1_000_000  # IMAP sequence numbers mapped to UIDs per selected mailbox
     max_http_header_bytes: int = 1024 * 1024  # request/response header block
     max_http_body: int = 64 * 1024 * 1024  # HTTP body kept for parsing
     max_decompressed: int = 64 * 1024 * 1024  # body after Content-Encoding
@@ -66,3 +67,4 @@ class Config:
     strict: bool = False  # turn anomalies into exceptions (tests)
     redact: bool = False  # mask secrets in every output
     ports: dict[int, str] = field(default_factory=dict)  # extra port -> protocol map
+    dissect: bool = True  # False: reassemble and detect protocols only (the flows table)
