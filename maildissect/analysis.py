@@ -101,7 +101,7 @@ def make_config(limits: dict | Limits | None = None, **options) -> Config:
         lim = limits
     else:
         lim = Limits().updated(**(limits or {}))
-    unknown = set(options) - {"redact", "keep_bodies", "strict", "ports"}
+    unknown = set(options) - {"redact", "keep_bodies", "strict", "ports", "dissect"}
     if unknown:
         raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
     return Config(limits=lim, **options)
@@ -114,6 +114,7 @@ def analyze(paths: str | Iterable[str], *, limits: dict | Limits | None = None,
 
     Options: ``redact`` (mask secrets), ``keep_bodies`` (keep raw messages and
     attachment bytes on the records), ``strict`` (raise on the first anomaly),
+    ``dissect`` (False: TCP and protocol detection only, for the flows table),
     ``ports`` ({port: protocol} added to the port map), ``limits``
     ({name: value}, see docs/limits.md). Raises
     :class:`maildissect.capture.files.CaptureError` for a file that is not a
@@ -150,4 +151,4 @@ def read_flows(paths: str | Iterable[str], *, limits: dict | Limits | None = Non
     Each has its endpoints, packet and byte counts, the sha256 of each
     direction's reassembled bytes, gaps, close reason and detected protocol.
     """
-    return sorted(analyze(paths, limits=limits).records.flows, key=lambda f: f.flow_id)
+    return sorted(analyze(paths, limits=limits, dissect=False).records.flows, key=lambda f: f.flow_id)

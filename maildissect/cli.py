@@ -146,7 +146,7 @@ def _progress_callback(quiet: bool):
 
 
 def run_analysis(captures, *, quiet=False, redact=False, limits=(), ports=(), keep_bodies=False,
-                 message_hook=None):
+                 message_hook=None, dissect=True):
     """Parse the shared options and run :func:`maildissect.analyze` with a progress bar."""
     from .analysis import analyze
     lim = _parse_pairs(limits, "--limit", _number)
@@ -168,7 +168,7 @@ def run_analysis(captures, *, quiet=False, redact=False, limits=(), ports=(), ke
         if progress is not None:
             progress.start()
         result = analyze(list(captures), limits=lim, progress=update, redact=redact, ports=port_map,
-                         keep_bodies=keep_bodies, message_hook=message_hook)
+                         keep_bodies=keep_bodies, message_hook=message_hook, dissect=dissect)
     finally:
         if progress is not None:
             progress.stop()
@@ -264,7 +264,8 @@ def _listing_command(table: str):
     @analysis_options
     @handle_errors
     def command(captures, fmt, output, protocol, from_, to_, subject, session_id, quiet, redact, limits, ports):
-        result = run_analysis(captures, quiet=quiet, redact=redact, limits=limits, ports=ports)
+        result = run_analysis(captures, quiet=quiet, redact=redact, limits=limits, ports=ports,
+                              dissect=table != "flows")
         df = apply_filters(result.table(table), protocol, from_, to_, subject, session_id)
         emit_table(df, table, fmt, output)
     command.__doc__ = TABLE_HELP[table] + "\n\nColumns are described in docs/data.md."

@@ -67,11 +67,10 @@ class SessionRouter:
         flow = self.conn.flow
         if not protocol:
             return
-        cls = dissector_class("tls" if implicit_tls else protocol)
-        if cls is None:
-            flow.protocol = protocol
-            return
         flow.protocol = TLS_LABELS.get(protocol, protocol) if implicit_tls else protocol
+        cls = dissector_class("tls" if implicit_tls else protocol)
+        if cls is None or not self.pipeline.config.dissect:
+            return
         sess = Session(flow.flow_id, protocol, flow.client_ip, flow.client_port, flow.server_ip,
                        flow.server_port, flow.start, flow.end)
         if implicit_tls or protocol == "tls":
