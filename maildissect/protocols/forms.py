@@ -4,8 +4,8 @@ Pure functions and small streaming parsers over bytes, shared by the HTTP/1
 dissector and any other front end that produces HTTP messages:
 
 - :func:`header_params` splits ``type/subtype; name="value"`` header values
-  (RFC 9110 parameters, with RFC 2231 ``name*=`` extended values decoded by
-  :mod:`email.utils`);
+  (RFC 9110 parameters, with RFC 2231 ``name*=`` extended values and
+  continuations decoded);
 - :func:`parse_urlencoded` reads ``application/x-www-form-urlencoded``;
 - :class:`MultipartParser` reads ``multipart/form-data`` (and any other
   multipart body) incrementally: each part is hashed as it streams by and only
@@ -20,11 +20,10 @@ issue pairs for the caller to turn into anomalies.
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import json
 import re
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_to_bytes
 
 __all__ = [
     "header_params", "parse_urlencoded", "MultipartParser", "FormPart", "load_json",
@@ -66,18 +65,31 @@ def header_params(value: str | None) -> tuple[str, dict[str, str]]:
                 val = val[1:]
             pairs.append((name, val))
     params: dict[str, str] = {}
-    extended = [(n, v) for n, v in pairs if "*" in n]
+    extended: dict[str, list[tuple[int, bool, str]]] = {}
     for name, val in pairs:
         if "*" not in name:
             params.setdefault(name, val)
-    if extended:
+            continue
+        # RFC 2231: name*=charset'lang'%XX, or continuations name*0, name*1*, ...
+        base, _, rest = name.partition("*")
+        encoded = rest.endswith("*") or rest == ""
+        index = rest.rstrip("*")
+        extended.setdefault(base, []).append((int(index) if index.isdigit() else 0, encoded, val))
+    for base, pieces in extended.items():
+        pieces.sort(key=lambda p: p[0])
+        charset = "utf-8"
+        raw = bytearray()
+        for i, (_, encoded, val) in enumerate(pieces):
+            if encoded:
+                if i == 0 and val.count("'") >= 2:
+                    charset, _, val = val.split("'", 2)
+                raw += unquote_to_bytes(val)
+            else:
+                raw += val.encode("utf-8", "replace")
         try:
-            # decode_params wants the main value first and quoted values re-quoted.
-            decoded = email.utils.decode_params([("", "")] + [(n, '"%s"' % v) for n, v in extended])
-            for name, val in decoded[1:]:
-                params[name.lower()] = email.utils.collapse_rfc2231_value(val, errors="replace")
-        except Exception:  # a malformed extended value must not cost the rest
-            pass
+            params[base] = raw.decode(charset or "utf-8", "replace")
+        except LookupError:
+            params[base] = raw.decode("utf-8", "replace")
     return main.strip().lower(), params
 
 

@@ -1474,10 +1474,11 @@ class HttpDissector(Dissector):
     def _close(self, ts: float) -> None:
         if not self._tunnel:
             for st in (self._c, self._s):
-                if st.state == _WAIT and st.side == SERVER and st.waiting is not None:
+                # responses still waiting for a request will not get one now
+                while st.state == _WAIT and st.side == SERVER and st.waiting is not None:
                     self._orphan(st, ts)
                     self._start_orphan_body(st, ts)
-                    if st.state in (_LENGTH, _CHUNK_SIZE_ST, _CHUNK_DATA, _CHUNK_CRLF, _UNTIL_CLOSE) and len(st.buf):
+                    if len(st.buf) and st.state != _TUNNEL:
                         self._run(st, ts)
                 if st.state == _UNTIL_CLOSE:
                     if len(st.buf):

@@ -741,11 +741,21 @@ class WebmailContext:
         req_body = ex.request.body
         msg.complete = req_body is None or req_body.complete
 
-    @staticmethod
-    def _verdict(ex, msg: Message) -> None:
-        if ex.response is not None and ex.response.status is not None:
-            msg.reply_code = str(ex.response.status)
-            msg.reply_text = ex.response.reason
+    _PAGE_MSGID = re.compile(r"message-id\W{0,200}?(?:&lt;|<)([^\s<>&\"]+@[^\s<>&\"]+)(?:&gt;|>)", re.I | re.S)
+
+    def _verdict(self, ex, msg: Message) -> None:
+        """The server's answer to a send; a confirmation page that shows the new
+        message's Message-ID (as some webmails do) gives it to the message."""
+        resp = ex.response
+        if resp is None or resp.status is None:
+            return
+        msg.reply_code = str(resp.status)
+        msg.reply_text = resp.reason
+        if msg.message_id is None and resp.status < 400 and resp.body is not None \
+                and resp.body.content_type == "text/html":
+            m = self._PAGE_MSGID.search(ex.response_text(1 << 16))
+            if m:
+                msg.message_id = f"<{m.group(1)}>"
 
     # -- URL heuristics ------------------------------------------------------
     _URL_RULES = (
