@@ -407,6 +407,91 @@ def export(captures, directory, fmt, quiet, redact, limits, ports):
         click.echo(f"{len(TABLES)} tables written to {directory}", err=True)
 
 
+def _record_json(table: str, record) -> str:
+    import json
+    from . import frames
+    from .output.files import json_ready
+    row = json_ready(frames.frame(table, [record]))[0]
+    return json.dumps({"record": table[:-1] if table.endswith("s") else table, **row}, ensure_ascii=False,
+                      default=str)
+
+
+def _record_line(table: str, r) -> str:
+    from datetime import datetime
+    when = datetime.fromtimestamp(getattr(r, "end", None) or getattr(r, "ts", 0) or 0).strftime("%H:%M:%S")
+    if table == "messages":
+        atts = f", {len(r.attachments)} attachment(s)" if r.attachments else ""
+        return (f"{when} message  #{r.session_id} {r.protocol} {r.direction}: {r.from_ or r.mail_from or '?'} -> "
+                f"{', '.join(r.to or r.rcpt_to) or '?'} {r.subject!r}{atts}")
+    return (f"{when} session  #{r.session_id} {r.protocol} {r.client_ip}:{r.client_port} -> "
+            f"{r.server_ip}:{r.server_port} user={r.auth_user or '-'} tls={'yes' if r.tls else 'no'} "
+            f"commands={r.commands} messages={r.messages}")
+
+
+@cli.command()
+@click.option("-i", "--interface", "iface", required=True, help="Interface to capture on (e.g. eth0, lo).")
+@click.option("-f", "--filter", "bpf", default=None,
+              help="BPF capture filter (default: TCP on the mail and web ports plus --ports).")
+@click.option("--ports", "extra_ports", default="", metavar="P1,P2", help="More TCP ports to capture.")
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+@click.option("--count", type=int, default=None, help="Stop after this many packets.")
+@click.option("-w", "--write", "write", type=click.Path(dir_okay=False), default=None,
+              help="Also write the packets to this pcap file.")
+@click.option("--rotate-size", default=None, metavar="SIZE",
+              help="With -w: start a new file (FILE1, FILE2...) every SIZE bytes (e.g. 100M).")
+@click.option("--format", "fmt", type=click.Choice(["table", "jsonl"]), default="table", show_default=True,
+              help="table: a line per record; jsonl: one JSON object per line, for piping.")
+@click.option("--backend", type=click.Choice(["scapy", "tcpdump", "tshark"]), default="scapy",
+              show_default=True, help="Capture with scapy's packet socket, a tcpdump pipe, or pyshark/tshark.")
+@click.option("--idle-timeout", type=float, default=300.0, show_default=True,
+              help="Seconds of silence after which a connection is closed and reported.")
+@analysis_options
+@handle_errors
+def live(iface, bpf, extra_ports, duration, count, write, rotate_size, fmt, backend, idle_timeout, quiet, redact,
+         limits, ports):
+    """Capture on an interface and print each session and message as it completes.
+
+    Memory stays bounded: finished sessions are printed and forgotten, idle
+    connections time out. Stop with Ctrl-C, --duration or --count; a summary
+    (with kernel drop counts) goes to stderr. Needs root or CAP_NET_RAW.
+    """
+    from .capture.live import LiveError, default_filter
+    from .config import Config, Limits
+    from .live import run_live
+    try:
+        extra = [int(p) for p in extra_ports.split(",") if p.strip()]
+    except ValueError:
+        raise click.BadParameter(f"bad port list {extra_ports!r}", param_hint="--ports") from None
+    lim_changes = _parse_pairs(limits, "--limit", _number)
+    lim_changes.setdefault("idle_timeout", idle_timeout)
+    try:
+        lim = Limits().updated(**lim_changes)
+    except (ValueError, TypeError) as e:
+        raise click.BadParameter(str(e), param_hint="--limit") from None
+    port_map = {int(k): v for k, v in _parse_pairs(ports, "--port").items()}
+    config = Config(limits=lim, redact=redact, ports=port_map)
+    rotate = _number(rotate_size) if rotate_size else None
+
+    def on_record(table, record):
+        if redact and table == "credentials":
+            record.secret = "********"
+        line = _record_json(table, record) if fmt == "jsonl" else _record_line(table, record)
+        click.echo(line)
+    if not quiet:
+        click.echo(f"capturing on {iface} ({backend}); Ctrl-C to stop", err=True)
+    try:
+        summary = run_live(iface, bpf=bpf or default_filter(extra + list(port_map)), backend=backend,
+                           config=config, on_record=on_record, duration=duration, count=count, write=write,
+                           rotate_size=rotate)
+    except LiveError as e:
+        raise UserError(str(e)) from None
+    if not quiet:
+        drops = summary.get("kernel_drops")
+        click.echo(f"{summary['frames']} packets, {summary['flows']} connections, {summary['sessions']} sessions, "
+                   f"{summary['messages']} messages in {summary['seconds']} s"
+                   + (f"; kernel dropped {drops}" if drops is not None else ""), err=True)
+
+
 def _register_optional():
     """Commands whose modules may pull heavier dependencies are registered if importable."""
     try:

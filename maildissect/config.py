@@ -42,7 +42,7 @@ class Limits:
     max_decompression_ratio: int = 1_000  # decompressed / compressed
     # MIME
     max_mime_depth: int = 50  # nested multiparts / message/rfc822
-    max_mime_parts: int = 10_000
+    max_mime_parts: int = 10_000  # MIME parts in one message
     max_headers: int = 10_000  # header fields in one header block
     max_header_bytes: int = 1024 * 1024  # one header block
     preview_chars: int = 200  # text preview length in tables
@@ -56,6 +56,30 @@ class Limits:
         if unknown:
             raise ValueError(f"unknown limit(s): {', '.join(sorted(unknown))}")
         return replace(self, **changes)
+
+
+def limits_markdown() -> str:
+    """docs/limits.md, from the declarations above (their comments are the documentation)."""
+    import inspect
+    import re
+    src = inspect.getsource(Limits)
+    defaults = Limits()
+    lines = ["# Limits", "",
+             "Every buffer maildissect keeps is bounded. Passing a limit never raises and never grows "
+             "memory: the excess is skipped (or hashed without being kept) and an anomaly names what "
+             "happened (docs/anomalies.md).", "",
+             "Change a limit on the command line with `--limit NAME=VALUE` (sizes accept K, M and G "
+             "suffixes: `--limit max_message_size=256M`) or from Python with "
+             "`maildissect.analyze(path, limits={\"max_line\": 1_000_000})`.", ""]
+    for m in re.finditer(r"^    # (.+)$|^    (\w+): \w+ = [^#\n]+#\s*(.+)$", src, re.M):
+        if m.group(1):
+            lines += ["", f"## {m.group(1)[0].upper() + m.group(1)[1:]}", "", "| limit | default | meaning |", "|---|---|---|"]
+        else:
+            name, doc = m.group(2), m.group(3)
+            value = getattr(defaults, name)
+            shown = f"{value:,}" if isinstance(value, int) else str(value)
+            lines.append(f"| `{name}` | {shown} | {doc} |")
+    return "\n".join(lines).replace("\n\n\n", "\n\n") + "\n"
 
 
 @dataclass(slots=True)

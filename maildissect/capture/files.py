@@ -111,7 +111,7 @@ class CaptureReader:
     shorter than they were on the wire.
     """
 
-    def __init__(self, path: str, max_frame: int = 262_144):
+    def __init__(self, path: str, max_frame: int = 262_144, stream: BinaryIO | None = None):
         self.path = path
         self.max_frame = max_frame
         self.anomalies: list[Anomaly] = []
@@ -119,7 +119,13 @@ class CaptureReader:
         self.frames = 0
         self.snaplen_cut = 0
         self.unsorted = 0
-        self._src = _open(path)
+        if stream is None:
+            self._src = _open(path)
+            # regular files are read in whole blocks; pipes as data arrives
+            self._read = self._src.stream.read if path != "-" else _reader(self._src.stream)
+        else:
+            self._src = _Source(path, stream, None)
+            self._read = _reader(stream)
         self.name = self._src.name
         try:
             magic_bytes = self._read_exact(4)
@@ -154,9 +160,19 @@ class CaptureReader:
     def position(self) -> int:
         return self._src.position()
 
+    @classmethod
+    def from_stream(cls, stream: BinaryIO, name: str, max_frame: int = 262_144) -> "CaptureReader":
+        """A reader over an open binary stream (a pipe from tcpdump, say)."""
+        return cls(name, max_frame, stream=stream)
+
     def _read_exact(self, n: int) -> bytes:
-        out = self._src.stream.read(n)
-        return out if out is not None else b""
+        out = bytearray()
+        while len(out) < n:
+            chunk = self._read(n - len(out))
+            if not chunk:
+                break
+            out += chunk
+        return bytes(out)
 
     def _anomaly(self, name: str, detail: str, ts: float | None = None):
         self.anomalies.append(Anomaly(ts, None, "", name, f"{self.name}: {detail}"))
@@ -184,7 +200,7 @@ class CaptureReader:
         limit = max(self.max_frame, snaplen if snaplen <= 16 * self.max_frame else 0)
         hdr = struct.Struct(endian + "IIII")
         unpack = hdr.unpack_from
-        read = self._src.stream.read
+        read = self._read
         buf = b""
         pos = 0
         last_ts = 0.0
@@ -227,7 +243,7 @@ class CaptureReader:
 
     # -- pcapng --------------------------------------------------------------------
     def _pcapng(self, magic_bytes: bytes) -> Iterator[Frame]:
-        read = self._src.stream.read
+        read = self._read
         buf = magic_bytes + (read(BLOCK) or b"")
         pos = 0
         endian = "<"
@@ -333,6 +349,12 @@ class CaptureReader:
                 offset = float(struct.unpack(endian + "q", value[:8])[0])
             p += 4 + ((length + 3) & ~3)
         return scale, offset
+
+
+def _reader(stream):
+    """read(n) that returns what is available (at least one byte) instead of waiting for n."""
+    read1 = getattr(stream, "read1", None)
+    return read1 if read1 is not None else stream.read
 
 
 def read_frames(paths, max_frame: int = 262_144, readers: list | None = None) -> Iterator[Frame]:
