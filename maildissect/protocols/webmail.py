@@ -635,8 +635,10 @@ class WebmailContext:
         action = self._RC_ACTIONS.get(act)
         if act == "viewsource" and ex.field("_save"):
             action = "download"
-        if task == "login" and not act:
-            action = "login"
+        if not act:
+            # no action: the task's start page (mail -> the message list)
+            action = {"login": "login", "logout": "logout", "mail": "list",
+                      "addressbook": "contacts", "settings": "settings"}.get(task)
         compose_id = ex.field("_id")
         if act == "upload" and ex.method == "POST":
             files = ex.files()
