@@ -458,10 +458,20 @@ class _Partial:
         self.kind = kind
 
 
+#: MIME anomalies that only say a message was cut short; for a message already
+#: marked incomplete (a header-only, partial or truncated fetch) they repeat
+#: what ``complete=False`` says and are dropped.
+_TRUNCATION_ANOMALIES = frozenset({"mime_missing_closing_boundary", "mime_boundary_not_found",
+                                   "mime_missing_header_separator"})
+
+
 def _fill(msg: Message, raw: bytes, config) -> list:
-    """Fill ``msg`` from ``raw`` with the shared MIME parser."""
+    """Fill ``msg`` from ``raw`` with the shared MIME parser; its anomalies."""
     from .. import mime  # imported on use: the MIME layer is optional for framing
-    return mime.fill_message(msg, raw, config)
+    found = mime.fill_message(msg, raw, config)
+    if not msg.complete:
+        found = [a for a in found if a.name not in _TRUNCATION_ANOMALIES]
+    return found
 
 
 def _json_safe(value, depth=0):

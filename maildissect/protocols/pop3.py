@@ -53,7 +53,7 @@ _KNOWN_BYTES = frozenset(w.encode() for w in KNOWN_COMMANDS)
 _TERMINATOR = b"\r\n.\r\n"
 _STATUS = re.compile(rb"^([+-])(OK|ERR)\b ?(.*)$", re.I | re.S)
 _APOP_STAMP = re.compile(rb"<[^<>\s]+@[^<>\s]+>")
-_CLIENT_VERB = re.compile(rb"^([A-Za-z][A-Za-z0-9]{1,7})(?: |$)")
+_CLIENT_VERB = re.compile(rb"^([A-Za-z][A-Za-z0-9]{1,7})(?:[ \r\n]|$)")
 _SOFTWARE = (("dovecot", "Dovecot"), ("courier", "Courier"), ("cyrus", "Cyrus"), ("qpopper", "Qpopper"),
              ("popa3d", "popa3d"), ("twisted", "Twisted"), ("microsoft exchange", "Microsoft Exchange"),
              ("gpop", "Gmail"), ("hmailserver", "hMailServer"), ("zimbra", "Zimbra"))
@@ -141,10 +141,20 @@ class _Multi:
         return b"".join(self.chunks)
 
 
+#: MIME anomalies that only say a message was cut short; for a message already
+#: marked incomplete (a header-only, partial or truncated fetch) they repeat
+#: what ``complete=False`` says and are dropped.
+_TRUNCATION_ANOMALIES = frozenset({"mime_missing_closing_boundary", "mime_boundary_not_found",
+                                   "mime_missing_header_separator"})
+
+
 def _fill(msg: Message, raw: bytes, config) -> list:
-    """Fill ``msg`` from ``raw`` with the shared MIME parser."""
+    """Fill ``msg`` from ``raw`` with the shared MIME parser; its anomalies."""
     from .. import mime  # imported on use: the MIME layer is optional for framing
-    return mime.fill_message(msg, raw, config)
+    found = mime.fill_message(msg, raw, config)
+    if not msg.complete:
+        found = [a for a in found if a.name not in _TRUNCATION_ANOMALIES]
+    return found
 
 
 class Pop3Dissector(Dissector):
