@@ -7,7 +7,7 @@ from typing import Callable, Iterable
 
 import pandas as pd
 
-from . import frames
+from . import frames, parallel
 from .config import Config, Limits
 from .pipeline import Collector, Pipeline
 
@@ -109,7 +109,7 @@ def make_config(limits: dict | Limits | None = None, **options) -> Config:
 
 def analyze(paths: str | Iterable[str], *, limits: dict | Limits | None = None,
             progress: Callable[[int, int], None] | None = None,
-            message_hook: Callable | None = None, **options) -> Analysis:
+            message_hook: Callable | None = None, jobs: int = 1, **options) -> Analysis:
     """Analyse capture files (pcap, pcapng, gzip; '-' for stdin), merged in time order.
 
     Options: ``redact`` (mask secrets), ``keep_bodies`` (keep raw messages and
@@ -124,9 +124,22 @@ def analyze(paths: str | Iterable[str], *, limits: dict | Limits | None = None,
         paths = [paths]
     paths = [str(p) for p in paths]
     config = make_config(limits, **options)
+    if message_hook is None and parallel.worth_parallel(paths, jobs):
+        collector, wstats = parallel.run_parallel(paths, config, jobs, progress)
+        d = wstats["decoder"]
+        stats = {"files": list(paths), "frames": wstats["frames"], "tcp_segments": d["tcp"],
+                 "non_ip": d["non_ip"], "non_tcp": d["non_tcp"], "malformed": d["malformed"],
+                 "ip_fragments": d["fragments"], "linktypes": wstats["linktypes"], "jobs": jobs}
+        stats.update(_span(collector))
+        return Analysis(collector, config, stats)
     pipe = Pipeline(config, message_hook=message_hook)
     collector = pipe.run(paths, progress)
     return Analysis(collector, config, pipeline_stats(pipe, paths))
+
+
+def _span(collector) -> dict:
+    return {"first_ts": min((f.start for f in collector.flows), default=None),
+            "last_ts": max((f.end for f in collector.flows), default=None)}
 
 
 def pipeline_stats(pipe: Pipeline, paths) -> dict:
@@ -140,15 +153,15 @@ def pipeline_stats(pipe: Pipeline, paths) -> dict:
         "malformed": d.malformed,
         "ip_fragments": d.fragments,
         "linktypes": sorted({lt for r in pipe.readers for lt in r.linktypes}),
-        "first_ts": min((f.start for f in pipe.collector.flows), default=None),
-        "last_ts": max((f.end for f in pipe.collector.flows), default=None),
+        "jobs": 1,
+        **_span(pipe.collector),
     }
 
 
-def read_flows(paths: str | Iterable[str], *, limits: dict | Limits | None = None) -> list:
+def read_flows(paths: str | Iterable[str], *, limits: dict | Limits | None = None, jobs: int = 1) -> list:
     """The TCP connections of captures as :class:`maildissect.model.Flow` records.
 
     Each has its endpoints, packet and byte counts, the sha256 of each
     direction's reassembled bytes, gaps, close reason and detected protocol.
     """
-    return sorted(analyze(paths, limits=limits, dissect=False).records.flows, key=lambda f: f.flow_id)
+    return sorted(analyze(paths, limits=limits, dissect=False, jobs=jobs).records.flows, key=lambda f: f.flow_id)

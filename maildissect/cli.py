@@ -92,6 +92,10 @@ def _number(text: str):
 
 def analysis_options(fn):
     """Options shared by every command that analyses captures."""
+    from .parallel import default_jobs
+    fn = click.option("-j", "--jobs", type=click.IntRange(1, 256), default=default_jobs(), show_default=True,
+                      help="Processes to use (connections are split between them; results are identical). "
+                           "Small captures use one.")(fn)
     fn = click.option("--port", "ports", multiple=True, metavar="PORT=PROTO",
                       help="Treat a server port as a protocol (smtp, imap, pop3, http; smtps/imaps/pop3s/"
                            "https for implicit TLS). Repeatable.")(fn)
@@ -146,7 +150,7 @@ def _progress_callback(quiet: bool):
 
 
 def run_analysis(captures, *, quiet=False, redact=False, limits=(), ports=(), keep_bodies=False,
-                 message_hook=None, dissect=True):
+                 message_hook=None, dissect=True, jobs=1):
     """Parse the shared options and run :func:`maildissect.analyze` with a progress bar."""
     from .analysis import analyze
     lim = _parse_pairs(limits, "--limit", _number)
@@ -168,7 +172,7 @@ def run_analysis(captures, *, quiet=False, redact=False, limits=(), ports=(), ke
         if progress is not None:
             progress.start()
         result = analyze(list(captures), limits=lim, progress=update, redact=redact, ports=port_map,
-                         keep_bodies=keep_bodies, message_hook=message_hook, dissect=dissect)
+                         keep_bodies=keep_bodies, message_hook=message_hook, dissect=dissect, jobs=jobs)
     finally:
         if progress is not None:
             progress.stop()
@@ -263,9 +267,12 @@ def _listing_command(table: str):
     @filter_options
     @analysis_options
     @handle_errors
-    def command(captures, fmt, output, protocol, from_, to_, subject, session_id, quiet, redact, limits, ports):
+    def command(captures, fmt, output, protocol, from_, to_, subject, session_id, quiet, redact, limits, ports,
+                jobs):
+        if table == "flows" and click.get_current_context().get_parameter_source("jobs").name == "DEFAULT":
+            jobs = 1  # without dissection, reading dominates and one process is fastest
         result = run_analysis(captures, quiet=quiet, redact=redact, limits=limits, ports=ports,
-                              dissect=table != "flows")
+                              dissect=table != "flows", jobs=jobs)
         df = apply_filters(result.table(table), protocol, from_, to_, subject, session_id)
         emit_table(df, table, fmt, output)
     command.__doc__ = TABLE_HELP[table] + "\n\nColumns are described in docs/data.md."
@@ -280,7 +287,7 @@ for _table in TABLE_HELP:
 @click.argument("captures", nargs=-1, type=click.Path(allow_dash=True))
 @analysis_options
 @handle_errors
-def analyze(captures, quiet, redact, limits, ports):
+def analyze(captures, quiet, redact, limits, ports, jobs):
     """A readable summary of captures: protocols, sessions, messages, credentials, anomalies.
 
     With no CAPTURE, analyses the bundled sample capture (captures/journey.pcap).
@@ -292,7 +299,7 @@ def analyze(captures, quiet, redact, limits, ports):
         if not quiet:
             click.echo(f"Analysing the bundled sample capture {sample}", err=True)
         captures = (sample,)
-    result = run_analysis(captures, quiet=quiet, redact=redact, limits=limits, ports=ports)
+    result = run_analysis(captures, quiet=quiet, redact=redact, limits=limits, ports=ports, jobs=jobs)
     from .output.summary import print_summary
     from .output.tables import console
     print_summary(result, console())
@@ -348,7 +355,7 @@ def follow(capture, flow_id, fmt, side, output, limits):
 @analysis_options
 @handle_errors
 def extract(captures, directory, overwrite, no_attachments, protocol, from_, to_, subject, session_id, quiet,
-            redact, limits, ports):
+            redact, limits, ports, jobs):
     """Write every message as .eml (exact bytes as transferred) and its attachments.
 
     Layout: DIR/messages/*.eml, DIR/attachments/* (identical files written
@@ -391,11 +398,11 @@ def extract(captures, directory, overwrite, no_attachments, protocol, from_, to_
               show_default=True, help="File format of the tables.")
 @analysis_options
 @handle_errors
-def export(captures, directory, fmt, quiet, redact, limits, ports):
+def export(captures, directory, fmt, quiet, redact, limits, ports, jobs):
     """Write every table (flows, sessions, messages, ...) as files in a directory."""
     from .analysis import TABLES
     from .output import files
-    result = run_analysis(captures, quiet=quiet, redact=redact, limits=limits, ports=ports)
+    result = run_analysis(captures, quiet=quiet, redact=redact, limits=limits, ports=ports, jobs=jobs)
     try:
         os.makedirs(directory, exist_ok=True)
     except OSError as e:
@@ -448,7 +455,7 @@ def _record_line(table: str, r) -> str:
 @analysis_options
 @handle_errors
 def live(iface, bpf, extra_ports, duration, count, write, rotate_size, fmt, backend, idle_timeout, quiet, redact,
-         limits, ports):
+         limits, ports, jobs):
     """Capture on an interface and print each session and message as it completes.
 
     Memory stays bounded: finished sessions are printed and forgotten, idle

@@ -41,6 +41,7 @@ SCHEMAS: dict[str, list[tuple]] = {
                                    "handshake as seen at the capture point); empty without a full handshake"),
         ("close", "cat", "how it ended: fin, rst, refused (SYN answered by RST), unanswered (SYN only), "
                          "timeout (idle), open (still open at the end of the capture)"),
+        ("first_frame", "int", "frame number (from 1, as Wireshark counts) of the connection's first packet"),
         ("syn_seen", "bool", "the client's SYN is in the capture"),
         ("role_by", "cat", "how client and server were told apart: syn, port (well-known port), first "
                            "(first packet's sender)"),

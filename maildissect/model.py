@@ -56,7 +56,8 @@ class Flow:
     gap_bytes: int = 0
     protocol: str = ""
     handshake_rtt: float | None = None  # SYN -> ACK of SYN-ACK, seconds
-    close: str = "open"  # fin | rst | timeout | open | refused
+    close: str = "open"  # fin | rst | refused | unanswered | timeout | open
+    first_frame: int = 0  # capture frame number (from 1) of the connection's first packet
     syn_seen: bool = False
     role_by: str = ""  # how client/server was decided: syn | port | first
 

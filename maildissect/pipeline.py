@@ -229,26 +229,38 @@ class Pipeline:
                 c.mailboxes.append(r)
 
     # -- running ------------------------------------------------------------------
-    def run(self, paths, progress: Callable[[int, int], None] | None = None) -> Collector:
+    def run(self, paths, progress: Callable[[int, int], None] | None = None,
+            shard: tuple[int, int] | None = None) -> Collector:
         """Process capture files (merged in time order); returns the collector.
 
         ``progress(done_bytes, total_bytes)`` is called now and then.
         """
         frames = read_frames(paths, self.config.limits.max_frame, self.readers)
-        self.process(frames, progress)
+        self.process(frames, progress, shard)
         return self.collector
 
-    def process(self, frames, progress=None) -> None:
+    def process(self, frames, progress=None, shard: tuple[int, int] | None = None) -> None:
+        """Decode, reassemble and dissect ``frames``.
+
+        ``shard=(k, n)``: handle only the connections whose endpoint hash is
+        ``k`` modulo ``n`` (every frame is still read and counted, so frame
+        numbers and capture-level anomalies are the same in every shard).
+        """
         decode = self.decoder.decode
-        packet = self.reassembler.packet
+        reasm = self.reassembler
+        packet = reasm.packet
         n = 0
         total = sum(r.size or 0 for r in self.readers)
         last_ts = None
+        k, nshards = shard if shard else (0, 1)
         for ts, linktype, data, wirelen in frames:
             n += 1
             seg = decode(ts, linktype, data, wirelen)
             if seg is not None:
-                packet(ts, seg)
+                # the same hash for both directions: port sum plus last address bytes
+                if nshards == 1 or (seg[3] + seg[4] + seg[1][-1] + seg[2][-1]) % nshards == k:
+                    reasm.frame = n
+                    packet(ts, seg)
             if progress is not None and not n & 0x3FFF:
                 progress(sum(r.position() for r in self.readers), total)
             last_ts = ts

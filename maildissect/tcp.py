@@ -128,6 +128,7 @@ class Reassembler:
         self.table: dict[bytes, tuple[Connection, int]] = {}
         self.anomalies: list[Anomaly] = []
         self.next_id = 0  # like Wireshark's tcp.stream
+        self.frame = 0  # number of the frame being processed (set by the caller)
         self.open = 0
         self.packets = 0
         self._last_sweep = None
@@ -205,7 +206,8 @@ class Reassembler:
             cip, cport, sip, sport_, ckey, skey = src, sport, dst, dport, key, rkey
         else:
             cip, cport, sip, sport_, ckey, skey = dst, dport, src, sport, rkey, key
-        flow = Flow(self.next_id, ip_text(cip), cport, ip_text(sip), sport_, ts, ts, role_by=by)
+        flow = Flow(self.next_id, ip_text(cip), cport, ip_text(sip), sport_, ts, ts, role_by=by,
+                    first_frame=self.frame)
         self.next_id += 1
         conn = Connection(flow, (ckey, skey))
         if len(self.table) >= 2 * self.limits.max_flows:
