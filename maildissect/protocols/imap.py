@@ -814,9 +814,22 @@ class ImapDissector(Dissector):
         s.comp_in += len(data)
         lim = self.limits
         while data and s.mode not in (_DEAD, _TLS):
+            backup = d.copy()
             try:
                 piece = d.decompress(data, _INFLATE_PIECE)
             except zlib.error as exc:
+                # zlib drops the output of a call that fails; inflate again byte
+                # by byte up to the bad byte, so that what precedes the damage
+                # is parsed however the stream was segmented.
+                good = []
+                for k in range(len(data)):
+                    try:
+                        good.append(backup.decompress(data[k:k + 1]))
+                    except zlib.error:
+                        break
+                piece = b"".join(good)
+                if piece:
+                    self._parse(side, piece, ts, out)
                 out.append(self.anomaly(ts, side, "imap_compress_error", str(exc)))
                 self._kill(side)
                 return
@@ -1804,10 +1817,18 @@ class ImapDissector(Dissector):
             elif up == "MODSEQ":
                 modseq = as_int(value[0]) if isinstance(value, list) and value else as_int(value)
             elif up in ("RFC822", "RFC822.HEADER", "RFC822.TEXT"):
+                if isinstance(value, str):
+                    value = value.encode("utf-8")
+                elif isinstance(value, list):
+                    value = None
                 kind = {"RFC822": "full", "RFC822.HEADER": "header", "RFC822.TEXT": "text"}[up]
                 sections.append(_Section(up, "BODY", {"full": "", "header": "HEADER", "text": "TEXT"}[kind],
                                          kind, "", None, value))
             elif up.startswith(("BODY[", "BINARY[")):
+                if isinstance(value, str):  # an atom where an nstring belongs: take its bytes
+                    value = value.encode("utf-8")
+                elif isinstance(value, list):
+                    value = None
                 m = _SECTION.match(up)
                 if m:
                     sec = _norm_section(m.group(2))
