@@ -53,6 +53,7 @@ SERVER_PORTS = {25, 465, 587, 2525, 143, 993, 110, 995, 80, 443, 8080, 8000, 844
 #: declaring the hole a gap.
 ACKED_HOLE_PATIENCE = 8
 
+SWEEP_INTERVAL = 60.0  # seconds of capture time between idle sweeps
 RECENT_CHUNKS = 32  # delivered chunks remembered to check retransmitted bytes
 
 
@@ -131,7 +132,7 @@ class Reassembler:
         self.frame = 0  # number of the frame being processed (set by the caller)
         self.open = 0
         self.packets = 0
-        self._last_sweep = None
+        self._sweep_at = float("inf")  # capture time of the next idle sweep
         self.max_ooo_bytes = self.limits.max_ooo_bytes
         self.max_ooo_segments = self.limits.max_ooo_segments
 
@@ -145,9 +146,13 @@ class Reassembler:
             conn, side = self._new(ts, key, src, dst, sport, dport, flags)
         else:
             conn, side = entry
-            if flags & SYN and not flags & ACK and side == CLIENT and not (flags & RST):
+            if flags & SYN and not flags & (ACK | RST) and side == CLIENT:
                 h = conn.halves[CLIENT]
-                if conn.closed or (h.syn_seq is not None and seq != h.syn_seq):
+                # A retried SYN with the same ISN after a refusal is the same attempt (as
+                # Wireshark counts streams); a new ISN, or a SYN after a real
+                # connection ended, starts a new connection.
+                same_isn = h.syn_seq is not None and seq == h.syn_seq
+                if (not same_isn or conn.established) if conn.closed else (h.syn_seq is not None and not same_isn):
                     if not conn.closed:
                         self._anomaly(conn, ts, "", "tcp_port_reuse", f"new ISN {seq}")
                         self._close(conn, ts, "reused")
@@ -161,28 +166,37 @@ class Reassembler:
         if conn.closed:
             return
         h = conn.halves[side]
-        if flags & SYN:
-            self._syn(conn, side, h, ts, seq, flags)
-        elif not h.started:
-            h.started = True
-            h.base = seq
-        if flags & ACK:
-            self._ack(conn, side, ts, ack)
-        if seglen:
-            off = h.offset(seq + 1 if flags & SYN else seq)
-            self._data(conn, side, h, ts, off, payload, seglen)
-        if flags & FIN:
-            off = h.offset(seq + 1 if flags & SYN else seq) + seglen
-            if h.fin is None:
-                h.fin = off
-                conn.fins += 1
-            self._maybe_finish(conn, ts)
-        if flags & RST:
-            conn.rst = True
-            self._close(conn, ts, "rst")
-        if self._last_sweep is None:
-            self._last_sweep = ts
-        elif ts - self._last_sweep > 60.0:
+        if flags & 0x07 == 0 and h.started:
+            # the common case: data or a bare ACK on an established connection
+            if flags & ACK and (conn.halves[1 - side].starts or not conn.established):
+                self._ack(conn, side, ts, ack)
+            if seglen:
+                if ((seq - h.base) & 0xFFFFFFFF) == (h.next & 0xFFFFFFFF) and not h.starts \
+                        and h.fin is None and len(payload) == seglen:
+                    self._deliver(conn, side, h, ts, payload)  # in order, nothing pending
+                else:
+                    self._data(conn, side, h, ts, h.offset(seq), payload, seglen)
+        else:
+            if flags & SYN:
+                self._syn(conn, side, h, ts, seq, flags)
+            elif not h.started:
+                h.started = True
+                h.base = seq
+            if flags & ACK:
+                self._ack(conn, side, ts, ack)
+            if seglen:
+                off = h.offset(seq + 1 if flags & SYN else seq)
+                self._data(conn, side, h, ts, off, payload, seglen)
+            if flags & FIN:
+                off = h.offset(seq + 1 if flags & SYN else seq) + seglen
+                if h.fin is None:
+                    h.fin = off
+                    conn.fins += 1
+                self._maybe_finish(conn, ts)
+            if flags & RST:
+                conn.rst = True
+                self._close(conn, ts, "rst")
+        if ts > self._sweep_at:
             self.sweep(ts)
 
     # -- connection life ---------------------------------------------------------
@@ -214,6 +228,8 @@ class Reassembler:
             self._evict(ts)
         self.table[ckey] = (conn, CLIENT)
         self.table[skey] = (conn, SERVER)
+        if self._sweep_at == float("inf"):
+            self._sweep_at = ts + SWEEP_INTERVAL
         self.open += 1
         if self.on_open is not None:
             conn.listener = self.on_open(conn)
@@ -312,7 +328,7 @@ class Reassembler:
 
     def sweep(self, now: float) -> None:
         """Close connections idle longer than the idle timeout; forget closed stubs."""
-        self._last_sweep = now
+        self._sweep_at = now + SWEEP_INTERVAL
         timeout = self.limits.idle_timeout
         for conn, side in list(self.table.values()):
             if side != CLIENT:

@@ -47,6 +47,8 @@ _BSD_AF_INET6 = {24, 28, 30}  # AF_INET6 on NetBSD/OpenBSD, FreeBSD, macOS
 _IPV6_EXT = {0, 43, 60, 51, 135, 139, 140}  # hop-by-hop, routing, dest opts, AH, mobility, HIP, shim6
 
 _u16 = struct.Struct("!H").unpack_from
+# from the IPv4 total length (offset 16 of an Ethernet frame) to the TCP flags
+_eth_ipv4_tcp = struct.Struct("!H2xH xB 2x8x HHIIBB").unpack_from
 _ipv4 = struct.Struct("!BBHHHBBH4s4s").unpack_from
 _tcp = struct.Struct("!HHIIBB").unpack_from
 _ipv6_frag = struct.Struct("!BBHI").unpack_from
@@ -78,6 +80,17 @@ class Decoder:
         """Decode one frame; returns a segment tuple or None."""
         self.frames += 1
         n = len(data)
+        if linktype == LINKTYPE_ETHERNET and n >= 54 and data[12] == 8 and data[13] == 0 and data[14] == 0x45:
+            # Fast path: Ethernet, IPv4 without options, not a fragment, TCP.
+            total, frag, proto, sport, dport, seq, ack, doff, flags = _eth_ipv4_tcp(data, 16)
+            if proto == 6 and not frag & 0x3FFF and total >= 40:
+                hlen = (doff >> 4) * 4
+                if 20 <= hlen <= total - 20:
+                    end = min(n, 14 + total)
+                    start = 34 + hlen
+                    self.tcp += 1
+                    return (data[26:38], data[26:30], data[30:34], sport, dport, seq, ack, flags,
+                            data[start:end] if end > start else b"", total - 20 - hlen)
         if linktype == LINKTYPE_ETHERNET:
             if n < 14:
                 self.non_ip += 1
