@@ -235,3 +235,13 @@ def test_flow_table_limit_evicts():
     _, flows, ra = run(segs, lim)
     assert len(flows) == 10
     assert "tcp_flow_limit" in [a.name for a in ra.anomalies]
+
+
+def test_syn_retried_after_refusal_with_same_isn_is_one_attempt():
+    segs = [segment("c", 100, 0, SYN), segment("s", 0, 101, RST | ACK)] * 3
+    _, flows, _ = run(segs)
+    assert len(flows) == 1 and flows[0].close == "refused" and flows[0].packets == 6
+    segs = [segment("c", 100, 0, SYN), segment("s", 0, 101, RST | ACK),
+            segment("c", 900, 0, SYN), segment("s", 0, 901, RST | ACK)]
+    _, flows, _ = run(segs)
+    assert [f.close for f in flows] == ["refused", "refused"]
