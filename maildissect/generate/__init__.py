@@ -70,7 +70,7 @@ def generate(scenario: str, out: str, *, messages: int = 3,
              attachment_size: int = DEFAULT_ATTACHMENT_SIZE, seed: int = 1, users: int = 1,
              keylog: str | None = None, capture: str = "auto", loss: float = 0.0,
              reorder: float = 0.0, duplicate: float = 0.0, mss: int | None = None,
-             progress=None, timeout: float = 180.0) -> dict:
+             progress=None, timeout: float = 180.0, retry_delay: float = 0.75) -> dict:
     """Run ``scenario`` and write ``OUT.pcap`` and ``OUT.json``; return the manifest.
 
     scenario: one of :data:`SCENARIO_NAMES`. out: output path (``.pcap`` added
@@ -82,7 +82,8 @@ def generate(scenario: str, out: str, *, messages: int = 3,
     relays, pcap synthesised with scapy; no privileges) or "auto". loss,
     reorder, duplicate: per-segment probabilities, mss: segment size
     (synthetic only). progress: called with one-line status messages.
-    timeout: the whole run is stopped after this many seconds.
+    timeout: the whole run is stopped after this many seconds. retry_delay:
+    seconds a relay queue waits before retrying a deferred message.
     """
     from .impair import Impairments
     from .lab import Lab
@@ -108,7 +109,7 @@ def generate(scenario: str, out: str, *, messages: int = 3,
     cap_stats: dict = {}
     lab = Lab(synthetic=(mode == "synthetic"), seed=seed, users=users,
               attachment_size=attachment_size, keylog=keylog, tls=scenario in NEEDS_TLS,
-              progress=say)
+              retry_delay=retry_delay, progress=say)
     try:
         if mode == "live":
             capturer = make_capture(pcap_path, [h.ip for h in HOSTS])
@@ -156,7 +157,8 @@ def generate(scenario: str, out: str, *, messages: int = 3,
         "created": _iso_now(),
         "seed": seed,
         "options": {"messages": messages, "attachment_size": attachment_size, "users": users,
-                    "keylog": os.path.abspath(keylog) if keylog else None},
+                    "keylog": os.path.abspath(keylog) if keylog else None,
+                    "retry_delay": retry_delay},
         "capture": doc_capture,
         "impairments": imp.to_dict() if mode == "synthetic" else None,
         "duration": round(elapsed_scenario, 3),

@@ -166,7 +166,7 @@ def imap_full(lab, user, *, src_ip, host, tls=None, append_to=None, idle_deliver
         draft = lab.content.appended_draft(user, to)
         ts = time.time()
         typ, resp = imap.append("Sent", "(\\Seen)", None, draft.data)
-        lab.manifest.add_message(imap.session, protocol="imap", direction="appended", kind="append",
+        lab.manifest.add_message(imap.session, protocol="imap", direction="appended", kind="body",
                                  data=draft.data, ts=ts, source="APPEND Sent (\\Seen)",
                                  extra={"reply": resp[0].decode(errors="replace") if resp else None})
         if uids:
@@ -347,6 +347,14 @@ def _iso(ts):
     return iso(ts)
 
 
+def _record_upload(lab, session, ts, kind, source, file):
+    """An attachment uploaded on its own (Roundcube upload, JMAP blob): the file is the payload."""
+    lab.manifest.add_message(session, protocol="http", direction="uploaded", kind=kind, ts=ts,
+                             source=source, complete=False,
+                             meta={"message_id": None, "attachments": [file]},
+                             extra={"size": file["size"], "sha256": file["sha256"]})
+
+
 def _hidden(html_text, name):
     m = re.search(rf'name="{re.escape(name)}" value="([^"]*)"', html_text)
     return m.group(1) if m else ""
@@ -376,7 +384,8 @@ def webmail_form(lab, user, *, src_ip, host, https=False, reply_to_uid=None, com
             r, session, ts = _http(lab, c, "GET", f"/?_task=mail&_mbox=INBOX&_uid={uid}&_action=show", "read")
             lab.manifest.add_message(session, protocol="http", direction="retrieved", kind="view",
                                      ts=ts, source=f"GET /?_task=mail&_mbox=INBOX&_uid={uid}&_action=show",
-                                     meta={"message_id": _message_id_of(stored.data) if stored else None})
+                                     meta={"message_id": _message_id_of(stored.data) if stored else None,
+                                           "subject": _subject_of(stored.data) if stored else None})
             url = f"/?_task=mail&_uid={uid}&_mbox=INBOX&_action=viewsource&_save=1"
             r, session, ts = _http(lab, c, "GET", url, "download")
             lab.manifest.add_message(session, protocol="http", direction="downloaded", kind="rfc822",
@@ -389,10 +398,11 @@ def webmail_form(lab, user, *, src_ip, host, https=False, reply_to_uid=None, com
             files = []
             att = form["attachment"]
             if att is not None:
-                r, _, _ = _http(lab, c, "POST",
-                                f"/?_task=mail&_action=upload&_id={cid}&_uploadid=upload1&_from=compose",
-                                "upload", files={"_attachments[]": (att.filename, att.data, att.content_type)})
+                url = f"/?_task=mail&_action=upload&_id={cid}&_uploadid=upload1&_from=compose"
+                r, session, ts = _http(lab, c, "POST", url, "upload",
+                                       files={"_attachments[]": (att.filename, att.data, att.content_type)})
                 files.append(file_entry(att.filename, att.content_type, att.data))
+                _record_upload(lab, session, ts, "form", f"POST {url}", files[-1])
             fields = {"_token": token, "_task": "mail", "_action": "send", "_id": cid,
                       "_from": user.address, "_to": form["to"], "_cc": form["cc"], "_bcc": "",
                       "_subject": form["subject"], "_message": form["message"], "_is_html": "0"}
@@ -405,7 +415,7 @@ def webmail_form(lab, user, *, src_ip, host, https=False, reply_to_uid=None, com
             multipart = {k: (None, v) for k, v in fields.items()}
             r, session, ts = _http(lab, c, "POST", "/?_task=mail&_action=send", "send", files=multipart)
             sent_mid = _hidden_code(r.text)
-            lab.manifest.add_message(session, protocol="http", direction="uploaded", kind="form", ts=ts,
+            lab.manifest.add_message(session, protocol="http", direction="sent", kind="form", ts=ts,
                                      source="POST /?_task=mail&_action=send",
                                      meta={"message_id": sent_mid, "from": user.address,
                                            "to": [a.strip() for a in fields["_to"].split(",") if a.strip()],
@@ -485,6 +495,8 @@ def webmail_jmap(lab, user, *, src_ip, host, send_to=None):
             r, session, ts = _http(lab, c, "POST", f"/jmap/upload/{acct}/", "jmap:upload", auth=auth,
                                    content=att.data, headers={"Content-Type": att.content_type})
             blob = r.json()
+            _record_upload(lab, session, ts, "blob", f"POST /jmap/upload/{acct}/",
+                           file_entry(att.filename, att.content_type, att.data))
             attachments.append({"blobId": blob["blobId"], "type": att.content_type, "name": att.filename,
                                 "disposition": "attachment"})
             files.append(file_entry(att.filename, att.content_type, att.data))
@@ -510,7 +522,7 @@ def webmail_jmap(lab, user, *, src_ip, host, send_to=None):
         if eid:
             stored = _find_jmap(lab, user, eid)
             sent_mid = _message_id_of(stored) if stored else None
-        lab.manifest.add_message(session, protocol="http", direction="uploaded", kind="jmap", ts=ts,
+        lab.manifest.add_message(session, protocol="http", direction="sent", kind="jmap", ts=ts,
                                  source="POST /jmap/api/ Email/set + EmailSubmission/set",
                                  meta={"message_id": sent_mid, "from": user.address,
                                        "to": [u.address for u in to], "cc": [],

@@ -882,6 +882,24 @@ def _pop3_classes():
             # The APOP timestamp of the greeting (RFC 1939 7), naming this host.
             return f"<{os.getpid()}.{time.time_ns() // 1000}@{self.hostname}>".encode()
 
+        def do_TOP(self, i, size):
+            # Twisted answers TOP with "+OK Top of message follows"; RFC 1939
+            # leaves the text free, but Wireshark's POP dissector reads a
+            # number there (as in "+OK 120 octets") and flags anything else as
+            # malformed. Answer with the octet count of what follows.
+            try:
+                n, lines = int(i) - 1, int(size)
+                data = self.mbox.messages[n].data
+                if lines < 0:
+                    raise ValueError
+            except (ValueError, IndexError, AttributeError, TypeError):
+                return super().do_TOP(i, size)
+            head, sep, body = data.partition(b"\r\n\r\n")
+            top = head + sep + b"".join(body.splitlines(keepends=True)[:lines])
+            return self._sendMessageContent(
+                i, lambda fp: pop3._HeadersPlusNLines(fp, lines),
+                lambda _size: f"{len(top)} octets")
+
         def transformChunk(self, chunk):
             # Twisted stuffs only dots that follow a line break inside the
             # chunk, missing a dot on the chunk's (and the message's) first

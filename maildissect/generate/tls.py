@@ -71,8 +71,19 @@ class TlsMaterial:
 
     def twisted_options(self):
         """A Twisted context factory (IMAP4/POP3 servers, STARTTLS and implicit TLS)."""
+        from OpenSSL import SSL
         from twisted.internet import ssl as tssl
-        return tssl.PrivateCertificate.loadPEM(self.key_pem + self.cert_pem).options()
+
+        ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+        ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+        ctx.use_certificate_chain_file(self.cert_file)
+        ctx.use_privatekey_file(self.key_file)
+
+        class Factory(tssl.ContextFactory):
+            def getContext(self):
+                return ctx
+
+        return Factory()
 
     def _client_context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cadata=self.cert_pem.decode())
