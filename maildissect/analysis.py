@@ -14,6 +14,10 @@ from .pipeline import Collector, Pipeline
 TABLES = tuple(frames.SCHEMAS)
 
 
+class AnalysisError(Exception):
+    """The analysis cannot run as asked (one-line message)."""
+
+
 class Analysis:
     """Everything found in one or more captures.
 
@@ -109,7 +113,8 @@ def make_config(limits: dict | Limits | None = None, **options) -> Config:
 
 def analyze(paths: str | Iterable[str], *, limits: dict | Limits | None = None,
             progress: Callable[[int, int], None] | None = None,
-            message_hook: Callable | None = None, jobs: int = 1, **options) -> Analysis:
+            message_hook: Callable | None = None, jobs: int = 1, scheduler: str | None = None,
+            **options) -> Analysis:
     """Analyse capture files (pcap, pcapng, gzip; '-' for stdin), merged in time order.
 
     Options: ``redact`` (mask secrets), ``keep_bodies`` (keep raw messages and
@@ -124,6 +129,16 @@ def analyze(paths: str | Iterable[str], *, limits: dict | Limits | None = None,
         paths = [paths]
     paths = [str(p) for p in paths]
     config = make_config(limits, **options)
+    if scheduler is not None:
+        if message_hook is not None:
+            raise AnalysisError("extraction runs on one machine; drop --scheduler")
+        collector, wstats = _run_scheduler(paths, config, scheduler)
+        d = wstats["decoder"]
+        stats = {"files": list(paths), "frames": wstats["frames"], "tcp_segments": d.get("tcp", 0),
+                 "non_ip": d.get("non_ip", 0), "non_tcp": d.get("non_tcp", 0), "malformed": d.get("malformed", 0),
+                 "ip_fragments": d.get("fragments", 0), "linktypes": wstats["linktypes"], "scheduler": scheduler}
+        stats.update(_span(collector))
+        return Analysis(collector, config, stats)
     if message_hook is None and parallel.worth_parallel(paths, jobs):
         collector, wstats = parallel.run_parallel(paths, config, jobs, progress)
         d = wstats["decoder"]
@@ -135,6 +150,27 @@ def analyze(paths: str | Iterable[str], *, limits: dict | Limits | None = None,
     pipe = Pipeline(config, message_hook=message_hook)
     collector = pipe.run(paths, progress)
     return Analysis(collector, config, pipeline_stats(pipe, paths))
+
+
+def _run_scheduler(paths, config, scheduler: str):
+    """Run on Dask: "local" starts a LocalCluster, "inprocess" runs the stages here, else an address."""
+    from . import distributed
+    if scheduler == "inprocess":
+        return distributed.run_local(paths, config)
+    if scheduler == "local":
+        return distributed.run_dask(paths, config)
+    try:
+        from dask.distributed import Client
+    except ImportError:
+        raise AnalysisError("--scheduler needs dask.distributed: pip install 'dask[distributed]'") from None
+    try:
+        client = Client(scheduler, timeout=10)
+    except OSError as e:
+        raise AnalysisError(f"cannot reach the Dask scheduler at {scheduler}: {e}") from None
+    try:
+        return distributed.run_dask(paths, config, client)
+    finally:
+        client.close()
 
 
 def _span(collector) -> dict:

@@ -44,10 +44,11 @@ def handle_errors(fn):
     """One-line errors instead of tracebacks; exit 1 for bad input."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from .analysis import AnalysisError
         from .output.extract import ExtractError
         try:
             return fn(*args, **kwargs)
-        except (CaptureError, ExtractError, UserError) as e:
+        except (CaptureError, ExtractError, UserError, AnalysisError) as e:
             _fail(str(e))
         except BrokenPipeError:
             try:
@@ -150,7 +151,7 @@ def _progress_callback(quiet: bool):
 
 
 def run_analysis(captures, *, quiet=False, redact=False, limits=(), ports=(), keep_bodies=False,
-                 message_hook=None, dissect=True, jobs=1):
+                 message_hook=None, dissect=True, jobs=1, scheduler=None):
     """Parse the shared options and run :func:`maildissect.analyze` with a progress bar."""
     from .analysis import analyze
     lim = _parse_pairs(limits, "--limit", _number)
@@ -168,11 +169,14 @@ def run_analysis(captures, *, quiet=False, redact=False, limits=(), ports=(), ke
     except (ValueError, TypeError) as e:
         raise click.BadParameter(str(e), param_hint="--limit") from None
     progress, update = _progress_callback(quiet)
+    if scheduler is not None:
+        progress = update = None  # the work happens elsewhere
     try:
         if progress is not None:
             progress.start()
         result = analyze(list(captures), limits=lim, progress=update, redact=redact, ports=port_map,
-                         keep_bodies=keep_bodies, message_hook=message_hook, dissect=dissect, jobs=jobs)
+                         keep_bodies=keep_bodies, message_hook=message_hook, dissect=dissect, jobs=jobs,
+                         scheduler=scheduler)
     finally:
         if progress is not None:
             progress.stop()
@@ -285,12 +289,20 @@ for _table in TABLE_HELP:
 
 @cli.command()
 @click.argument("captures", nargs=-1, type=click.Path(allow_dash=True))
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Run on a Dask cluster (tcp://HOST:8786), or 'local' for a local one (docs/scale.md).")
+@click.option("--export-dir", type=click.Path(file_okay=False), default=None,
+              help="Also write every table as Parquet into this directory.")
 @analysis_options
 @handle_errors
-def analyze(captures, quiet, redact, limits, ports, jobs):
+def analyze(captures, scheduler, export_dir, quiet, redact, limits, ports, jobs):
     """A readable summary of captures: protocols, sessions, messages, credentials, anomalies.
 
     With no CAPTURE, analyses the bundled sample capture (captures/journey.pcap).
+    With --scheduler the work is spread over a Dask cluster: each file is
+    decoded where it is read, connections (even across rotated files) are
+    reassembled and dissected by flow group, and --export-dir receives the
+    tables as a Parquet dataset.
     """
     if not captures:
         sample = bundled_capture()
@@ -299,7 +311,10 @@ def analyze(captures, quiet, redact, limits, ports, jobs):
         if not quiet:
             click.echo(f"Analysing the bundled sample capture {sample}", err=True)
         captures = (sample,)
-    result = run_analysis(captures, quiet=quiet, redact=redact, limits=limits, ports=ports, jobs=jobs)
+    result = run_analysis(captures, quiet=quiet, redact=redact, limits=limits, ports=ports, jobs=jobs,
+                          scheduler=scheduler)
+    if export_dir:
+        write_tables(result, export_dir, "parquet")
     from .output.summary import print_summary
     from .output.tables import console
     print_summary(result, console())
@@ -400,18 +415,23 @@ def extract(captures, directory, overwrite, no_attachments, protocol, from_, to_
 @handle_errors
 def export(captures, directory, fmt, quiet, redact, limits, ports, jobs):
     """Write every table (flows, sessions, messages, ...) as files in a directory."""
+    result = run_analysis(captures, quiet=quiet, redact=redact, limits=limits, ports=ports, jobs=jobs)
+    n = write_tables(result, directory, fmt)
+    if not quiet:
+        click.echo(f"{n} tables written to {directory}", err=True)
+
+
+def write_tables(result, directory: str, fmt: str) -> int:
+    """Every table of an Analysis as files in ``directory``; returns how many."""
     from .analysis import TABLES
     from .output import files
-    result = run_analysis(captures, quiet=quiet, redact=redact, limits=limits, ports=ports, jobs=jobs)
     try:
         os.makedirs(directory, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create {directory}: {e.strerror or e}") from None
     for table in TABLES:
-        path = os.path.join(directory, table + files.EXTENSIONS[fmt])
-        files.write(result.table(table), fmt, path)
-    if not quiet:
-        click.echo(f"{len(TABLES)} tables written to {directory}", err=True)
+        files.write(result.table(table), fmt, os.path.join(directory, table + files.EXTENSIONS[fmt]))
+    return len(TABLES)
 
 
 def _record_json(table: str, record) -> str:

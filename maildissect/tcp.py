@@ -61,6 +61,12 @@ def ip_text(packed: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET if len(packed) == 4 else socket.AF_INET6, packed)
 
 
+def _next_boundary(ts: float) -> float:
+    """Sweeps happen at fixed capture-time boundaries, so that a shard of the
+    connections (--jobs, Dask) sweeps exactly when a whole-capture run does."""
+    return (ts // SWEEP_INTERVAL + 1) * SWEEP_INTERVAL
+
+
 class _Half:
     """One direction of a connection: what has been delivered and what waits."""
 
@@ -229,7 +235,7 @@ class Reassembler:
         self.table[ckey] = (conn, CLIENT)
         self.table[skey] = (conn, SERVER)
         if self._sweep_at == float("inf"):
-            self._sweep_at = ts + SWEEP_INTERVAL
+            self._sweep_at = _next_boundary(ts)
         self.open += 1
         if self.on_open is not None:
             conn.listener = self.on_open(conn)
@@ -328,7 +334,7 @@ class Reassembler:
 
     def sweep(self, now: float) -> None:
         """Close connections idle longer than the idle timeout; forget closed stubs."""
-        self._sweep_at = now + SWEEP_INTERVAL
+        self._sweep_at = _next_boundary(now)
         timeout = self.limits.idle_timeout
         for conn, side in list(self.table.values()):
             if side != CLIENT:

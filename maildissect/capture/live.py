@@ -266,8 +266,8 @@ class PcapWriter:
             self.f.close()
             self.index += 1
             self._open(f"{self.base}{self.index}")
-        sec = int(ts)
-        self.f.write(struct.pack("<IIII", sec, int((ts - sec) * 1e6), len(data), wirelen or len(data)))
+        usec = round(ts * 1e6)
+        self.f.write(struct.pack("<IIII", usec // 1_000_000, usec % 1_000_000, len(data), wirelen or len(data)))
         self.f.write(data)
         self.size += 16 + len(data)
 
