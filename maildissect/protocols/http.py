@@ -926,8 +926,8 @@ class HttpDissector(Dissector):
     response. A response head that finds no request waits (bounded by
     limits.max_http_header_bytes of buffered data) for one to be parsed, and a
     client that asked to switch protocols waits for the server's verdict
-    before its next bytes are parsed as HTTP. When one side unblocks the other
-    it is "kicked" and parsed again after the current step, never re-entered.
+    before its next bytes are parsed as HTTP. When one side unblocks the other,
+    the other is parsed at once (never re-entered while its own loop runs).
     """
 
     protocol = "http"
@@ -940,7 +940,7 @@ class HttpDissector(Dissector):
         self._order: deque[Exchange] = deque()  # not yet emitted, in request order
         self._unanswered: deque[Exchange] = deque()  # awaiting a final response
         self._out: list = []
-        self._kicked: list[_Side] = []
+        self._active: set[int] = set()  # sides whose parse loop is on the stack
         self._tunnel = False
 
     # interface -------------------------------------------------------------
@@ -960,7 +960,6 @@ class HttpDissector(Dissector):
             return out
         try:
             self._gap(self._c if side == CLIENT else self._s, length, ts)
-            self._pump(ts)
         except Exception as exc:  # noqa: BLE001
             self._fatal(exc, ts)
         return out
@@ -1008,19 +1007,23 @@ class HttpDissector(Dissector):
         if data and st.state != _TUNNEL:
             st.buf.append(data)
             self._run(st, ts)
-        self._pump(ts)
 
-    def _pump(self, ts: float) -> None:
-        while self._kicked and not self._tunnel:
-            st = self._kicked.pop(0)
+    def _kick(self, st: _Side, ts: float) -> None:
+        """The other side can go on: parse it now, at this byte of this side, so
+        that the order of records does not depend on segmentation. A side whose
+        loop is already running picks the change up by itself."""
+        if st.side not in self._active and not self._tunnel:
             self._run(st, ts)
-
-    def _kick(self, st: _Side) -> None:
-        if st not in self._kicked:
-            self._kicked.append(st)
 
     # parsing ---------------------------------------------------------------
     def _run(self, st: _Side, ts: float) -> None:
+        self._active.add(st.side)
+        try:
+            self._parse(st, ts)
+        finally:
+            self._active.discard(st.side)
+
+    def _parse(self, st: _Side, ts: float) -> None:
         buf = st.buf
         while True:
             state = st.state
@@ -1277,7 +1280,7 @@ class HttpDissector(Dissector):
             if self._c.state == _WAIT and self._c.ex is ex:
                 self._c.state = _LINE
                 self._c.ex = None
-                self._kick(self._c)
+                self._kick(self._c, ts)
         elif status == 101:
             self._enter_tunnel(ex, (msg.headers.get("upgrade") or "upgrade").strip().lower())
             self._message_done(st, ts)
@@ -1407,7 +1410,7 @@ class HttpDissector(Dissector):
         self._order.append(ex)
         self._unanswered.append(ex)
         if self._s.state == _WAIT:
-            self._kick(self._s)
+            self._kick(self._s, ts)
 
     def _emit_ready(self) -> None:
         order = self._order
@@ -1427,7 +1430,6 @@ class HttpDissector(Dissector):
         for st in (self._c, self._s):
             st.buf.clear()
             st.state = _TUNNEL
-        self._kicked.clear()
 
     # gaps and close -----------------------------------------------------------
     def _gap(self, st: _Side, length: int, ts: float) -> None:
