@@ -327,8 +327,9 @@ def test_jmap_session_read_and_send():
     assert (sent.mail_from, sent.rcpt_to, sent.reply_code, sent.size) == \
         ("alice@example.org", ["bob@example.net", "c@example.net"], "created", 2345)
     assert sent.text_preview == "Thanks!"
-    assert [(a.filename, a.content_type, a.size, a.sha256) for a in sent.attachments] == \
-        [("r.pdf", "application/pdf", len(pdf), sha(pdf))]
+    assert [(a.filename, a.content_type, a.size, a.md5, a.sha1, a.sha256) for a in sent.attachments] == \
+        [("r.pdf", "application/pdf", len(pdf), hashlib.md5(pdf).hexdigest(), hashlib.sha1(pdf).hexdigest(),
+          sha(pdf))]
 
 
 def test_jmap_draft_then_later_submission_and_blob_messages():

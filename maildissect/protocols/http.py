@@ -375,11 +375,12 @@ class Body:
     Problems are queued in ``issues`` as ``(name, detail)`` pairs.
     """
 
-    __slots__ = ("content_type", "params", "codings", "decoder", "wire_size", "size", "_md5",
+    __slots__ = ("content_type", "params", "codings", "decoder", "wire_size", "size", "_md5", "_sha1",
                  "_sha256", "data", "limit", "multipart", "complete", "missing", "opaque",
                  "issues", "finished", "disposition", "filename")
 
-    def __init__(self, headers: Headers, config, *, keep: bool, keep_part=None):
+    def __init__(self, headers: Headers, config, *, keep: bool, keep_part=None, md5: bool = True,
+                 sha1: bool = False):
         limits = config.limits
         self.content_type, self.params = header_params(headers.get("content-type"))
         disp, dparams = header_params(headers.get("content-disposition"))
@@ -402,7 +403,10 @@ class Body:
                 self.issues.append(("http_unknown_content_encoding", ",".join(self.codings)))
         self.wire_size = 0
         self.size = 0
-        self._md5 = hashlib.md5()
+        # sha256 always; md5 for responses (Zeek's files.log has it); sha1 for blobs
+        # that become attachments (a JMAP upload)
+        self._md5 = hashlib.md5() if md5 else None
+        self._sha1 = hashlib.sha1() if sha1 else None
         self._sha256 = hashlib.sha256()
         self.limit = limits.max_http_body
         self.multipart = None
@@ -445,7 +449,10 @@ class Body:
     def _decoded(self, data) -> None:
         n = len(data)
         self.size += n
-        self._md5.update(data)
+        if self._md5 is not None:
+            self._md5.update(data)
+        if self._sha1 is not None:
+            self._sha1.update(data)
         self._sha256.update(data)
         if self.data is not None:
             if len(self.data) + n <= self.limit:
@@ -498,7 +505,11 @@ class Body:
 
     @property
     def md5(self) -> str | None:
-        return self._md5.hexdigest() if self.size and self.usable else None
+        return self._md5.hexdigest() if self._md5 is not None and self.size and self.usable else None
+
+    @property
+    def sha1(self) -> str | None:
+        return self._sha1.hexdigest() if self._sha1 is not None and self.size and self.usable else None
 
     def bytes(self) -> bytes | None:
         """The kept decoded body, or None when it was not kept."""
@@ -700,7 +711,9 @@ class ExchangeProcessor:
         def keep_part(part) -> bool:
             return (part.filename is None or keep_files
                     or is_message_type(part.content_type, part.filename))
-        return Body(msg.headers, self.config, keep=keep, keep_part=keep_part)
+        blob = msg.is_request and self.webmail.is_blob_upload(msg)
+        return Body(msg.headers, self.config, keep=keep, keep_part=keep_part, md5=blob or not msg.is_request,
+                    sha1=blob)
 
     # records -------------------------------------------------------------
     def complete(self, ex: Exchange) -> list:

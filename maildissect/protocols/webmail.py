@@ -292,6 +292,11 @@ class WebmailContext:
             return looks_like_message(bytes(body.data[:8192]))
         return False
 
+    def is_blob_upload(self, msg) -> bool:
+        """A request to the JMAP upload URL: its body becomes a blob, maybe an attachment."""
+        return bool(self.jmap_upload) and msg.method == "POST" and \
+            msg.uri.split("?", 1)[0].split("://", 1)[-1].find(self.jmap_upload) >= 0
+
     def _is_jmap_download(self, ex) -> bool:
         return bool(self.jmap_download) and ex.method == "GET" and ex.path.startswith(self.jmap_download)
 
@@ -346,11 +351,9 @@ class WebmailContext:
         if body is None or not body.size:
             return "jmap:upload"
         att = Attachment(filename=None, content_type=body.content_type or "application/octet-stream",
-                         size=body.size, md5=body.md5 or "", sha1="", sha256=body.sha256 or "")
-        if body.data is not None and body.usable:
-            att.sha1 = hashlib.sha1(body.data).hexdigest()
-            if self.config.keep_bodies:
-                att.data = bytes(body.data)
+                         size=body.size, md5=body.md5 or "", sha1=body.sha1 or "", sha256=body.sha256 or "")
+        if body.data is not None and body.usable and self.config.keep_bodies:
+            att.data = bytes(body.data)
         if isinstance(blob_id, str):
             self.blobs.remember(blob_id, att)
         if body.content_type in ("message/rfc822", "message/global") or (
