@@ -377,3 +377,24 @@ def test_message_beyond_limits_is_reported_by_hash():
     (msg,) = messages(recs)
     assert (msg.size, msg.sha256, msg.message_id) == (len(raw), sha(raw), None)
     assert [a.name for a in of_type(recs, Anomaly)] == ["http_form_part_too_large", "http_message_not_parsed"]
+
+
+def test_message_page_read_heuristically():
+    page = (b"<!DOCTYPE html>\n<html><body>\n<table id=\"headers\"><tr><th>From</th><td>Bob &lt;bob@example.net&gt;"
+            b"</td></tr><tr><th>To</th><td>alice@example.org</td></tr><tr><th>Cc</th><td></td></tr>"
+            b"<tr><th>Subject</th><td>Lunch &amp; more</td></tr><tr><th>Date</th>"
+            b"<td>Tue, 14 Nov 2023 22:13:20 +0000</td></tr><tr><th>Message-ID</th>"
+            b"<td>&lt;lunch-1@example.net&gt;</td></tr></table>\n"
+            b"<pre id=\"messagebody\">See you\n at noon.</pre>\n<p class=\"attachment\">menu.pdf</p></body></html>")
+    recs, _ = run([
+        (C, get(b"/?_task=mail&_mbox=INBOX&_uid=3&_action=show", b"Cookie: s=1\r\n")),
+        (S, resp(page)),
+        (C, get(b"/?_task=mail&_mbox=INBOX&_uid=4&_action=show", b"Cookie: s=1\r\n")),
+        (S, resp(b"<p>Message not found</p>", status=b"404 Not Found")),
+    ])
+    (msg,) = messages(recs)
+    assert (msg.direction, msg.kind, msg.heuristic, msg.ts) == ("retrieved", "html", True, 1.0)
+    assert (msg.from_, msg.to, msg.cc, msg.subject, msg.message_id, msg.date) == \
+        ("Bob <bob@example.net>", ["alice@example.org"], [], "Lunch & more", "<lunch-1@example.net>", 1700000000.0)
+    assert msg.text_preview == "See you at noon."
+    assert actions(recs) == ["read", "read"]

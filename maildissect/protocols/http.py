@@ -697,15 +697,16 @@ class ExchangeProcessor:
         """A :class:`Body` for ``msg`` with the keep policy applied.
 
         Kept: forms, JSON, plain text, messages, opaque blobs (a JMAP blob may
-        be a message), anything named ``*.eml``, and HTML answering a POST (to
-        judge a login). Not kept: images, scripts, styles, media, archives —
+        be a message), anything named ``*.eml``, HTML answering a POST (to
+        judge a login) and HTML pages that show a message. Not kept: images, scripts, styles, media, archives —
         they are counted and hashed only.
         """
         ct, _ = header_params(msg.headers.get("content-type"))
         _, dparams = header_params(msg.headers.get("content-disposition"))
         keep = (ct in _KEEP_TYPES or ct.endswith("+json") or ct.startswith("message/")
                 or is_message_type(ct, dparams.get("filename"))
-                or (ct == "text/html" and request is not None and request.method == "POST"))
+                or (ct == "text/html" and request is not None
+                    and (request.method == "POST" or self.webmail.wants_page(request))))
         keep_files = self.config.keep_bodies
 
         def keep_part(part) -> bool:

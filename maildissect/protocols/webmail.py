@@ -23,8 +23,11 @@ the records it reveals:
   bodies, multipart parts and ``*.eml`` files, in requests (``uploaded``) and
   responses (``downloaded``), parsed by :func:`maildissect.mime.fill_message`.
 
-Every message names its ``kind`` (``jmap``, ``form``, ``rfc822``) and its
-``source`` (``"POST /upload"``, ``"POST /jmap/api Email/get"``).
+- **Message pages**: an HTML page answering a read request whose header
+  cells and body block show a message (``kind="html"``, ``heuristic``).
+
+Every message names its ``kind`` (``jmap``, ``form``, ``rfc822``, ``html``) and
+its ``source`` (``"POST /upload"``, ``"POST /jmap/api Email/get"``).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import hashlib
 import re
 from collections import OrderedDict
 from datetime import datetime
-from email.utils import formataddr, getaddresses
+from email.utils import formataddr, getaddresses, parsedate_to_datetime
 
 from ..model import Attachment, MailboxEvent, Message
 from .base import CLIENT, SERVER
@@ -180,7 +183,20 @@ class WebmailContext:
             action = raw_action
         if action is None:
             action = self._by_url(ex)
+        if action == "read" and raw_action is None:
+            self._html_view(ex, out)
         return action, out
+
+    def wants_page(self, request) -> bool:
+        """Keep the HTML answer to this request: it shows a message (a read page)."""
+        if request.method != "GET":
+            return False
+        uri = request.uri
+        path = self._url_path(uri)
+        query = uri.split("?", 1)[1] if "?" in uri else ""
+        if re.search(r"(?:^|&)_action=(?:show|preview)(?:&|$)", query):
+            return True
+        return self._url_action("GET", path) == "read"
 
     # -- shared helpers ---------------------------------------------------------
     def _source(self, ex, extra: str = "") -> str:
@@ -780,22 +796,69 @@ class WebmailContext:
 
     def _by_url(self, ex) -> str | None:
         """A mail action guessed from the URL path of a webmail-looking URL."""
-        path = ex.path
+        status = ex.status
+        if status is not None and status >= 400:
+            return None
+        return self._url_action(ex.method, ex.path)
+
+    def _url_action(self, method: str, path: str) -> str | None:
         if not path or not (_MAILISH.search(path) or self.user or self.jmap_api or self.compose):
             return None
         if re.search(r"\.(?:css|js|png|jpe?g|gif|svg|ico|woff2?|ttf|map)$", path, re.I):
             return None
-        status = ex.status
-        if status is not None and status >= 400:
-            return None
-        for pattern, method, action in self._URL_RULES:
-            if method is not None and ex.method != method:
+        for pattern, only, action in self._URL_RULES:
+            if only is not None and method != only:
                 continue
             if pattern.search(path):
-                if action == "login" and ex.method == "POST":
+                if action == "login" and method == "POST":
                     return None  # a login POST without a password field is something else
                 return action
         return None
+
+    # -- message pages -------------------------------------------------------
+    _VIEW_CELL = re.compile(
+        r"<(th|dt|td|span|label|b|strong)\b[^>]*>\s*(from|to|cc|subject|date|message-id)\s*:?\s*</\1>\s*"
+        r"(?:</?(?:td|tr)\b[^>]*>\s*)*<(td|dd|span|div)\b[^>]*>(.*?)</\3>", re.I | re.S)
+    _VIEW_BODY = re.compile(
+        r"<(pre|div)\b[^>]*(?:id|class)\s*=\s*[\"'][^\"']*(?:messagebody|message-body|msgbody|mailbody|"
+        r"message-content|mail-body)[^\"']*[\"'][^>]*>(.*?)</\1>", re.I | re.S)
+
+    def _html_view(self, ex, out: list) -> None:
+        """A message shown as an HTML page: header cells (``<th>From</th><td>...``) and a
+        message-body block, read heuristically (``kind="html"``, ``heuristic``)."""
+        resp = ex.response
+        if resp is None or resp.status is None or not 200 <= resp.status < 300 or resp.body is None \
+                or resp.body.content_type not in ("text/html", "application/xhtml+xml") or resp.body.data is None:
+            return
+        import html as _html
+        page = ex.response_text(1 << 20)
+        fields: dict[str, str] = {}
+        for m in self._VIEW_CELL.finditer(page):
+            name = m.group(2).lower()
+            if name not in fields:
+                fields[name] = " ".join(_html.unescape(re.sub(r"(?s)<[^>]*>", " ", m.group(4))).split())
+        mid = fields.get("message-id", "").strip()
+        if not (mid and "@" in mid) and not (fields.get("from") and "subject" in fields):
+            return
+        msg = self._new(ex, "retrieved", "html", self._source(ex), heuristic=True)
+        msg.from_ = (_addresses(fields.get("from")) or [None])[0]
+        msg.to = _addresses(fields.get("to"))
+        msg.cc = _addresses(fields.get("cc"))
+        msg.subject = fields.get("subject")
+        if mid and "@" in mid:
+            msg.message_id = mid if mid.startswith("<") else f"<{mid}>"
+        if fields.get("date"):
+            msg.date_raw = fields["date"]
+            try:
+                msg.date = parsedate_to_datetime(fields["date"]).timestamp()
+            except (TypeError, ValueError, IndexError):
+                pass
+        body = self._VIEW_BODY.search(page)
+        if body:
+            msg.text_preview = _preview(_html.unescape(re.sub(r"(?s)<[^>]*>", " ", body.group(2))),
+                                        self.limits.preview_chars)
+        msg.complete = resp.complete
+        out.append(msg)
 
 
 def _bare(addr: str | None) -> str | None:
