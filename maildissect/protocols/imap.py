@@ -357,9 +357,7 @@ UID_FETCH UID_STORE UID_COPY UID_MOVE UID_SEARCH UID_EXPUNGE UID_SORT UID_THREAD
 _FETCH_VERBS = ("FETCH", "UID FETCH")
 _STORE_VERBS = ("STORE", "UID STORE")
 _SEARCH_VERBS = ("SEARCH", "UID SEARCH", "SORT", "UID SORT", "ESEARCH")
-_LIST_VERBS = ("LIST", "LSUB", "XLIST")
 _SELECT_VERBS = ("SELECT", "EXAMINE")
-_EXPUNGE_VERBS = ("EXPUNGE", "UID EXPUNGE", "MOVE", "UID MOVE", "CLOSE")
 
 _CLIENT_SYNC = re.compile(rb"^([^\s(){}\"%*+\\]{1,64}) +(UID +)?([A-Za-z][A-Za-z0-9-]*)")
 _SERVER_SYNC = re.compile(
@@ -424,7 +422,7 @@ class _Pending:
     """A tagged command awaiting its completion, with what it gathered."""
 
     __slots__ = ("cmd", "verb", "tag", "args", "argtext", "messages", "cred", "sasl", "mailbox",
-                 "select", "partial_req", "results", "appends", "extra", "lit_pending")
+                 "select", "partial_req", "results", "appends", "extra")
 
     def __init__(self, cmd: Command, verb: str, tag: str, args: list, argtext: str):
         self.cmd = cmd
@@ -441,21 +439,19 @@ class _Pending:
         self.results: list | None = None
         self.appends: list | None = None  # (message, flags) of APPEND
         self.extra: dict = {}
-        self.lit_pending = False
 
 
 class _Partial:
     """Pieces of one section fetched with <origin.octets>, being reassembled."""
 
-    __slots__ = ("chunks", "next", "ts", "source", "complete", "kind")
+    __slots__ = ("chunks", "next", "ts", "source", "complete")
 
-    def __init__(self, ts, source, kind):
+    def __init__(self, ts, source):
         self.chunks: list[bytes] = []
-        self.next = 0
+        self.next = 0  # origin the next piece must have
         self.ts = ts
         self.source = source
         self.complete = True
-        self.kind = kind
 
 
 #: MIME anomalies that only say a message was cut short; for a message already
@@ -1961,7 +1957,7 @@ class ImapDissector(Dissector):
         if origin == 0:
             if asm is not None:
                 self._flush_partial(pkey, out)
-            asm = _Partial(ts, f"{prefix} {sec.att}", "body")
+            asm = _Partial(ts, f"{prefix} {sec.att}")
             self._partials[pkey] = asm
             if len(self._partials) > 64:
                 self._flush_partial(next(iter(self._partials)), out)

@@ -95,7 +95,7 @@ class _Pending:
 class _Multi:
     """A multi-line reply being received: bulk terminator search and dot-unstuffing."""
 
-    __slots__ = ("p", "lead", "carry", "chunks", "kept", "size", "hasher", "keep", "missing", "ts", "first")
+    __slots__ = ("p", "lead", "carry", "chunks", "kept", "size", "hasher", "keep", "missing", "ts")
 
     def __init__(self, p, keep, ts):
         self.p = p
@@ -108,7 +108,6 @@ class _Multi:
         self.keep = keep
         self.missing = 0
         self.ts = ts
-        self.first = True
 
     def commit(self, raw: bytes) -> bool:
         """Unstuff and keep ``raw``; True when the keep limit was just passed."""
