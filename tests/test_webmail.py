@@ -169,6 +169,7 @@ def test_roundcube_session():
     down, up, sent = messages(recs)
     assert (down.direction, down.kind, down.message_id) == ("downloaded", "rfc822", "<msg-5@example.org>")
     assert (up.direction, up.kind, up.source) == ("uploaded", "form", "POST /?_task=mail&_action=upload&_id=cmp42")
+    assert (up.size, up.sha256) == (len(pdf), sha(pdf))
     assert [(a.filename, a.content_type, a.sha256) for a in up.attachments] == \
         [("report.pdf", "application/pdf", sha(pdf))]
     assert (sent.direction, sent.kind, sent.heuristic, sent.source) == \
@@ -314,13 +315,17 @@ def test_jmap_session_read_and_send():
     boxes = of_type(recs, MailboxEvent)
     assert [(b.mailbox, b.count, b.action, b.protocol) for b in boxes] == \
         [("INBOX", 3, "mailbox", "http"), ("Sent", 0, "mailbox", "http")]
-    read, sent = messages(recs)
+    read, blob, sent = messages(recs)
     assert (read.direction, read.kind, read.source) == ("retrieved", "jmap", "POST /jmap/api/ Email/get")
+    assert (blob.direction, blob.kind, blob.source, blob.size, blob.sha256) == \
+        ("uploaded", "blob", "POST /jmap/upload/Aalice/", len(pdf), sha(pdf))
+    assert [(a.filename, a.size, a.sha256) for a in blob.attachments] == [(None, len(pdf), sha(pdf))]
     assert (read.message_id, read.from_, read.to, read.subject, read.size) == \
         ("<orig-5@example.net>", "Bob <bob@example.net>", ["alice@example.org"], "Status", 1234)
     assert read.text_preview == "All good here." and read.date == 1700000000.0
     assert [(a.filename, a.size, a.sha256) for a in read.attachments] == [("x.txt", 10, "")]
-    assert (sent.direction, sent.kind, sent.source) == ("sent", "jmap", "POST /jmap/api/ EmailSubmission/set")
+    assert (sent.direction, sent.kind, sent.source) == \
+        ("sent", "jmap", "POST /jmap/api/ Email/set + EmailSubmission/set")
     assert (sent.from_, sent.to, sent.cc, sent.subject, sent.in_reply_to) == \
         ("Alice <alice@example.org>", ["Bob <bob@example.net>"], ["c@example.net"], "Re: Status",
          "<orig-5@example.net>")
@@ -393,7 +398,7 @@ def test_message_page_read_heuristically():
         (S, resp(b"<p>Message not found</p>", status=b"404 Not Found")),
     ])
     (msg,) = messages(recs)
-    assert (msg.direction, msg.kind, msg.heuristic, msg.ts) == ("retrieved", "html", True, 1.0)
+    assert (msg.direction, msg.kind, msg.heuristic, msg.ts) == ("retrieved", "view", True, 1.0)
     assert (msg.from_, msg.to, msg.cc, msg.subject, msg.message_id, msg.date) == \
         ("Bob <bob@example.net>", ["alice@example.org"], [], "Lunch & more", "<lunch-1@example.net>", 1700000000.0)
     assert msg.text_preview == "See you at noon."

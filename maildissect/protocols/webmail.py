@@ -24,9 +24,12 @@ the records it reveals:
   responses (``downloaded``), parsed by :func:`maildissect.mime.fill_message`.
 
 - **Message pages**: an HTML page answering a read request whose header
-  cells and body block show a message (``kind="html"``, ``heuristic``).
+  cells and body block show a message (``kind="view"``, ``heuristic``).
+- **Uploaded files**: a Roundcube attachment upload (``kind="form"``) or a
+  JMAP blob that is not a message (``kind="blob"``) is an ``uploaded``
+  message holding the file as its attachment.
 
-Every message names its ``kind`` (``jmap``, ``form``, ``rfc822``, ``html``) and
+Every message names its ``kind`` (``jmap``, ``form``, ``rfc822``, ``view``, ``blob``) and
 its ``source`` (``"POST /upload"``, ``"POST /jmap/api Email/get"``).
 """
 
@@ -376,6 +379,15 @@ class WebmailContext:
                 body.data is not None and looks_like_message(bytes(body.data[:8192]))):
             self._rfc822(ex, out, body.bytes(), "uploaded", self._source(ex), size=body.size,
                          sha256=body.sha256, complete=body.complete, missing=body.missing)
+        else:
+            # a file on its way to become an attachment: the blob is the payload
+            msg = self._new(ex, "uploaded", "blob", self._source(ex))
+            msg.attachments = [att]
+            msg.size = body.size
+            msg.sha256 = body.sha256
+            msg.complete = body.complete
+            msg.missing_bytes = body.missing
+            out.append(msg)
         return "jmap:upload"
 
     def _jmap_api(self, ex, req: dict, out: list) -> str:
@@ -462,7 +474,8 @@ class WebmailContext:
             if msg is None:
                 continue
             msg.direction = "sent"
-            msg.source = self._source(ex, "EmailSubmission/set")
+            msg.source = self._source(ex, "Email/set + EmailSubmission/set" if ref.startswith("#")
+                                      else "EmailSubmission/set")
             msg.ts = ex.request.ts
             env = sub.get("envelope")
             if isinstance(env, dict):
@@ -669,6 +682,8 @@ class WebmailContext:
                 msg = self._new(ex, "uploaded", "form", self._source(ex))
                 msg.attachments = atts
                 msg.size = sum(a.size for a in atts)
+                if len(atts) == 1:
+                    msg.sha256 = atts[0].sha256  # the file is the payload
                 out.append(msg)
             return "upload"
         if act == "send" and ex.method == "POST":
@@ -825,7 +840,7 @@ class WebmailContext:
 
     def _html_view(self, ex, out: list) -> None:
         """A message shown as an HTML page: header cells (``<th>From</th><td>...``) and a
-        message-body block, read heuristically (``kind="html"``, ``heuristic``)."""
+        message-body block, read heuristically (``kind="view"``, ``heuristic``)."""
         resp = ex.response
         if resp is None or resp.status is None or not 200 <= resp.status < 300 or resp.body is None \
                 or resp.body.content_type not in ("text/html", "application/xhtml+xml") or resp.body.data is None:
@@ -840,7 +855,7 @@ class WebmailContext:
         mid = fields.get("message-id", "").strip()
         if not (mid and "@" in mid) and not (fields.get("from") and "subject" in fields):
             return
-        msg = self._new(ex, "retrieved", "html", self._source(ex), heuristic=True)
+        msg = self._new(ex, "retrieved", "view", self._source(ex), heuristic=True)
         msg.from_ = (_addresses(fields.get("from")) or [None])[0]
         msg.to = _addresses(fields.get("to"))
         msg.cc = _addresses(fields.get("cc"))
