@@ -39,7 +39,7 @@ import hashlib
 import re
 from collections import OrderedDict
 from datetime import datetime
-from email.utils import formataddr, getaddresses, parsedate_to_datetime
+from email.utils import getaddresses, parsedate_to_datetime
 
 from ..model import Attachment, MailboxEvent, Message
 from .base import CLIENT, SERVER
@@ -92,6 +92,19 @@ def _strip_html(html: str) -> str:
     return _html.unescape(text)
 
 
+_SPECIALS = set('()<>@,;:\\".[]')
+
+
+def _fmt(name: str | None, addr: str) -> str:
+    """``Name <addr>`` (name quoted when it holds specials, never encoded), or ``addr``."""
+    name = " ".join((name or "").split())
+    if not name:
+        return addr
+    if any(ch in _SPECIALS for ch in name):
+        name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"{name} <{addr}>"
+
+
 def _addresses(value) -> list[str]:
     """Addresses from a form field ("Bob <bob@x>, carol@y") as header-style strings."""
     if not value:
@@ -99,7 +112,7 @@ def _addresses(value) -> list[str]:
     out = []
     for name, addr in getaddresses([value.replace(";", ",")]):
         if addr:
-            out.append(formataddr((name, addr)) if name else addr)
+            out.append(_fmt(name, addr))
     return out
 
 
@@ -110,7 +123,7 @@ def _jmap_addresses(value) -> list[str]:
         for item in value:
             if isinstance(item, dict) and isinstance(item.get("email"), str):
                 name = item.get("name") if isinstance(item.get("name"), str) else None
-                out.append(formataddr((name, item["email"])) if name else item["email"])
+                out.append(_fmt(name, item["email"]))
     return out
 
 
