@@ -196,11 +196,12 @@ def test_dot_unstuffing_and_terminator_across_items():
     records, _ = run([
         *START, (C, b"MAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nDATA\r\n"), (S, b"250 ok\r\n250 ok\r\n354 go\r\n"),
         (C, b"Subject: dots\r\n\r\n..first\r\nmid..dle\r\n."), (C, b".second\r\n..\r\n"),
-        (C, b"end\r"), (C, b"\n."), (C, b"\r"), (C, b"\nQUIT\r\n"),
+        (C, b".single dot\r\nend\r"), (C, b"\n."), (C, b"\r"), (C, b"\nQUIT\r\n"),
         (S, b"250 ok\r\n221 bye\r\n"),
     ])
     (msg,) = of_type(records, Message)
-    assert msg.raw == b"Subject: dots\r\n\r\n.first\r\nmid..dle\r\n.second\r\n.\r\nend\r\n"
+    # the first dot of every line that starts with one goes (RFC 5321 4.5.2), doubled or not
+    assert msg.raw == b"Subject: dots\r\n\r\n.first\r\nmid..dle\r\n.second\r\n.\r\nsingle dot\r\nend\r\n"
     assert commands(records)[-1] == ("QUIT", "", "221")
 
 
@@ -216,7 +217,9 @@ def test_bare_lf_dot_is_not_an_end():
     records, _ = run([*START, (C, b"MAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nDATA\r\n"),
                       (S, b"250 ok\r\n250 ok\r\n354 go\r\n"), (C, body + b".\r\n"), (S, b"250 ok\r\n")])
     (msg,) = of_type(records, Message)
-    assert msg.raw == body  # nothing after the first bare-LF dot became a command
+    # nothing after a bare-LF dot became a command; a line that starts with a
+    # dot (up to its CRLF) still loses that dot
+    assert msg.raw == body.replace(b"\r\n.", b"\r\n")
     assert anomalies(records) == ["smtp_bare_lf_dot"]  # once per message
     assert [c.command for c in of_type(records, Command)][-2:] == ["DATA", "."]
 

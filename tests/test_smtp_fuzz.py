@@ -160,3 +160,33 @@ def test_memory_stays_bounded(mutations, extra):
             assert d.buffered() <= bound(TIGHT, len(chunk))
     check(d.close(99.0, "fin"))
     assert d.buffered() <= bound(TIGHT, 0)
+
+
+def reference_data(stream: bytes) -> tuple[bytes, bytes]:
+    """What a line-by-line receiver makes of the bytes after DATA: (message, rest)."""
+    s = b"\r\n" + stream
+    end = s.find(b"\r\n.\r\n")
+    content = s[2:end + 2] if end > 0 else b""
+    return (b"\r\n" + content).replace(b"\r\n.", b"\r\n")[2:], s[end + 5:]
+
+
+@FUZZ
+@given(st.lists(st.sampled_from([b".", b"..", b"\r", b"\n", b"\r\n", b"a", b"\r\n.", b"\r\n.\r"]), max_size=60),
+       st.lists(st.integers(1, 9), min_size=1, max_size=20))
+def test_data_framing_matches_a_line_receiver(pieces, cuts):
+    stream = b"".join(pieces) + b"\r\n.\r\nQUIT\r\n"
+    message, rest = reference_data(stream)
+    items, pos, i = [], 0, 0
+    while pos < len(stream):
+        n = cuts[i % len(cuts)]
+        items.append((C, stream[pos:pos + n]))
+        pos, i = pos + n, i + 1
+    transcript = [(S, b"220 mx\r\n"), (C, b"MAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nDATA\r\n"),
+                  (S, b"250 ok\r\n250 ok\r\n354 go\r\n"), *items, (S, b"250 ok\r\n")]
+    records, _ = run_all_ways(SmtpDissector, transcript, seeds=(3,), config=Config(keep_bodies=True), protocol="smtp")
+    (msg,) = [r for r in records if isinstance(r, Message)]
+    assert msg.raw == message
+    commands = [r.command for r in records if type(r).__name__ == "Command"]
+    assert commands[:5] == ["", "MAIL", "RCPT", "DATA", "."]
+    if rest == b"QUIT\r\n":  # the data ended where it was meant to
+        assert commands[5:] == ["QUIT"]

@@ -347,7 +347,7 @@ class SmtpDissector(Dissector):
         self._data_txn: _Txn | None = None
         self._hold = b""  # last wire bytes, not yet committed (a CRLF.CRLF may straddle)
         self._virt = 0  # leading bytes of _hold that are the DATA line's own CRLF
-        self._ctx = b""  # last 3 committed wire bytes (dot-unstuffing context)
+        self._ctx = b""  # last 2 committed wire bytes (dot-unstuffing context)
         self._acked = False  # 354 seen for the current DATA
         self._bare_noted = False
         self._wire_head: list[bytes] | None = None  # first wire bytes, to re-read if DATA is refused
@@ -636,9 +636,24 @@ class SmtpDissector(Dissector):
         self._data_wire += len(data)
         buf = self._hold + data if self._hold else data
         virt = self._virt
+        ctx = self._ctx
+        if b"\n." not in buf and b"\n." not in ctx + buf[:2]:
+            # the usual chunk: no line starts with a dot, so no end, no
+            # stuffing and no bare-LF dot can be in it (they all contain "\n.")
+            n = len(buf)
+            cut = n - 4 if n > 4 else 0
+            if cut > virt:
+                seg = buf[virt:cut]
+                self._ctx = seg[-2:] if len(seg) >= 2 else (ctx + seg)[-2:]
+                if self._data_txn.body.add(seg):
+                    out.append(self.anomaly(ts, CLIENT, "smtp_message_too_large",
+                                            f"over {self.limits.max_message_size} bytes: kept for hashing only"))
+            self._virt = virt - cut if virt > cut else 0
+            self._hold = buf[cut:]
+            return b""
         end = buf.find(b"\r\n.\r\n")
         if not self._bare_noted:
-            self._check_bare_lf(buf, len(buf) if end < 0 else end + 1, ts, out)
+            self._check_bare_lf(buf, len(buf) if end < 0 else end, ts, out)
         if end >= 0:
             if end + 2 > virt:
                 self._commit(buf[virt:end + 2], ts, out)
@@ -652,12 +667,14 @@ class SmtpDissector(Dissector):
         self._hold = buf[cut:]
         return b""
 
-    def _check_bare_lf(self, buf: bytes, limit: int, ts: float, out: list) -> None:
-        """Note a '.' line ended by a bare LF (the first one of the message)."""
-        a = buf.find(b"\n.\n", 0, limit)
+    def _check_bare_lf(self, buf: bytes, last: int, ts: float, out: list) -> None:
+        """Note a '.' line ended by a bare LF (the first one of the message)
+        starting at or before ``last`` (the end of data, if found)."""
+        stop = last + 5
+        a = buf.find(b"\n.\n", 0, stop)
         # "\n.\r\n" whose LF has no CR before it (with one, it would be the end)
-        b = buf.find(b"\n.\r\n", 1, limit)
-        hits = [i for i in (a, b) if i >= 0]
+        b = buf.find(b"\n.\r\n", 1, stop)
+        hits = [i for i in (a, b) if 0 <= i <= last]
         if hits:
             i = min(hits)
             self._bare_noted = True
@@ -667,13 +684,18 @@ class SmtpDissector(Dissector):
             out.append(self.anomaly(ts, CLIENT, "smtp_bare_lf_dot", f"{variant} at byte {offset} of the data"))
 
     def _commit(self, seg: bytes, ts: float, out: list) -> None:
-        """Dot-unstuff wire bytes (with the last committed bytes as context) and store them."""
+        """Dot-unstuff wire bytes (with the last committed bytes as context) and store them.
+
+        RFC 5321 4.5.2: the first character of a line that starts with a dot
+        is removed, doubled or not (as Postfix and Zeek do).
+        """
         ctx = self._ctx
         joined = ctx + seg
-        if b"\n.." in joined:
-            # the removed dot is always the 4th byte of a match, never in ctx
-            seg = joined.replace(b"\r\n..", b"\r\n.")[len(ctx):]
-        self._ctx = joined[-3:]
+        if b"\n." in joined:
+            # with 2 bytes of context the removed dot (3rd byte of a match) is
+            # always in seg: a match inside ctx was handled with the bytes before
+            seg = joined.replace(b"\r\n.", b"\r\n")[len(ctx):]
+        self._ctx = joined[-2:]
         txn = self._data_txn
         if txn.body.add(seg):
             out.append(self.anomaly(ts, CLIENT, "smtp_message_too_large",
