@@ -110,8 +110,9 @@ def looks_like_http(client_first: bytes, server_first: bytes) -> bool:
     """True when the first bytes of a connection are HTTP/1.x (or HTTP/0.9).
 
     ``client_first``/``server_first`` are whatever has been buffered of each
-    side (either may be empty). A server that speaks first with anything but a
-    status line (an SMTP, IMAP or POP3 greeting) rules HTTP out.
+    side (either may be empty). A server that speaks first, before the client
+    said anything, with anything but a status line (an SMTP, IMAP or POP3
+    greeting) rules HTTP out; otherwise the client's first line decides.
     """
     if server_first:
         if server_first[:5] == b"HTTP/":
@@ -554,14 +555,15 @@ class Exchange:
     ``issues`` as ``(side, name, detail)``.
     """
 
-    __slots__ = ("request", "response", "interim", "upgrade", "issues", "req_done", "resp_done",
-                 "_cache", "limits")
+    __slots__ = ("request", "response", "interim", "upgrade", "want_upgrade", "issues", "req_done",
+                 "resp_done", "_cache", "limits")
 
     def __init__(self, request: HttpMessage | None, limits):
         self.request = request
         self.response: HttpMessage | None = None
         self.interim: list[int] = []  # 1xx statuses seen before the final response
-        self.upgrade: str | None = None
+        self.upgrade: str | None = None  # what the connection switched to
+        self.want_upgrade: str | None = None  # asked for (CONNECT, Upgrade:), verdict pending
         self.issues: list[tuple[int, str, str]] = []
         self.req_done = request is None
         self.resp_done = False
@@ -1115,7 +1117,7 @@ class HttpDissector(Dissector):
                     continue
                 if len(buf) > self.limits.max_http_header_bytes:
                     self._issue(st, ts, "http_upgrade_overflow", f"{len(buf)} bytes while awaiting the switch")
-                    self._enter_tunnel(st.ex, st.ex._cache.get("want_upgrade") or "upgrade")
+                    self._enter_tunnel(st.ex, st.ex.want_upgrade or "upgrade")
                 return
             else:  # _TUNNEL
                 buf.clear()
@@ -1228,9 +1230,9 @@ class HttpDissector(Dissector):
         msg.body = self.proc.new_body(msg)
         hdrs = msg.headers
         if msg.method == "CONNECT":
-            ex._cache["want_upgrade"] = "connect"
+            ex.want_upgrade = "connect"
         elif "upgrade" in hdrs.tokens("connection") and hdrs.get("upgrade"):
-            ex._cache["want_upgrade"] = hdrs.get("upgrade").split(",")[0].strip().lower() or "upgrade"
+            ex.want_upgrade = hdrs.get("upgrade").split(",")[0].strip().lower() or "upgrade"
         self._start_body(st, self._framing(st, msg, ts, request=True), ts)
 
     def _framing(self, st: _Side, msg: HttpMessage, ts: float, request: bool):
@@ -1283,7 +1285,7 @@ class HttpDissector(Dissector):
         self._attach_response(st, ex, msg)
         req = ex.request
         msg.body = self.proc.new_body(msg, req)
-        want = ex._cache.pop("want_upgrade", None)
+        want, ex.want_upgrade = ex.want_upgrade, None
         if want is not None:
             if status == 101 or (want == "connect" and 200 <= status < 300):
                 upgrade = want if want == "connect" else (msg.headers.get("upgrade") or want).strip().lower()
@@ -1406,7 +1408,7 @@ class HttpDissector(Dissector):
                 msg.headers.add(k, v)
         if st.side == CLIENT:
             ex.req_done = True
-            if "want_upgrade" in ex._cache and ex.response is None and st.state == _LINE:
+            if ex.want_upgrade is not None and ex.response is None and st.state == _LINE:
                 st.state = _WAIT  # the next client bytes may not be HTTP: await the verdict
                 st.ex = ex
         else:
