@@ -35,7 +35,8 @@ import re
 import zlib
 from collections import deque
 
-from ..model import Command, Credential, HttpRequest, Attachment
+from ..anomalies import StrictError
+from ..model import Attachment, Command, Credential, HttpRequest
 from .base import CLIENT, OVERLONG, SERVER, Dissector, StreamBuffer
 from .forms import (MultipartParser, decode_text, header_params, is_message_type, load_json,
                     login_fields, parse_urlencoded, is_password_field)
@@ -700,8 +701,8 @@ class ExchangeProcessor:
 
         Kept: forms, JSON, plain text, messages, opaque blobs (a JMAP blob may
         be a message), anything named ``*.eml``, HTML answering a POST (to
-        judge a login) and HTML pages that show a message. Not kept: images, scripts, styles, media, archives —
-        they are counted and hashed only.
+        judge a login) and HTML pages that show a message. Not kept: images,
+        scripts, styles, media, archives: they are counted and hashed only.
         """
         ct, _ = header_params(msg.headers.get("content-type"))
         _, dparams = header_params(msg.headers.get("content-disposition"))
@@ -735,6 +736,8 @@ class ExchangeProcessor:
         creds, login = self._credentials(ex) if req is not None else ([], None)
         try:
             action, extra = self.webmail.recognise(ex, login)
+        except StrictError:
+            raise
         except Exception as exc:  # recognition must never cost the HTTP records
             action, extra = None, [self.anomaly(req.ts if req else None, None, "http_webmail_error",
                                                 f"{type(exc).__name__}: {str(exc)[:200]}")]
@@ -996,7 +999,6 @@ class HttpDissector(Dissector):
     def _fatal(self, exc: Exception, ts: float) -> None:
         # Defensive: stop parsing this connection rather than raise into the
         # pipeline; the anomaly names the failure so that it gets reported.
-        from ..anomalies import StrictError
         if isinstance(exc, StrictError):
             raise exc
         self._tunnel = True
