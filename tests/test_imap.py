@@ -636,6 +636,15 @@ def test_nesting_and_commands_in_flight_limits():
         (None, "OK"), ("a1", None), ("b3", "OK"), ("b1", None), ("b2", None)]
 
 
+def test_messages_of_a_huge_fetch_are_not_all_held_until_completion():
+    cfg = Config(limits=Limits(max_message_size=len(MSG1) * 2 + 10))
+    server = b"".join(b"* %d FETCH (BODY[] " % i + lit(MSG1) + b")\r\n" for i in (1, 2, 3, 4)) + b"a3 OK\r\n"
+    recs, _ = run([GREETING, (C, b"a3 FETCH 1:4 BODY[]\r\n"), (S, server)], config=cfg)
+    msgs = of_type(recs, Message)
+    assert [m.reply_code for m in msgs] == [None, None, None, "OK"]
+    assert all(m.sha256 == sha(MSG1) for m in msgs)
+
+
 def test_strict_mode_raises():
     d = ImapDissector(new_session("imap"), Config(strict=True))
     with pytest.raises(StrictError):

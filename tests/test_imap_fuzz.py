@@ -183,7 +183,8 @@ def check_bounds(d, config, chunk):
         assert s.item_len <= lim.max_line + 64 or s.discard
         assert sum(len(p) for p in s.parts) <= lim.max_line + 64
     assert len(d.pending) <= lim.max_commands_in_flight
-    assert len(d._partials) <= 64 and len(d._known) <= 10_000
+    assert len(d._partials) <= 64 and len(d._known) <= 1_000
+    assert 0 <= d._partial_bytes <= lim.max_message_size + lim.max_literal
     assert len(d.uids) <= lim.max_mailbox_messages
 
 

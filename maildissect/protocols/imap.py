@@ -377,8 +377,12 @@ _GREETING_SOFTWARE = (
 
 _LINE, _LITERAL, _HOLD, _TLS, _DEAD = range(5)
 
-#: Cached per-message facts (size, body structure) for part and partial fetches.
-_KNOWN_CACHE = 10_000
+#: Cached per-message facts (size, body structure) for part and partial fetches:
+#: at most this many messages, each with at most _KNOWN_PARTS parts.
+_KNOWN_CACHE = 1_000
+_KNOWN_PARTS = 64
+#: Partial-fetch reassemblies under way at once.
+_PARTIALS = 64
 #: Longest MailboxEvent.detail before optional parts are dropped.
 _DETAIL_MAX = 65_536
 #: Inflate output piece size (bounded work per call).
@@ -421,7 +425,7 @@ class _Side:
 class _Pending:
     """A tagged command awaiting its completion, with what it gathered."""
 
-    __slots__ = ("cmd", "verb", "tag", "args", "argtext", "messages", "cred", "sasl", "mailbox",
+    __slots__ = ("cmd", "verb", "tag", "args", "argtext", "messages", "held", "cred", "sasl", "mailbox",
                  "select", "partial_req", "results", "appends", "extra")
 
     def __init__(self, cmd: Command, verb: str, tag: str, args: list, argtext: str):
@@ -431,6 +435,7 @@ class _Pending:
         self.args = args
         self.argtext = argtext
         self.messages: list[Message] = []
+        self.held = 0  # bytes of the messages held until the completion
         self.cred: Credential | None = None
         self.sasl: SaslExchange | None = None
         self.mailbox: str | None = None
@@ -631,6 +636,19 @@ def flatten_bodystructure(tok, path: str = "", out: list | None = None, depth: i
     return out
 
 
+def _compact_part(entry: dict) -> dict:
+    """What a part's header needs (see _mime_header_for), with bounded values."""
+    out = {}
+    for key in ("part", "type", "encoding", "disposition", "id"):
+        if entry.get(key):
+            out[key] = str(entry[key])[:256]
+    for key in ("params", "disposition_params"):
+        if entry.get(key):
+            out[key] = {str(k)[:64]: (str(v)[:256] if v is not None else None)
+                        for k, v in list(entry[key].items())[:8]}
+    return out
+
+
 def _mime_header_for(part: dict, binary: bool) -> bytes:
     """A MIME header block describing ``part`` (from BODYSTRUCTURE).
 
@@ -740,6 +758,7 @@ class ImapDissector(Dissector):
         self.utf8 = False  # UTF8=ACCEPT enabled: mailbox names are UTF-8, not modified UTF-7
         self._known: OrderedDict = OrderedDict()  # (mailbox, uidvalidity, id) -> {size, parts}
         self._partials: OrderedDict = OrderedDict()
+        self._partial_bytes = 0  # bytes held by all reassemblies
 
     # -- interface -----------------------------------------------------------
 
@@ -1855,7 +1874,7 @@ class ImapDissector(Dissector):
             if size is not None:
                 known["size"] = size
             if parts is not None:
-                known["parts"] = parts
+                known["parts"] = [_compact_part(e) for e in parts[:_KNOWN_PARTS]]
         cmdname = p.verb if p is not None and p.verb in _FETCH_VERBS else "FETCH"
         ident = uid if cmdname == "UID FETCH" and uid is not None else seq
         prefix = f"{cmdname} {ident}"
@@ -1889,6 +1908,13 @@ class ImapDissector(Dissector):
                     flags=flags if flags is not None else [], size=msg_size, message_id=message_id, detail=text)
         if p is not None:
             p.messages.extend(msgs)
+            p.held += sum(m.size for m in msgs)
+            if p.held > self.limits.max_message_size:
+                # A FETCH returning more than max_message_size of messages: emit
+                # those held so far now (without the reply code still to come).
+                out.extend(p.messages)
+                p.messages = []
+                p.held = 0
         else:
             out.extend(msgs)
 
@@ -1959,7 +1985,7 @@ class ImapDissector(Dissector):
                 self._flush_partial(pkey, out)
             asm = _Partial(ts, f"{prefix} {sec.att}")
             self._partials[pkey] = asm
-            if len(self._partials) > 64:
+            if len(self._partials) > _PARTIALS:
                 self._flush_partial(next(iter(self._partials)), out)
         elif asm is None or origin != asm.next:
             if asm is not None:
@@ -1972,15 +1998,19 @@ class ImapDissector(Dissector):
             asm.complete = False
         asm.chunks.append(_value_data(value))
         asm.next += length
+        self._partial_bytes += len(asm.chunks[-1])
         requested = (p.partial_req or {}).get((sec.base, sec.section, origin)) if p is not None else None
         total = (known or {}).get("size")
         last = (requested is not None and length < requested) or (total is not None and asm.next >= total)
         if asm.next > self.limits.max_message_size:
             asm.complete = False
             last = True
+        while self._partial_bytes > self.limits.max_message_size and next(iter(self._partials)) != pkey:
+            self._flush_partial(next(iter(self._partials)), out)
         if not last:
             return None
         del self._partials[pkey]
+        self._partial_bytes -= sum(len(c) for c in asm.chunks)
         source = asm.source if origin == 0 else f"{asm.source}..<{origin}>"
         return self._make_message("retrieved", asm.ts, [b"".join(asm.chunks)], "body" if asm.complete else "partial",
                                   source, asm.complete, out)
@@ -1989,6 +2019,7 @@ class ImapDissector(Dissector):
         asm = self._partials.pop(pkey, None)
         if asm is None:
             return
+        self._partial_bytes -= sum(len(c) for c in asm.chunks)
         out.append(self._make_message("retrieved", asm.ts, [b"".join(asm.chunks)], "partial", asm.source, False,
                                       out))
 
