@@ -255,6 +255,29 @@ def test_envelope_bodystructure_and_part_download_decoded_by_structure():
     assert [(a.filename, a.sha256) for a in msg.attachments] == [("data.bin", sha(ATTACHMENT))]
 
 
+def test_bodystructure_with_encapsulated_message_and_its_text():
+    nested = (b'(("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 10 1 NIL NIL NIL NIL)'
+              b'("message" "rfc822" NIL NIL NIL "7bit" %d (NIL "inner" NIL NIL NIL NIL NIL NIL NIL "<i@x>") '
+              b'(("text" "plain" NIL NIL NIL "7bit" 5 1)("application" "octet-stream" ("name" "data.bin") NIL NIL '
+              b'"base64" %d) "mixed" ("boundary" "zz")) 12 NIL NIL NIL NIL) "mixed" ("boundary" "b") NIL NIL NIL)'
+              % (len(MSG2), len(ATTACHMENT_B64)))
+    inner_text = MSG2.split(b"\r\n\r\n", 1)[1].replace(b"b1", b"zz")
+    t = [GREETING, *login(), *SELECT,
+         (C, b"a3 UID FETCH 2 (BODYSTRUCTURE)\r\n"),
+         (S, b"* 2 FETCH (UID 2 BODYSTRUCTURE " + nested + b")\r\na3 OK\r\n"),
+         (C, b"a4 UID FETCH 2 (BODY.PEEK[2.TEXT])\r\n"),
+         (S, b"* 2 FETCH (UID 2 BODY[2.TEXT] " + lit(inner_text) + b")\r\na4 OK\r\n")]
+    recs, _ = run(t)
+    parts = json.loads(events(recs, "fetch")[0].detail)["bodystructure"]
+    assert [(p["part"], p["type"]) for p in parts] == [
+        ("", "multipart/mixed"), ("1", "text/plain"), ("2", "message/rfc822"), ("2.TEXT", "multipart/mixed"),
+        ("2.1", "text/plain"), ("2.2", "application/octet-stream")]
+    assert parts[2]["envelope"] == {"subject": "inner", "message_id": "<i@x>"}
+    (msg,) = of_type(recs, Message)
+    assert msg.kind == "text" and msg.sha256 == sha(inner_text)
+    assert [(a.filename, a.sha256) for a in msg.attachments] == [("data.bin", sha(ATTACHMENT))]
+
+
 def test_partial_fetches_reassembled_into_one_message():
     chunk = 40
     pieces = [MSG2[i:i + chunk] for i in range(0, len(MSG2), chunk)]

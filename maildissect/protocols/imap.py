@@ -1957,8 +1957,12 @@ class ImapDissector(Dissector):
                 msgs.append(self._make_message("retrieved", ts, [sec.value], "header", f"{prefix} {sec.att}",
                                                False, out))
             elif sec.kind == "text":
-                root = part_info.get(sec.path + ".TEXT") or part_info.get(sec.path or "") \
-                    if sec.path else (part_info.get("") or part_info.get("1"))
+                # the body's own entry: "" or "1" at the top, "n.TEXT" (multipart)
+                # or "n.1" inside an encapsulated message n
+                if sec.path:
+                    root = part_info.get(sec.path + ".TEXT") or part_info.get(sec.path + ".1")
+                else:
+                    root = part_info.get("") or part_info.get("1")
                 header = _mime_header_for(root, False) if root else b"\r\n"
                 msgs.append(self._make_message("retrieved", ts, [sec.value], "text", f"{prefix} {sec.att}",
                                                False, out, header=header))
