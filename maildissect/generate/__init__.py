@@ -111,10 +111,13 @@ def generate(scenario: str, out: str, *, messages: int = 3,
               attachment_size=attachment_size, keylog=keylog, tls=scenario in NEEDS_TLS,
               retry_delay=retry_delay, progress=say)
     try:
-        if mode == "live":
-            capturer = make_capture(pcap_path, [h.ip for h in HOSTS])
-            capturer.start()
         with lab:
+            if mode == "live":
+                # Started once the services listen, so that the filter can name
+                # their exact addresses and ports.
+                capturer = make_capture(pcap_path, [(d["ip"], d["listen_port"])
+                                                    for d in lab.service_descriptions])
+                capturer.start()
             say(f"servers up; running scenario {scenario!r}")
             _run_bounded(SCENARIOS[scenario], lab, messages, timeout, lab.close)
             time.sleep(0.1)  # last FIN/ACK exchanges reach the relays and the capture

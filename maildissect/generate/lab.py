@@ -195,6 +195,15 @@ async def _sleep(t):
     await asyncio.sleep(t)
 
 
+class _KnownWarnings(logging.Filter):
+    """Drops aiosmtpd's warnings about choices the lab makes on purpose."""
+
+    TEXTS = ("auth_require_tls == False", "login_data is deprecated")
+
+    def filter(self, record):
+        return not any(t in record.getMessage() for t in self.TEXTS)
+
+
 class _ErrorLog(logging.Handler):
     def __init__(self, sink):
         super().__init__(logging.ERROR)
@@ -282,6 +291,8 @@ class Lab:
         self._log_handler = _ErrorLog(self.server_errors)
         for name in ("mail.log", "uvicorn.error", "uvicorn"):
             logging.getLogger(name).addHandler(self._log_handler)
+        self._log_filter = _KnownWarnings()
+        logging.getLogger("mail.log").addFilter(self._log_filter)
         self._watch_twisted()
         self.tls = TlsMaterial(self.keylog)
         self.loop = LoopThread()
@@ -381,6 +392,7 @@ class Lab:
         if self._log_handler is not None:
             for name in ("mail.log", "uvicorn.error", "uvicorn"):
                 logging.getLogger(name).removeHandler(self._log_handler)
+            logging.getLogger("mail.log").removeFilter(self._log_filter)
             self._log_handler = None
         if self.tls is not None:
             self.tls.close()
