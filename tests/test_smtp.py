@@ -83,7 +83,7 @@ def test_basic_session():
     assert sess.extensions == ["PIPELINING", "SIZE 10240000", "AUTH PLAIN LOGIN CRAM-MD5", "STARTTLS",
                                "ENHANCEDSTATUSCODES", "CHUNKING", "8BITMIME"]
     (msg,) = of_type(records, Message)
-    assert (msg.protocol, msg.direction, msg.source, msg.session_id) == ("smtp", "sent", "DATA", 1)
+    assert (msg.protocol, msg.direction, msg.source, msg.kind, msg.session_id) == ("smtp", "sent", "DATA", "data", 1)
     assert msg.ts == 7.0  # the DATA command
     assert msg.mail_from == "alice@example.org" and msg.rcpt_to == ["bob@example.net"] and msg.rcpt_rejected == []
     assert msg.helo == "client.example.org" and msg.tls is False
@@ -274,7 +274,7 @@ def test_bdat_chunks_binary_and_last():
         (C, b"QUIT\r\n"), (S, b"221 bye\r\n"),
     ])
     (msg,) = of_type(records, Message)
-    assert msg.raw == head + binary and msg.source == "BDAT" and msg.ts == 7.0
+    assert msg.raw == head + binary and (msg.source, msg.kind, msg.ts) == ("BDAT", "bdat", 7.0)
     assert (msg.queue_id, msg.complete) == ("CH1", True)
     assert msg.attachments[0].sha256 == hashlib.sha256(binary).hexdigest()
     assert [c.argument for c in of_type(records, Command) if c.command == "BDAT"] == [str(len(head)), f"{len(binary)} LAST"]
@@ -645,3 +645,17 @@ def test_nothing_after_close():
     records = feed(d, [GREETING, (C, b"QUIT\r\n"), (S, b"221 bye\r\n")])
     assert commands(records)[-1] == ("QUIT", "", "221")
     assert d.feed(C, b"NOOP\r\n", 9.0) == [] and d.close(9.0, "fin") == [] and d.gap(C, 5, 9.0) == []
+
+
+def test_pure_modules_import_no_io_libraries():
+    # the dissector and the MIME module are pure functions of bytes (DESIGN.md)
+    import ast
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent / "maildissect"
+    for path in (root / "mime.py", root / "protocols" / "smtp.py"):
+        tree = ast.parse(path.read_text())
+        imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                    for alias in node.names}
+        imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                     if isinstance(node, ast.ImportFrom) and node.module and node.level == 0}
+        assert not imported & {"scapy", "pandas", "click", "socket"}, path

@@ -1146,7 +1146,8 @@ class SmtpDissector(Dissector):
         refused = [a for a, ok in txn.rcpts if ok is False]
         msg = Message(protocol="smtp", session_id=self.session.session_id, ts=txn.data_ts,
                       direction="sent", mail_from=txn.mail_from, rcpt_to=accepted,
-                      rcpt_rejected=refused, helo=self.session.helo, tls=txn.tls, source=txn.source)
+                      rcpt_rejected=refused, helo=self.session.helo, tls=txn.tls, source=txn.source,
+                      kind=txn.source.lower())
         if txn.reply is not None:
             code, lines, _ = txn.reply
             msg.reply_code = code
