@@ -185,6 +185,8 @@ class Pipeline:
         flow = conn.flow
         self.collector.flows.append(flow)
         sess = router.session if router is not None else None
+        if sess is not None and not (flow.bytes_client or flow.bytes_server or flow.gaps or sess.commands):
+            sess = None  # a refused or unanswered attempt is a flow, not a session
         if sess is not None:
             sess.end = flow.end
             sess.bytes_client = flow.bytes_client
