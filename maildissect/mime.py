@@ -649,20 +649,30 @@ class _Parser:
             else:
                 is_attachment = (disposition == "attachment" or filename is not None
                                  or not ctype.startswith("text/"))
-            decoded = self.decode_body(buf[bstart:end] if (bstart or end != len(buf)) else buf, cte, where)
+            whole = not bstart and end == len(buf)
+            identity = cte in _TEXT_CTE
+            if identity:
+                # no copy: a view for hashing, offsets for walking into a message
+                body = buf if whole else memoryview(buf)[bstart:end]
+            else:
+                body = self.decode_body(buf if whole else buf[bstart:end], cte, where)
             if is_attachment:
                 cid = hdr.get("content-id")
                 att = Attachment(
-                    filename=filename, content_type=ctype, size=len(decoded), md5="", sha1="",
+                    filename=filename, content_type=ctype, size=len(body), md5="", sha1="",
                     sha256="", disposition=disposition, part=own_path, encoding=cte,
-                    content_id=cid.strip() if cid else None, data=decoded if keep else None)
+                    content_id=cid.strip() if cid else None, data=bytes(body) if keep else None)
                 msg.attachments.append(att)
-                self.digests.append((att, _later(_file_digests, decoded)))
+                self.digests.append((att, _later(_file_digests, body)))
             if is_message:
                 if depth >= max_depth:
                     self.note("mime_too_deep", f"{where}: depth {depth}")
+                elif identity:
+                    # nested 7bit messages share the outer buffer: copying each
+                    # level would hold depth x size bytes
+                    stack.append((buf, bstart, end, own_path, depth + 1, True, "text/plain", None))
                 else:
-                    stack.append((decoded, 0, len(decoded), own_path, depth + 1, True, "text/plain", None))
+                    stack.append((body, 0, len(body), own_path, depth + 1, True, "text/plain", None))
                 continue
             if is_attachment or not ctype.startswith("text/"):
                 continue
@@ -670,13 +680,13 @@ class _Parser:
             if ctype == "text/html":
                 msg.has_html = True
                 if self.html is None:
-                    self.html = self.decode_charset(decoded[:_PREVIEW_SCAN], charset, where)
+                    self.html = self.decode_charset(bytes(body[:_PREVIEW_SCAN]), charset, where)
                 else:
-                    self.decode_charset(decoded, charset, where)
+                    self.decode_charset(bytes(body), charset, where)
             elif ctype == "text/plain" and self.plain is None:
-                self.plain = self.decode_charset(decoded[:_PREVIEW_SCAN], charset, where)
+                self.plain = self.decode_charset(bytes(body[:_PREVIEW_SCAN]), charset, where)
             else:
-                self.decode_charset(decoded, charset, where)
+                self.decode_charset(bytes(body), charset, where)
 
     # -- top level ------------------------------------------------------------------------
 

@@ -576,6 +576,23 @@ def test_large_attachment_hashed_on_workers_matches_inline():
     assert msg.sha256 == hashlib.sha256(raw).hexdigest()
 
 
+def test_nested_messages_do_not_multiply_memory():
+    import tracemalloc
+    payload = b"x" * 1_000_000
+    raw = b"Content-Type: application/x-bottom; name=bottom\r\n\r\n" + payload
+    for _ in range(40):
+        raw = b"Content-Type: message/rfc822\r\nContent-Disposition: attachment\r\n\r\n" + raw
+    tracemalloc.start()
+    try:
+        msg, found = parse(raw)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert found == [] and len(msg.attachments) == 41
+    assert msg.attachments[-1].sha256 == hashlib.sha256(payload).hexdigest()
+    assert peak < 4 * len(raw)  # not 40 copies of the message
+
+
 # --------------------------------------------------------------------------- properties
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
