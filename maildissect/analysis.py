@@ -23,8 +23,10 @@ class Analysis:
 
     DataFrames (built on first access): ``flows``, ``sessions``, ``commands``,
     ``messages``, ``attachments``, ``credentials``, ``anomalies``, ``http``,
-    ``mailboxes``. The underlying records are in ``records`` (a Collector);
-    ``stats`` holds capture counters. docs/data.md explains every column.
+    ``mailboxes``, and derived from them ``events`` (the timeline),
+    ``journeys`` and ``hops`` (messages followed across hops). The
+    underlying records are in ``records`` (a Collector); ``stats`` holds
+    capture counters. docs/data.md explains every column.
     """
 
     def __init__(self, collector: Collector, config: Config, stats: dict):
@@ -41,6 +43,10 @@ class Analysis:
     def _records(self, name: str) -> list:
         if name == "attachments":
             return frames.attachment_rows(self._records("messages"))
+        if name == "events":
+            return self.event_records
+        if name in ("journeys", "hops"):
+            return getattr(self.journey_records, name)
         return frames.sort_records(name, getattr(self.records, name))
 
     def _frame(self, name: str) -> pd.DataFrame:
@@ -92,6 +98,33 @@ class Analysis:
     @cached_property
     def mailboxes(self) -> pd.DataFrame:
         return self._frame("mailboxes")
+
+    @cached_property
+    def event_records(self) -> list:
+        """The timeline as :class:`maildissect.timeline.Event` records, in time order."""
+        from .timeline import build_events
+        return build_events(self.records, self.journey_records)
+
+    @cached_property
+    def journey_records(self):
+        """Message journeys as a :class:`maildissect.correlate.Journeys` (``.journeys``, ``.hops``)."""
+        from .correlate import correlate
+        return correlate(self.records)
+
+    @cached_property
+    def events(self) -> pd.DataFrame:
+        """The timeline: one row per meaningful event across protocols (docs/report.md)."""
+        return self._frame("events")
+
+    @cached_property
+    def journeys(self) -> pd.DataFrame:
+        """One row per message followed across hops (see ``hops`` for the hops themselves)."""
+        return self._frame("journeys")
+
+    @cached_property
+    def hops(self) -> pd.DataFrame:
+        """One row per hop of every journey, in order."""
+        return self._frame("hops")
 
     def __repr__(self) -> str:
         r = self.records

@@ -214,6 +214,97 @@ SCHEMAS: dict[str, list[tuple]] = {
         ("message_id", "str", "Message-ID when known"),
         ("detail", "str", "more (COPY target, UIDL id, ENVELOPE...)"),
     ],
+    "events": [
+        ("ts", "ts", "when it happened"),
+        ("session_id", "int", "session (flow id); empty for capture-level events"),
+        ("protocol", "cat", "protocol of the session (smtp, imap, pop3, http; smtps... for implicit TLS)"),
+        ("client", "str", "client endpoint, ip:port ([v6]:port)"),
+        ("server", "str", "server endpoint, ip:port"),
+        ("event", "cat", "what happened: tcp_connect, tcp_refused, tcp_unanswered, greeting, tls_start, "
+                         "auth_success, mail_from, rcpt_accepted, message_accepted, imap_fetch, pop3_retr, "
+                         "webmail, tcp_close, anomaly... (docs/report.md lists them all)"),
+        ("outcome", "cat", "ok, failed, deferred (temporary refusal), refused, unanswered, warning, or empty"),
+        ("message_id", "str", "Message-ID of the message the event belongs to (SMTP envelope commands carry "
+                              "the Message-ID of their transaction)"),
+        ("description", "str", "one line saying what happened (never a secret)"),
+        ("actor", "cat", "who acted: client or server (empty for connection-level events)"),
+        ("client_ip", "str", "client address"),
+        ("client_port", "int", "client port"),
+        ("server_ip", "str", "server address"),
+        ("server_port", "int", "server port"),
+        ("source", "cat", "the table the event was derived from (flows, commands, messages, credentials, http, "
+                          "sessions, anomalies)"),
+    ],
+    "journeys": [
+        ("journey_id", "int", "journey number from 1, in order of first appearance"),
+        ("message_id", "str", "Message-ID of the message"),
+        ("subject", "str", "Subject"),
+        ("from", "str", "From header", "from_"),
+        ("mail_from", "str", "SMTP envelope sender (first seen)"),
+        ("rcpt_to", "list", "SMTP envelope recipients (all hops), else the To header"),
+        ("match", "cat", "weakest link that grouped the message's records: message_id, body_sha256, sha256, "
+                         "envelope (sender, recipients and subject within an hour: weaker), single (one record "
+                         "without Message-ID); hops tied by other links say so in hops.match"),
+        ("first_seen", "ts", "start of the first hop"),
+        ("last_seen", "ts", "end of the last hop"),
+        ("duration", "float", "seconds from first_seen to last_seen"),
+        ("hops", "int", "hops seen on the wire (failed attempts included)"),
+        ("failed_attempts", "int", "SMTP hops that did not hand the message over: refused or unanswered "
+                                   "connections, 4xx/5xx replies, sessions closed early"),
+        ("queue_time", "float", "seconds the message waited in mail servers' queues: from the end of the hop "
+                                "that brought it to a server to the start of that server's successful relay "
+                                "(retries included), summed over servers"),
+        ("path", "str", "hosts in order of first visit (client and server of each successful hop)"),
+        ("roles", "str", "the hops' roles in order, e.g. submission \u2192 delivery (2 attempts) \u2192 "
+                         "retrieval"),
+        ("sha256", "list", "distinct sha256 of the message bytes on the hops (each server adds headers)"),
+        ("body_sha256", "str", "sha256 of the body when every copy has the same body"),
+        ("received_hops", "int", "hops the Received headers of the most-travelled copy claim"),
+        ("received_check", "cat", "Received headers vs the wire: agrees, differs (see received_notes), "
+                                  "headers_only (no claimed hop is in the capture), no_headers, n/a"),
+        ("received_notes", "list", "each disagreement between the headers and the wire"),
+    ],
+    "hops": [
+        ("journey_id", "int", "the journey (journeys table)"),
+        ("hop", "int", "position in the journey, from 1, in time order"),
+        ("message_id", "str", "Message-ID of the message"),
+        ("role", "cat", "upload, webmail_send, submission, relay, delivery (the last server-to-server SMTP "
+                        "hop), append, retrieval, transfer"),
+        ("protocol", "cat", "smtp, imap, pop3 or http"),
+        ("outcome", "cat", "accepted, deferred (4xx), rejected (5xx), no_reply, refused (SYN answered by RST), "
+                           "unanswered (SYN only), aborted (closed before a message), retrieved, downloaded, "
+                           "stored, sent, uploaded, failed, claimed (Received header only)"),
+        ("attempt", "int", "SMTP: attempt number towards the same server (1 for the first try)"),
+        ("start", "ts", "when the hop began: the connection's SYN for an SMTP session's first message (else its "
+                        "MAIL FROM), the command or request otherwise"),
+        ("end", "ts", "when the message was handed over: end of DATA/BDAT, end of the FETCH/RETR transfer, the "
+                      "HTTP request (sending) or response (reading); the RST or last packet of a failed attempt"),
+        ("latency", "float", "seconds from the end of the previous hop to the start of this one (queue time "
+                             "before a relay, retry delay after a failed attempt, time in the mailbox before a "
+                             "retrieval); negative when hops overlap"),
+        ("duration", "float", "end - start in seconds"),
+        ("client_ip", "str", "client address"),
+        ("client_port", "int", "client port"),
+        ("server_ip", "str", "server address"),
+        ("server_port", "int", "server port"),
+        ("session_id", "int", "session (flow id) of the hop"),
+        ("queue_id", "str", "queue id the receiving server gave (SMTP \"queued as\"), or the id of a Received "
+                            "header"),
+        ("reply", "str", "the server's final reply (SMTP code and text, IMAP/POP3 status, HTTP status) or why "
+                         "the attempt failed"),
+        ("match", "cat", "how this hop was tied to the message: message_id, body_sha256, sha256, envelope, "
+                         "mailbox_uid, attachment_sha256, attempt (a failed attempt attributed by "
+                         "sender, server and time), received (header only)"),
+        ("direction", "cat", "direction of the message record (sent, retrieved, appended, uploaded, downloaded)"),
+        ("user", "str", "authenticated user of the session"),
+        ("tls", "bool", "the hop was inside TLS"),
+        ("size", "int", "message bytes on this hop"),
+        ("sha256", "str", "sha256 of the message bytes on this hop"),
+        ("wire", "bool", "seen in the capture (false: only a Received header claims it)"),
+        ("received", "str", "the Received header that describes this hop"),
+        ("received_check", "str", "agrees, or what the header and the wire disagree on"),
+        ("detail", "str", "envelope, command or request that carried the message"),
+    ],
 }
 
 #: Columns shown by default in terminal tables (all columns go to files).
@@ -231,6 +322,11 @@ TABLE_VIEWS = {
     "http": ["session_id", "ts", "method", "host", "uri", "status", "response_content_type", "response_size",
              "mail_action"],
     "mailboxes": ["session_id", "ts", "user", "mailbox", "action", "uid", "flags", "message_id"],
+    "events": ["ts", "session_id", "protocol", "client", "server", "event", "outcome", "description"],
+    "journeys": ["journey_id", "message_id", "subject", "first_seen", "hops", "failed_attempts", "queue_time",
+                 "roles", "received_check"],
+    "hops": ["journey_id", "hop", "role", "protocol", "attempt", "outcome", "start", "latency", "client_ip",
+             "server_ip", "server_port", "session_id", "queue_id", "reply"],
 }
 
 # record attributes that are deliberately not columns
@@ -301,7 +397,56 @@ def frame(table: str, records: list) -> pd.DataFrame:
         name, kind = spec[0], spec[1]
         attr = spec[3] if len(spec) > 3 else name
         cols[name] = _column(kind, [getattr(r, attr, None) for r in records])
-    return pd.DataFrame(cols, index=pd.RangeIndex(len(records)))
+    df = pd.DataFrame(cols, index=pd.RangeIndex(len(records)))
+    df.attrs["table"] = table  # lets writers find the declared types (arrow_schema)
+    return df
+
+
+# nested columns ("dicts" kind): the keys of their objects, for typed Parquet columns
+_DICT_STRUCTS = {
+    "attachments": [(k, "int" if k == "size" else "str") for k in
+                    ("filename", "content_type", "size", "md5", "sha1", "sha256", "disposition", "part",
+                     "encoding", "content_id")],
+    "received": [(k, "str") for k in ("from", "by", "with", "id", "for", "date", "raw")],
+    "headers": [("name", "str"), ("value", "str")],
+}
+_DICT_STRUCTS["files"] = _DICT_STRUCTS["attachments"]
+
+
+def arrow_schema(df: pd.DataFrame):
+    """A pyarrow schema for a table's DataFrame from the declared column kinds, or None.
+
+    Without it an empty table, or a list column that is empty on every row,
+    would be written with Arrow's ``null`` type, which DuckDB and Spark read
+    as untyped; with it every column keeps its type (timestamps in UTC,
+    lists of strings, lists of structs, dictionary-encoded categories)
+    whatever the rows hold.
+    """
+    import pyarrow as pa
+    table = df.attrs.get("table")
+    if table not in SCHEMAS:
+        names = list(df.columns)
+        table = next((t for t, cols in SCHEMAS.items() if [c[0] for c in cols] == names), None)
+        if table is None:
+            return None
+    kinds = {spec[0]: spec[1] for spec in SCHEMAS[table]}
+    scalar = {"int": pa.int64(), "float": pa.float64(), "str": pa.string(), "bool": pa.bool_(),
+              "ts": pa.timestamp("us", tz="UTC"), "cat": pa.dictionary(pa.int32(), pa.string()),
+              "list": pa.list_(pa.string())}
+    fields = []
+    for name in df.columns:
+        kind = kinds.get(name)
+        if kind is None:
+            return None
+        if kind == "dicts":
+            keys = _DICT_STRUCTS.get(name)
+            if keys is None:
+                return None
+            typ = pa.list_(pa.struct([(k, pa.int64() if t == "int" else pa.string()) for k, t in keys]))
+        else:
+            typ = scalar[kind]
+        fields.append(pa.field(name, typ))
+    return pa.schema(fields)
 
 
 def attachment_rows(messages: list) -> list:
