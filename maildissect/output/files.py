@@ -52,7 +52,15 @@ def write_csv(df: pd.DataFrame, out) -> None:
 
 
 def write_parquet(df: pd.DataFrame, path_or_buffer) -> None:
-    df.to_parquet(path_or_buffer, index=False)
+    """Parquet with the table's declared types (frames.arrow_schema), so empty columns stay typed."""
+    from ..frames import arrow_schema
+    schema = arrow_schema(df)
+    if schema is None:
+        df.to_parquet(path_or_buffer, index=False)
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    pq.write_table(pa.Table.from_pandas(df, schema=schema, preserve_index=False), path_or_buffer)
 
 
 def write(df: pd.DataFrame, fmt: str, output: str | None) -> None:
