@@ -409,16 +409,148 @@ def extract(captures, directory, overwrite, no_attachments, protocol, from_, to_
 @click.argument("captures", nargs=-1, required=True, type=click.Path(allow_dash=True))
 @click.option("-o", "--output", "directory", type=click.Path(file_okay=False), required=True,
               help="Directory to write the tables into.")
-@click.option("-f", "--format", "fmt", type=click.Choice(["parquet", "csv", "jsonl"]), default="parquet",
-              show_default=True, help="File format of the tables.")
+@click.option("-f", "--format", "fmt", type=click.Choice(["parquet", "csv", "jsonl", "zeek", "zeek-json"]),
+              default="parquet", show_default=True,
+              help="File format of the tables; zeek/zeek-json write Zeek logs instead (conn.log, smtp.log, "
+                   "files.log, pop3.log, imap.log; docs/report.md).")
 @analysis_options
 @handle_errors
 def export(captures, directory, fmt, quiet, redact, limits, ports, jobs):
-    """Write every table (flows, sessions, messages, ...) as files in a directory."""
+    """Write every table (flows, sessions, messages, ...) as files in a directory.
+
+    With --format zeek the directory receives Zeek-compatible TSV logs that
+    zeek-cut and Zeek tooling read; --format zeek-json writes them as Zeek's
+    JSON logs.
+    """
     result = run_analysis(captures, quiet=quiet, redact=redact, limits=limits, ports=ports, jobs=jobs)
+    if fmt in ("zeek", "zeek-json"):
+        from .output.zeek import write_logs
+        try:
+            paths = write_logs(result, directory, fmt, captures=list(captures))
+        except OSError as e:
+            raise UserError(f"cannot write to {directory}: {e.strerror or e}") from None
+        if not quiet:
+            click.echo(f"{len(paths)} Zeek logs written to {directory}", err=True)
+        return
     n = write_tables(result, directory, fmt)
     if not quiet:
         click.echo(f"{n} tables written to {directory}", err=True)
+
+
+@cli.command()
+@click.argument("captures", nargs=-1, required=True, type=click.Path(allow_dash=True))
+@click.option("--message-id", "message_id", default=None,
+              help="Only the events of this message (brackets optional; a substring matches too), with the "
+                   "connections that carried it or tried to.")
+@click.option("--session", "session_id", type=int, default=None, help="Only this session (flow id).")
+@output_options
+@analysis_options
+@handle_errors
+def timeline(captures, message_id, session_id, fmt, output, quiet, redact, limits, ports, jobs):
+    """What happened when: one line per event across every protocol.
+
+    Connection attempts (refused, unanswered), greetings, TLS, authentication,
+    envelopes, each message's fate (queued with its id, deferred, rejected),
+    IMAP/POP3 retrievals, webmail actions, closes and anomalies. Columns and
+    event names: docs/data.md (events) and docs/report.md.
+    """
+    from .timeline import filter_events
+    from . import frames
+    result = run_analysis(captures, quiet=quiet, redact=redact, limits=limits, ports=ports, jobs=jobs)
+    events = result.event_records
+    if message_id is not None or session_id is not None:
+        sessions = None
+        if message_id:
+            found = result.journey_records.find(message_id)
+            if not found:
+                raise UserError(f"no message with Message-ID {message_id!r} (see `maildissect journeys`)")
+            sessions = result.journey_records.sessions_of(j.journey_id for j in found)
+        events = filter_events(events, message_id=message_id, session_id=session_id,
+                               sessions_of_message=sessions)
+    emit_table(frames.frame("events", events), "events", fmt, output)
+
+
+@cli.command()
+@click.argument("captures", nargs=-1, required=True, type=click.Path(allow_dash=True))
+@click.option("--message-id", "message_id", default=None,
+              help="Only this message (brackets optional; a substring matches too).")
+@click.option("--summary", is_flag=True,
+              help="One row per message (the journeys table) instead of one row per hop.")
+@output_options
+@analysis_options
+@handle_errors
+def journeys(captures, message_id, summary, fmt, output, quiet, redact, limits, ports, jobs):
+    """Follow each message across hops and protocols.
+
+    Submission, relay and delivery (with refused or deferred attempts and the
+    time spent in queues), then retrieval by IMAP, POP3 or webmail; the
+    Received headers are checked against the hops on the wire. The terminal
+    view shows each journey with its hops; other formats write the hops table
+    (or the journeys table with --summary). Columns: docs/data.md.
+    """
+    result = run_analysis(captures, quiet=quiet, redact=redact, limits=limits, ports=ports, jobs=jobs)
+    jr = result.journey_records
+    ids = None
+    if message_id:
+        found = jr.find(message_id)
+        if not found:
+            raise UserError(f"no message with Message-ID {message_id!r}")
+        ids = {j.journey_id for j in found}
+    table = "journeys" if summary else "hops"
+    df = result.table(table)
+    if ids is not None:
+        df = df[df["journey_id"].isin(ids)].reset_index(drop=True)
+    if fmt != "table" or summary:
+        emit_table(df, table, fmt, output)
+        return
+    from .correlate import journey_title
+    from .output.tables import console, render
+
+    def show(con):
+        shown = [j for j in jr.journeys if ids is None or j.journey_id in ids]
+        for j in shown:
+            render(df[df["journey_id"] == j.journey_id].reset_index(drop=True), "hops", con,
+                   title=journey_title(j))
+            for note in j.received_notes:
+                con.print(f"  [yellow]Received:[/yellow] {note}", highlight=False)
+        if not shown:
+            con.print("[dim]no messages[/dim]")
+    if output and output != "-":
+        with open(output, "w", encoding="utf-8") as f:
+            show(console(f))
+    else:
+        show(console())
+
+
+@cli.command()
+@click.argument("captures", nargs=-1, required=True, type=click.Path(allow_dash=True))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="The HTML file to write.")
+@click.option("--show-secrets", is_flag=True, help="Show passwords and tokens in the credentials table "
+                                                   "(masked by default).")
+@click.option("--ladders", "max_ladders", type=click.IntRange(0, 500), default=25, show_default=True,
+              help="Draw ladder diagrams for at most this many sessions.")
+@click.option("--title", default=None, help="Title of the report (default: the capture file names).")
+@analysis_options
+@handle_errors
+def report(captures, output, show_secrets, max_ladders, title, quiet, redact, limits, ports, jobs):
+    """One self-contained HTML report: overview, timeline, journeys, ladder diagrams, tables.
+
+    The file works offline (plotly.js and styles are inlined), prints, and
+    holds the timeline of every session, each message's journey across
+    hosts, a ladder (sequence) diagram per session from SYN to FIN, and
+    sortable tables of sessions, messages, attachments, credentials and
+    anomalies. docs/report.md describes it.
+    """
+    from .output.report import write_report
+    result = run_analysis(captures, quiet=quiet, redact=redact, limits=limits, ports=ports, jobs=jobs)
+    try:
+        info = write_report(result, output, captures=list(captures), show_secrets=show_secrets and not redact,
+                            max_ladders=max_ladders, title=title)
+    except OSError as e:
+        raise UserError(f"cannot write {output}: {e.strerror or e}") from None
+    if not quiet:
+        click.echo(f"report written to {output} ({info['bytes'] // 1024} KiB, {info['sessions']} sessions, "
+                   f"{info['journeys']} journeys, {info['ladders']} ladder diagrams)", err=True)
 
 
 def write_tables(result, directory: str, fmt: str) -> int:
