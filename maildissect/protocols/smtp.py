@@ -1142,6 +1142,7 @@ class SmtpDissector(Dissector):
             return
         txn.emitted = True
         raw = b"".join(body.chunks)
+        body.chunks = []  # the joined copy is all that is needed from here
         accepted = [a for a, ok in txn.rcpts if ok is not False]
         refused = [a for a, ok in txn.rcpts if ok is False]
         msg = Message(protocol="smtp", session_id=self.session.session_id, ts=txn.data_ts,
@@ -1164,5 +1165,4 @@ class SmtpDissector(Dissector):
         msg.complete = not (txn.gap or body.missing or body.hasher is not None or not body.terminated)
         out.append(msg)
         out.extend(found)
-        body.chunks = []
         body.kept = 0
