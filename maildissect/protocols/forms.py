@@ -179,28 +179,29 @@ def _depth(value, limit: int) -> int:
 
 # -- login forms -------------------------------------------------------------
 
-_USER_NAMES = {
+_USER_WORDS = {
     "user", "username", "login", "email", "mail", "uname", "userid", "account", "log", "name",
-    "uid", "loginname", "usr", "emailaddress", "loginid", "nick", "jusername", "principal",
-    "identifier", "usermail", "useremail",
+    "uid", "loginname", "usr", "emailaddress", "loginid", "nick", "principal", "identifier",
+    "usermail", "useremail",
 }
-_PASS_EXACT = {"pwd", "pw", "secret", "passphrase", "pin", "credential", "credentials"}
+_PASS_WORDS = {"pass", "password", "passwd", "pwd", "pw", "passphrase", "pin", "secret", "passcode",
+               "userpass", "loginpass", "userpassword", "loginpassword"}
 
 
-def _norm(name: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", name.lower())
+def _words(name: str) -> list[str]:
+    """``_user`` -> [user]; ``j_password`` -> [j, password]; ``userPassword`` -> [user, password]."""
+    return [w.lower() for w in re.split(r"[^A-Za-z0-9]+|(?<=[a-z])(?=[A-Z])", name) if w]
 
 
 def is_password_field(name: str) -> bool:
-    """A form field name that holds a password (``_pass``, ``password``, ``pwd``...)."""
-    n = _norm(name)
-    return "pass" in n or n in _PASS_EXACT
+    """A form field name that holds a password (``_pass``, ``password``, ``j_password``,
+    ``userPassword``, ``pwd``...), judged word by word so that ``compass`` is not one."""
+    return any(w in _PASS_WORDS or w.startswith("password") for w in _words(name))
 
 
 def is_user_field(name: str) -> bool:
     """A form field name that holds a login name (``_user``, ``username``, ``email``...)."""
-    n = _norm(name)
-    return n in _USER_NAMES or "user" in n or "login" in n or n.endswith("email")
+    return any(w in _USER_WORDS or w.startswith(("user", "login", "email")) for w in _words(name))
 
 
 def login_fields(fields) -> tuple[str, str | None, str, str] | None:
