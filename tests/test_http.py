@@ -618,3 +618,32 @@ def test_never_raises_on_close_in_any_state():
 def test_feed_helper_roundtrip_with_strict_off():
     out = feed(HttpDissector(new_session("http"), Config()), [(C, b"GET / HTTP/1.1\r\n\r\n"), (S, resp(b"x"))])
     assert len(http(out)) == 1
+
+
+def test_exchange_layer_without_http1_framing():
+    """What an HTTP/2 front end does: heads and DATA frames in, the same records out."""
+    from maildissect.model import Message
+    from maildissect.protocols.http import Exchange, ExchangeProcessor, Headers, HttpMessage
+    sess = new_session("http")
+    made = []
+    proc = ExchangeProcessor(sess, Config(), lambda ts, side, name, detail="": made.append(name))
+    req = HttpMessage(True, 5.0, method="POST", uri="/upload", version="HTTP/2",
+                      headers=Headers([("host", "webmail.example"), ("content-type", "multipart/form-data; boundary=" + BOUNDARY.decode()),
+                                       ("user-agent", "h2-client")]))
+    req.body = proc.new_body(req)
+    for i in range(0, len(FORM), 1000):  # DATA frames
+        req.body.write(FORM[i:i + 1000])
+    req.body.finish()
+    resp = HttpMessage(False, 6.0, version="HTTP/2", status=200,
+                       headers=Headers([("content-type", "application/json"), ("content-encoding", "gzip")]))
+    resp.body = proc.new_body(resp, req)
+    resp.body.write(gzip.compress(b'{"ok": true}'))
+    resp.body.finish()
+    ex = Exchange(req, Config().limits)
+    ex.response = resp
+    recs = proc.complete(ex)
+    (h,) = http(recs)
+    assert (h.method, h.uri, h.version, h.host, h.status, h.latency, h.response_size) == \
+        ("POST", "/upload", "HTTP/2", "webmail.example", 200, 1.0, 12)
+    assert [f.filename for f in h.files] == ["a.bin", "naïve.txt"]
+    assert sess.client_software == "h2-client" and not made and not of_type(recs, Message)
