@@ -403,3 +403,19 @@ def test_message_page_read_heuristically():
         ("Bob <bob@example.net>", ["alice@example.org"], [], "Lunch & more", "<lunch-1@example.net>", 1700000000.0)
     assert msg.text_preview == "See you at noon."
     assert actions(recs) == ["read", "read"]
+
+
+def test_jmap_refused_submission_stays_a_draft():
+    create = {"k": {"to": [{"email": "x@example.net"}], "subject": "nope", "bodyValues": {"1": {"value": "b"}},
+                    "textBody": [{"partId": "1"}]}}
+    recs, _ = run([
+        (C, post(b"/jmap/api/", jmap([["Email/set", {"create": create}, "0"],
+                                      ["EmailSubmission/set", {"create": {"s": {"emailId": "#k"}}}, "1"]]),
+                 b"application/json", AUTH)),
+        (S, resp(jresp([["Email/set", {"created": {"k": {"id": "M9"}}}, "0"],
+                        ["EmailSubmission/set", {"notCreated": {"s": {"type": "forbiddenToSend"}}}, "1"]]),
+                 b"application/json")),
+    ])
+    (msg,) = messages(recs)
+    assert (msg.direction, msg.reply_code, msg.reply_text) == \
+        ("appended", "created", "submission refused: forbiddenToSend")

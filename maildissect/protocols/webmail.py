@@ -429,7 +429,8 @@ class WebmailContext:
                         and isinstance(item[1], dict):
                     responses.setdefault(str(item[2]), []).append((item[0], item[1]))
         created: dict[str, Message] = {}  # creation id -> Message from Email/set
-        submitted: list[tuple[str, dict, str]] = []  # (emailId ref, submission, call id)
+        # (emailId reference, submission object, verdict, SetError type)
+        submitted: list[tuple[str, dict, str | None, str | None]] = []
         for name, args, cid in valid:
             results = [a for n, a in responses.get(cid, ()) if n == name]
             if name == "Email/get":
@@ -479,6 +480,11 @@ class WebmailContext:
         sent_keys = set()
         for ref, sub, verdict, text in submitted:
             msg = None
+            if verdict == "notCreated":
+                # the server refused to send: a created email stays a draft
+                if ref.startswith("#") and ref[1:] in created:
+                    created[ref[1:]].reply_text = f"submission refused: {text or ''}".strip()
+                continue
             if ref.startswith("#") and ref[1:] in created:
                 msg = created[ref[1:]]
                 sent_keys.add(ref[1:])
