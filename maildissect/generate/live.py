@@ -33,19 +33,22 @@ import time
 
 
 def live_permitted() -> tuple[bool, str]:
-    """Whether this process may capture on loopback, and why (not)."""
+    """Whether this process may capture on loopback, and why (not).
+
+    What counts is CAP_NET_RAW in the effective set (root has it unless it was
+    dropped, e.g. in a container), plus a way to capture.
+    """
     if not os.path.exists("/proc/self/status"):
         return False, "live capture needs Linux packet sockets"
-    if os.geteuid() == 0:
-        return True, "running as root"
     try:
         with open("/proc/self/status") as f:
             caps = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
     except (OSError, StopIteration, ValueError):
-        caps = 0
-    if caps & (1 << 13):  # CAP_NET_RAW
-        return True, "CAP_NET_RAW"
-    return False, "not root and no CAP_NET_RAW"
+        caps = -1 if os.geteuid() == 0 else 0
+    if not caps & (1 << 13):  # CAP_NET_RAW
+        who = "root without CAP_NET_RAW" if os.geteuid() == 0 else "not root and no CAP_NET_RAW"
+        return False, who
+    return True, "running as root" if os.geteuid() == 0 else "CAP_NET_RAW"
 
 
 def bpf_filter(endpoints) -> str:
