@@ -133,7 +133,7 @@ def generate(scenario: str, out: str, *, messages: int = 3,
     if mode == "synthetic":
         from .record import synthesize
         stats = synthesize(lab.recorder.connections, pcap_path, imp, seed=seed)
-        doc_capture.update(tool="recording relays; pcap synthesised with scapy", **stats)
+        doc_capture.update(tool="recording relays; pcap synthesised (scapy writer)", **stats)
         for s in lab.manifest.sessions:
             conn = lab.recorder.find(s.client_ip, s.client_port)
             if conn is not None:

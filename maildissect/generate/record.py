@@ -5,11 +5,12 @@ mode every service is fronted by a :class:`RecordingRelay`: clients connect to
 the relay, the relay connects to the real server (binding the client's address,
 so the server sees the right peer) and forwards bytes both ways, noting each
 chunk with the time it arrived, and each FIN or RST. :func:`synthesize` then
-writes an Ethernet/IPv4/TCP pcap from those notes with scapy: the three-way
-handshake, sequence and acknowledgement numbers, MSS segmentation, delayed ACKs,
-FIN and RST teardowns, refused connections as SYN answered by RST, and optional
+writes an Ethernet/IPv4/TCP pcap from those notes: the three-way handshake,
+sequence and acknowledgement numbers, MSS segmentation, delayed ACKs, FIN and
+RST teardowns, refused connections as SYN answered by RST, and optional
 impairments (:mod:`.impair`). The pcap shows the services' logical (standard)
-ports, whatever port the relay really listened on.
+ports, whatever port the relay really listened on. Frames are packed with
+struct and written with scapy's RawPcapWriter.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from .clients import (LabIMAP4, LabIMAP4_SSL, LabPOP3, LabPOP3_SSL, SmtpClient, 
                       http_session, imap_literals, pop3_body)
 from .content import ALICE_DOMAIN, BOB_DOMAIN
 from .manifest import file_entry, sha256
-from .net import ALICE_MX, ALICE_PC, BOB_MX, BOB_PC, NAME_OF
+from .net import ALICE_PC, BOB_MX, BOB_PC, NAME_OF
 
 
 def _note(lab, text):
