@@ -135,8 +135,8 @@ SCHEMAS: dict[str, list[tuple]] = {
         ("queue_id", "str", "queue id from the server's final reply (\"queued as X\")"),
         ("reply_code", "str", "the server's final reply code for the transfer"),
         ("reply_text", "str", "the server's final reply text"),
-        ("kind", "str", "how the message was found: IMAP body/header/text/part/partial, POP3 retr/top, "
-                        "webmail jmap/form/rfc822"),
+        ("kind", "str", "how the message was found: SMTP data/bdat, IMAP body/header/text/part/partial, "
+                        "POP3 retr/top, webmail jmap/form/rfc822/view/blob"),
         ("source", "str", "the command or request that carried it (\"RETR 3\", \"POST /upload\")"),
         ("heuristic", "bool", "recognised by a heuristic (a generic web form) rather than a known format"),
         ("headers", "dicts", "every header, decoded, in order: name and value"),
@@ -197,11 +197,15 @@ SCHEMAS: dict[str, list[tuple]] = {
         ("response_sha256", "str", "sha256 of the decoded response body"),
         ("mail_action", "str", "webmail action recognised (login, list, read, send, upload, download, jmap:...)"),
         ("files", "dicts", "files in a multipart form: filename, content_type, size, hashes"),
+        ("response_md5", "str", "md5 of the decoded response body (Zeek's files.log md5)"),
+        ("response_filename", "str", "file name from the response's Content-Disposition"),
+        ("upgrade", "str", "the connection left HTTP/1 here: connect, websocket, h2c..."),
+        ("complete", "bool", "false when a gap, a limit or a decoding error cut a body"),
     ],
     "mailboxes": [
         ("session_id", "int", "session"),
         ("ts", "ts", "when it was seen"),
-        ("protocol", "cat", "imap or pop3"),
+        ("protocol", "cat", "imap, pop3, or http (JMAP Mailbox/get)"),
         ("user", "str", "authenticated user"),
         ("mailbox", "str", "mailbox name (INBOX for POP3)"),
         ("action", "str", "select, exists, fetch, store, copy, move, expunge, append, stat, list, uidl, retr, dele..."),

@@ -174,8 +174,11 @@ class Reassembler:
         h = conn.halves[side]
         if flags & 0x07 == 0 and h.started:
             # the common case: data or a bare ACK on an established connection
-            if flags & ACK and (conn.halves[1 - side].starts or not conn.established):
-                self._ack(conn, side, ts, ack)
+            if flags & ACK:
+                other = conn.halves[1 - side]
+                if other.starts or not conn.established or (
+                        seglen and ((ack - other.base) & 0xFFFFFFFF) != (other.next & 0xFFFFFFFF)):
+                    self._ack(conn, side, ts, ack, seglen > 0)
             if seglen:
                 if ((seq - h.base) & 0xFFFFFFFF) == (h.next & 0xFFFFFFFF) and not h.starts \
                         and h.fin is None and len(payload) == seglen:
@@ -189,7 +192,7 @@ class Reassembler:
                 h.started = True
                 h.base = seq
             if flags & ACK:
-                self._ack(conn, side, ts, ack)
+                self._ack(conn, side, ts, ack, seglen > 0 and not flags & SYN)
             if seglen:
                 off = h.offset(seq + 1 if flags & SYN else seq)
                 self._data(conn, side, h, ts, off, payload, seglen)
@@ -257,22 +260,40 @@ class Reassembler:
                 conn.synack_ts = ts
                 conn.server_isn = seq
 
-    def _ack(self, conn, side, ts, ack):
+    def _ack(self, conn, side, ts, ack, answering=False):
+        """The peer's acknowledgement: completes the handshake, and tells of lost bytes.
+
+        ``answering``: this packet carries data, so the peer has seen what it
+        acknowledges; a hole below the acknowledgement can no longer be filled
+        in this capture and is declared at once (as Zeek's "ack above hole"),
+        which keeps the two directions' events in wire order. A bare ACK past
+        a hole waits a few packets first, as a capture may show the ACK before
+        the segment it covers.
+        """
         if not conn.established and side == CLIENT and conn.server_isn is not None \
                 and ack == (conn.server_isn + 1) & 0xFFFFFFFF:
             conn.established = True
             if conn.syn_ts is not None:
                 conn.flow.handshake_rtt = ts - conn.syn_ts
         other = conn.halves[1 - side]
-        if other.starts and other.started:
-            acked = other.offset(ack)
-            if other.fin is not None and acked > other.fin:
-                acked = other.fin
-            if acked > other.next:
-                if other.acked_hole_at < 0:
-                    other.acked_hole_at = conn.flow.packets
-                elif conn.flow.packets - other.acked_hole_at >= ACKED_HOLE_PATIENCE:
+        if not other.started or (not other.starts and not answering):
+            return
+        acked = other.offset(ack)
+        if other.fin is not None and acked > other.fin:
+            acked = other.fin
+        if acked <= other.next:
+            return
+        if answering:
+            while other.next < acked:
+                if other.starts and other.starts[0] <= acked:
                     self._skip_hole(conn, 1 - side, other, ts)
+                else:
+                    self._gap(conn, 1 - side, other, ts, acked - other.next)
+                    other.next = acked
+        elif other.acked_hole_at < 0:
+            other.acked_hole_at = conn.flow.packets
+        elif conn.flow.packets - other.acked_hole_at >= ACKED_HOLE_PATIENCE:
+            self._skip_hole(conn, 1 - side, other, ts)
 
     def _maybe_finish(self, conn, ts):
         c, s = conn.halves

@@ -245,3 +245,14 @@ def test_syn_retried_after_refusal_with_same_isn_is_one_attempt():
             segment("c", 900, 0, SYN), segment("s", 0, 901, RST | ACK)]
     _, flows, _ = run(segs)
     assert [f.close for f in flows] == ["refused", "refused"]
+
+
+def test_reply_past_a_hole_declares_the_gap_before_the_reply():
+    segs = handshake(0, 0)
+    segs += [segment("c", 1, 1, payload=b"BDAT 10\r\n"),
+             segment("s", 1, 1010, payload=b"250 OK\r\n"),  # the server saw bytes we did not
+             segment("c", 1010, 9, payload=b"QUIT\r\n")]
+    recs, _, _ = run(segs)
+    kinds = [(e[0], e[1]) for e in recs[0].events if e[0] != "close"]
+    assert kinds == [("data", CLIENT), ("gap", CLIENT), ("data", SERVER), ("data", CLIENT)]
+    assert recs[0].gaps(CLIENT) == [1000]
