@@ -382,7 +382,7 @@ def _http_events(ctx: _Ctx, session_id: int, reqs: list) -> list[Event]:
             m = carried[0]
             label = f"message {m.message_id}" if m.message_id else "a file" if m.direction == "uploaded" \
                 else "message without Message-ID"
-            how = "compose form" if m.kind == "form" and not m.size and m.direction == "sent" else _size(m.size)
+            how = ("compose form" if m.direction == "sent" else "page view") if not m.size else _size(m.size)
             what = f": {label} {m.direction} ({how})"
         out.append(ctx.event(r.ts, session_id, "webmail", outcome or "ok", message_id=mids[0] if mids else None,
                              actor="client", source="http", order=i,

@@ -244,7 +244,8 @@ def journey_figure(journey, hops, names: dict) -> dict:
             "line": {"color": color, "width": 3, "dash": "dash" if failed else "solid"},
             "marker": {"size": [6, 14], "symbol": ["circle", "x" if failed else "triangle-right"], "color": color}})
         legend_seen.add(role_name)
-        tag = f"{h.role}{f' #{h.attempt}' if h.attempt and h.protocol == 'smtp' else ''}"
+        numbered = h.attempt and (h.attempt > 1 or failed)  # attempt numbers only where there were retries
+        tag = f"{h.role}{f' #{h.attempt}' if numbered else ''}"
         if failed:
             tag += f" {h.outcome}"
         if h.latency is not None and h.hop > 1:
@@ -291,8 +292,16 @@ def _ladder_steps(flow, session, commands, messages, packets, show_secrets):
         # before the reply that closes a retrieval
         if m.direction in ("sent", "appended", "uploaded"):
             if m.protocol == "smtp":
-                dot = next((c for c in commands if c.command in (".", "BDAT") and c.ts >= m.ts - 1e-9), None)
-                steps.append((dot.ts if dot is not None else m.ts, "c2s", f"message data ({size})", "data", 0))
+                # DATA: the content follows the 354 reply; BDAT: it follows the command line
+                end = next((c for c in commands if c.command in (".", "BDAT") and c.ts >= m.ts - 1e-9), None)
+                data = [c for c in commands if c.command == "DATA" and c.reply_code == "354"
+                        and c.ts >= m.ts - 1e-9 and (end is None or c.ts <= end.ts)]
+                if data and data[0].reply_ts is not None:
+                    steps.append((data[0].reply_ts, "c2s", f"message data ({size})", "data", 4))
+                elif end is not None:
+                    steps.append((end.ts, "c2s", f"message data ({size})", "data", 2 if end.command == "BDAT" else 0))
+                else:
+                    steps.append((m.ts, "c2s", f"message data ({size})", "data", 4))
             else:
                 steps.append((m.ts, "c2s", f"message data ({size})", "data", 2))
         else:
