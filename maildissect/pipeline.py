@@ -25,6 +25,10 @@ ANOMALIES = {
     "dissector_error": "a dissector failed on this input (a bug: please report it); the rest of the session was skipped",
 }
 
+#: segments at least this long are coalesced before dissection, up to BATCH bytes
+BULK = 512
+BATCH = 65536
+
 #: implicit-TLS flows are labelled like this in the flows table
 TLS_LABELS = {"smtp": "smtps", "imap": "imaps", "pop3": "pop3s", "http": "https"}
 
@@ -46,7 +50,8 @@ class Collector:
 class SessionRouter:
     """Listener for one connection: detects the protocol, then feeds the dissector."""
 
-    __slots__ = ("pipeline", "conn", "session", "dissector", "decided", "pending", "first", "buffered")
+    __slots__ = ("pipeline", "conn", "session", "dissector", "decided", "pending", "first", "buffered",
+                 "batch", "batch_len", "batch_side", "batch_ts")
 
     def __init__(self, pipeline: "Pipeline", conn):
         self.pipeline = pipeline
@@ -57,6 +62,11 @@ class SessionRouter:
         self.pending: list[tuple] = []
         self.first = [b"", b""]
         self.buffered = 0
+        # Bulk segments of one side are handed to the dissector together (see data()).
+        self.batch: list[bytes] = []
+        self.batch_len = 0
+        self.batch_side = -1
+        self.batch_ts = 0.0
         flow = conn.flow
         known = detect.by_port(flow.server_port, pipeline.config.ports)
         if known is not None:
@@ -83,6 +93,43 @@ class SessionRouter:
 
     # -- listener interface ---------------------------------------------------------
     def data(self, side: int, data: bytes, ts: float):
+        if self.dissector is not None:
+            # Full-size segments (a message body, a literal, an upload) are joined into
+            # calls of up to BATCH bytes: dissectors do their per-call work a few times
+            # per 64 KiB instead of once per segment. Small segments (commands,
+            # replies) flush the batch and go through at once, so the interleaving of
+            # the two sides, and the time of every command and reply, are unchanged;
+            # bytes of a batch carry the time of its last segment.
+            if len(data) >= BULK:
+                if self.batch_side != side and self.batch_side >= 0:
+                    self._flush()
+                self.batch.append(data)
+                self.batch_len += len(data)
+                self.batch_side = side
+                self.batch_ts = ts
+                if self.batch_len >= BATCH:
+                    self._flush()
+                return
+            if self.batch_side >= 0:
+                self._flush()
+            self._feed(side, data, ts)
+        elif not self.decided:
+            self.pending.append((0, side, data, ts))
+            self.buffered += len(data)
+            if len(self.first[side]) < 512:
+                self.first[side] += data[: 512 - len(self.first[side])]
+            self._sniff(ts, final=self.buffered > self.pipeline.config.limits.max_detect_bytes)
+
+    def _flush(self):
+        batch = self.batch
+        data = batch[0] if len(batch) == 1 else b"".join(batch)
+        side, ts = self.batch_side, self.batch_ts
+        self.batch = []
+        self.batch_len = 0
+        self.batch_side = -1
+        self._feed(side, data, ts)
+
+    def _feed(self, side: int, data: bytes, ts: float):
         d = self.dissector
         if d is not None:
             try:
@@ -94,14 +141,10 @@ class SessionRouter:
                 return
             if records:
                 self.pipeline.emit(self.session, records)
-        elif not self.decided:
-            self.pending.append((0, side, data, ts))
-            self.buffered += len(data)
-            if len(self.first[side]) < 512:
-                self.first[side] += data[: 512 - len(self.first[side])]
-            self._sniff(ts, final=self.buffered > self.pipeline.config.limits.max_detect_bytes)
 
     def gap(self, side: int, length: int, ts: float):
+        if self.batch_side >= 0:
+            self._flush()
         d = self.dissector
         if d is not None:
             try:
@@ -117,6 +160,8 @@ class SessionRouter:
             self.pending.append((1, side, length, ts))
 
     def close(self, ts: float, reason: str):
+        if self.batch_side >= 0:
+            self._flush()
         if not self.decided:
             self._sniff(ts, final=True)
         d = self.dissector
