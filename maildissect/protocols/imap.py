@@ -44,6 +44,7 @@ from ..anomalies import StrictError
 from ..model import CLIENT, SERVER, Command, Credential, MailboxEvent, Message
 from .base import OVERLONG, Dissector, StreamBuffer
 from .sasl import SaslExchange
+from .tls import TlsTap
 
 __all__ = ["ImapDissector", "looks_like_imap", "tokenize", "Literal", "decode_mailbox_name",
            "ANOMALIES"]
@@ -759,6 +760,7 @@ class ImapDissector(Dissector):
         self._known: OrderedDict = OrderedDict()  # (mailbox, uidvalidity, id) -> {size, parts}
         self._partials: OrderedDict = OrderedDict()
         self._partial_bytes = 0  # bytes held by all reassemblies
+        self._tls_tap: TlsTap | None = None  # made at STARTTLS
 
     # -- interface -----------------------------------------------------------
 
@@ -808,7 +810,7 @@ class ImapDissector(Dissector):
         s = self.sides[side]
         mode = s.mode
         if mode == _TLS:
-            self._count_tls(side, len(data))
+            self._count_tls(side, data)
             return
         if mode == _DEAD:
             return
@@ -817,11 +819,12 @@ class ImapDissector(Dissector):
         else:
             self._parse(side, data, ts, out)
 
-    def _count_tls(self, side, n):
-        if side == CLIENT:
-            self.session.tls_bytes_client += n
-        else:
-            self.session.tls_bytes_server += n
+    def _count_tls(self, side, data):
+        """Bytes inside TLS after STARTTLS: counted, and their hellos read."""
+        tap = self._tls_tap
+        if tap is None:
+            tap = self._tls_tap = TlsTap(self.session)
+        tap(side, data)
 
     def _inflate(self, side, data, ts, out):
         s = self.sides[side]
@@ -921,7 +924,7 @@ class ImapDissector(Dissector):
                     continue
                 return
             if mode == _TLS:
-                self._count_tls(side, len(buf))
+                self._count_tls(side, buf.read_all())
                 buf.clear()
                 return
             if mode == _DEAD:
@@ -1510,9 +1513,9 @@ class ImapDissector(Dissector):
                     self._parse(CLIENT, held, ts, out)
                 return
             c.mode = _TLS
-            self._count_tls(CLIENT, len(held))
+            self._count_tls(CLIENT, held)
             srv.mode = _TLS
-            self._count_tls(SERVER, len(srv.buf))
+            self._count_tls(SERVER, srv.buf.read_all())
             srv.buf.clear()
             return
         # COMPRESS DEFLATE (RFC 4978): raw deflate in both directions.

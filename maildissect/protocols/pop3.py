@@ -26,6 +26,7 @@ from ..anomalies import StrictError
 from ..model import CLIENT, SERVER, Command, Credential, MailboxEvent, Message
 from .base import OVERLONG, Dissector, StreamBuffer
 from .sasl import SaslExchange
+from .tls import TlsTap
 
 __all__ = ["Pop3Dissector", "looks_like_pop3", "ANOMALIES", "KNOWN_COMMANDS"]
 
@@ -180,6 +181,7 @@ class Pop3Dissector(Dissector):
         self.bad_run = False
         self.uidl: dict[int, str] = {}
         self.deleted: list[int] = []
+        self._tls_tap: TlsTap | None = None  # made at STLS
 
     # -- interface -----------------------------------------------------------
 
@@ -189,7 +191,7 @@ class Pop3Dissector(Dissector):
             return out
         try:
             if self.modes[side] == _TLS:
-                self._count_tls(side, len(data))
+                self._count_tls(side, data)
             elif side == SERVER and self.modes[SERVER] == _MULTI and not len(self.bufs[SERVER]):
                 rest = self._multi_data(data, ts, out)
                 if rest:
@@ -256,18 +258,19 @@ class Pop3Dissector(Dissector):
 
     # -- framing -------------------------------------------------------------
 
-    def _count_tls(self, side, n):
-        if side == CLIENT:
-            self.session.tls_bytes_client += n
-        else:
-            self.session.tls_bytes_server += n
+    def _count_tls(self, side, data):
+        """Bytes inside TLS after STLS: counted, and their hellos read."""
+        tap = self._tls_tap
+        if tap is None:
+            tap = self._tls_tap = TlsTap(self.session)
+        tap(side, data)
 
     def _drain(self, side, ts, out):
         buf = self.bufs[side]
         while True:
             mode = self.modes[side]
             if mode == _TLS:
-                self._count_tls(side, len(buf))
+                self._count_tls(side, buf.read_all())
                 buf.clear()
                 return
             if mode == _HOLD:
@@ -540,10 +543,10 @@ class Pop3Dissector(Dissector):
         if held and held[:1] != b"\x16":
             out.append(self.anomaly(ts, CLIENT, "pop3_stls_pipelined", f"{len(held)} bytes"))
         self.modes[CLIENT] = _TLS
-        self._count_tls(CLIENT, len(held))
+        self._count_tls(CLIENT, held)
         self.modes[SERVER] = _TLS
         sbuf = self.bufs[SERVER]
-        self._count_tls(SERVER, len(sbuf))
+        self._count_tls(SERVER, sbuf.read_all())
         sbuf.clear()
 
     # -- multi-line replies --------------------------------------------------

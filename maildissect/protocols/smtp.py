@@ -49,6 +49,7 @@ from ..config import Config
 from ..model import CLIENT, SERVER, Command, Credential, Message, Session
 from .base import OVERLONG, Dissector, StreamBuffer
 from .sasl import SaslExchange
+from .tls import TlsTap
 
 __all__ = ["SmtpDissector", "looks_like_smtp", "ANOMALIES"]
 
@@ -360,6 +361,7 @@ class SmtpDissector(Dissector):
         # STARTTLS: client bytes held until the reply says whether they are TLS
         self._held: list[bytes] = []
         self._held_len = 0
+        self._tls_tap = TlsTap(session)  # bytes inside TLS: counted, hellos read
 
     # ------------------------------------------------------------------ API
 
@@ -454,7 +456,7 @@ class SmtpDissector(Dissector):
         while data:
             mode = self._cmode
             if mode == _TLS:
-                self.session.tls_bytes_client += len(data)
+                self._tls_tap(CLIENT, data)
                 return
             if mode == _HOLD:
                 self._held.append(data)
@@ -825,7 +827,7 @@ class SmtpDissector(Dissector):
         if held[:1] == b"\x16" and not self.session.decrypted:
             self.session.tls = True
             self._cmode = _TLS
-            self.session.tls_bytes_client += len(held)
+            self._tls_tap(CLIENT, held)
         else:
             self._cmode = _CMD
             if held:
@@ -849,7 +851,7 @@ class SmtpDissector(Dissector):
         self._server_tls = True
         if self._cmode != _TLS:
             self._cmode = _TLS
-            self.session.tls_bytes_client += len(held) + len(self._cbuf)
+            self._tls_tap(CLIENT, held + self._cbuf.read_all())
             self._cbuf.clear()
 
     # -- AUTH
@@ -974,7 +976,7 @@ class SmtpDissector(Dissector):
 
     def _server(self, data: bytes, ts: float, out: list) -> None:
         if self._server_tls:
-            self.session.tls_bytes_server += len(data)
+            self._tls_tap(SERVER, data)
             return
         buf = self._sbuf
         buf.append(data)
@@ -990,7 +992,7 @@ class SmtpDissector(Dissector):
                 continue
             self._reply_line(line, ts, out)
         if self._server_tls and len(buf):
-            self.session.tls_bytes_server += len(buf.read_all())
+            self._tls_tap(SERVER, buf.read_all())
 
     def _reply_line(self, raw: bytes, ts: float, out: list) -> None:
         line = raw.rstrip(b"\r\n")

@@ -4,7 +4,8 @@
 (ClientHello, ServerHello) and writes what they reveal into the Session;
 :class:`TlsDissector` is the dissector for implicit-TLS ports (465, 993, 995,
 443), which records that metadata and counts the encrypted bytes. Mail
-dissectors hand their post-STARTTLS bytes to a TlsHelloParser as well.
+dissectors hand their post-STARTTLS bytes to a :class:`TlsTap`, which counts them
+and gives them to a TlsHelloParser.
 """
 
 from __future__ import annotations
@@ -134,6 +135,32 @@ class TlsHelloParser:
             names.append(ext[p + 1:p + 1 + n].decode("ascii", "replace"))
             p += 1 + n
         return names
+
+
+class TlsTap:
+    """The bytes of a session after its switch to TLS (STARTTLS, STLS): counted
+    in ``tls_bytes_client``/``tls_bytes_server``, and their hellos read for the
+    version, SNI and ALPN. Mail dissectors call it with every byte they do not
+    parse once TLS has started; the hello parser is made on first use."""
+
+    __slots__ = ("session", "hello")
+
+    def __init__(self, session):
+        self.session = session
+        self.hello: TlsHelloParser | None = None
+
+    def __call__(self, side: int, data) -> None:
+        if not data:
+            return
+        if side == 0:
+            self.session.tls_bytes_client += len(data)
+        else:
+            self.session.tls_bytes_server += len(data)
+        hello = self.hello
+        if hello is None:
+            hello = self.hello = TlsHelloParser(self.session)
+        if not hello.done[side]:
+            hello.feed(side, bytes(data))
 
 
 class TlsDissector(Dissector):
