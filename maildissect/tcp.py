@@ -71,7 +71,7 @@ class _Half:
     """One direction of a connection: what has been delivered and what waits."""
 
     __slots__ = ("started", "base", "next", "fin", "starts", "segs", "ooo_bytes", "recent",
-                 "sha", "delivered", "gap_bytes", "acked_hole_at", "syn_seq")
+                 "sha", "gap_bytes", "acked_hole_at", "syn_seq")
 
     def __init__(self):
         self.started = False
@@ -83,10 +83,14 @@ class _Half:
         self.ooo_bytes = 0
         self.recent = deque(maxlen=RECENT_CHUNKS)  # (offset, bytes) of recent deliveries
         self.sha = hashlib.sha256()
-        self.delivered = 0
         self.gap_bytes = 0
         self.acked_hole_at = -1  # packet count when the peer acked past a hole
         self.syn_seq = None
+
+    @property
+    def delivered(self) -> int:
+        """Bytes delivered so far: the stream position less what was declared missing."""
+        return self.next - self.gap_bytes
 
     def offset(self, seq: int) -> int:
         """Unwrap a 32-bit sequence number to a stream offset near ``next``."""
@@ -99,7 +103,7 @@ class _Half:
 class Connection:
     """State of one TCP connection; ``flow`` is its summary record."""
 
-    __slots__ = ("flow", "halves", "listener", "closed", "last", "keys", "syn_ts", "synack_ts",
+    __slots__ = ("flow", "halves", "listener", "closed", "keys", "syn_ts", "synack_ts",
                  "server_isn", "anomalies", "fins", "rst", "established")
 
     def __init__(self, flow: Flow, keys: tuple[bytes, bytes]):
@@ -107,7 +111,6 @@ class Connection:
         self.halves = (_Half(), _Half())
         self.listener = None
         self.closed = False
-        self.last = flow.start
         self.keys = keys  # (client->server key, server->client key)
         self.syn_ts = None
         self.synack_ts = None
@@ -137,7 +140,6 @@ class Reassembler:
         self.next_id = 0  # like Wireshark's tcp.stream
         self.frame = 0  # number of the frame being processed (set by the caller)
         self.open = 0
-        self.packets = 0
         self._sweep_at = float("inf")  # capture time of the next idle sweep
         self.max_ooo_bytes = self.limits.max_ooo_bytes
         self.max_ooo_segments = self.limits.max_ooo_segments
@@ -146,7 +148,6 @@ class Reassembler:
     def packet(self, ts: float, seg) -> None:
         """Process one decoded segment tuple."""
         key, src, dst, sport, dport, seq, ack, flags, payload, seglen = seg
-        self.packets += 1
         entry = self.table.get(key)
         if entry is None:
             conn, side = self._new(ts, key, src, dst, sport, dport, flags)
@@ -168,7 +169,6 @@ class Reassembler:
         flow.packets += 1
         if ts > flow.end:
             flow.end = ts
-        conn.last = ts
         if conn.closed:
             return
         h = conn.halves[side]
@@ -347,7 +347,7 @@ class Reassembler:
 
     def _evict(self, ts):
         """Close the longest-idle connection to make room (flow table full)."""
-        oldest = min((c for c, side in self.table.values() if side == CLIENT), key=lambda c: c.last)
+        oldest = min((c for c, side in self.table.values() if side == CLIENT), key=lambda c: c.flow.end)
         if not oldest.closed:
             self._anomaly(oldest, ts, "", "tcp_flow_limit", f"{self.limits.max_flows} flows")
             self._close(oldest, ts, "timeout")
@@ -360,7 +360,7 @@ class Reassembler:
         for conn, side in list(self.table.values()):
             if side != CLIENT:
                 continue
-            idle = now - conn.last
+            idle = now - conn.flow.end
             if conn.closed:
                 if idle > 120.0:
                     self._drop(conn)
@@ -372,7 +372,7 @@ class Reassembler:
         """End of input: close every open connection (reason ``eof``)."""
         for conn, side in list(self.table.values()):
             if side == CLIENT and not conn.closed:
-                self._close(conn, conn.last if ts is None else max(ts, conn.last), "eof")
+                self._close(conn, conn.flow.end if ts is None else max(ts, conn.flow.end), "eof")
         self.table.clear()
 
     # -- data --------------------------------------------------------------------
@@ -423,7 +423,6 @@ class Reassembler:
     def _deliver(self, conn, side, h, ts, data):
         h.recent.append((h.next, data))
         h.next += len(data)
-        h.delivered += len(data)
         h.sha.update(data)
         if h.acked_hole_at >= 0 and not h.starts:
             h.acked_hole_at = -1

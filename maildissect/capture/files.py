@@ -198,48 +198,56 @@ class CaptureReader:
         # (the upper bits of the link-type field may hold FCS information: masked off)
         self.linktypes.add(linktype)
         limit = max(self.max_frame, snaplen if snaplen <= 16 * self.max_frame else 0)
-        hdr = struct.Struct(endian + "IIII")
-        unpack = hdr.unpack_from
+        unpack = struct.Struct(endian + "IIII").unpack_from
         read = self._read
         buf = b""
         pos = 0
         last_ts = 0.0
-        while True:
-            if len(buf) - pos < 16:
-                more = read(BLOCK)
+        # counters live in locals on the per-frame path and are stored on exit
+        count = cut = unsorted = 0
+        try:
+            while True:
+                n = len(buf)
+                while pos + 16 <= n:  # every complete record in the block
+                    sec, frac, incl, orig = unpack(buf, pos)
+                    end = pos + 16 + incl
+                    if end > n or incl > limit:
+                        break
+                    ts = sec + frac * scale
+                    if ts < last_ts:
+                        unsorted += 1
+                    last_ts = ts
+                    if incl < orig:
+                        cut += 1
+                    count += 1
+                    yield (ts, linktype, buf[pos + 16:end], orig)
+                    pos = end
+                if pos + 16 <= n:
+                    incl = unpack(buf, pos)[2]
+                    if incl > limit:
+                        self._anomaly("capture_bad_record_length",
+                                      f"record {self.frames + count + 1} declares {incl} bytes (limit {limit}); "
+                                      "stopped reading", last_ts)
+                        return
+                    need = incl + 16
+                else:
+                    need = 16
+                more = read(max(BLOCK, need))
                 if not more:
-                    if len(buf) - pos:
+                    left = n - pos
+                    if left >= 16:
                         self._anomaly("capture_truncated_record",
-                                      f"{len(buf) - pos} bytes of a record header at the end of the file", last_ts)
+                                      f"last record has {left - 16} of {unpack(buf, pos)[2]} bytes", last_ts)
+                    elif left:
+                        self._anomaly("capture_truncated_record",
+                                      f"{left} bytes of a record header at the end of the file", last_ts)
                     return
                 buf = buf[pos:] + more
                 pos = 0
-                continue
-            sec, frac, incl, orig = unpack(buf, pos)
-            if incl > limit:
-                self._anomaly("capture_bad_record_length",
-                              f"record {self.frames + 1} declares {incl} bytes (limit {limit}); stopped reading",
-                              last_ts)
-                return
-            end = pos + 16 + incl
-            if end > len(buf):
-                more = read(max(BLOCK, incl + 16))
-                if not more:
-                    self._anomaly("capture_truncated_record",
-                                  f"last record has {len(buf) - pos - 16} of {incl} bytes", last_ts)
-                    return
-                buf = buf[pos:] + more
-                pos = 0
-                continue
-            ts = sec + frac * scale
-            if ts < last_ts:
-                self.unsorted += 1
-            last_ts = ts
-            if incl < orig:
-                self.snaplen_cut += 1
-            self.frames += 1
-            yield (ts, linktype, buf[pos + 16:end], orig)
-            pos = end
+        finally:
+            self.frames += count
+            self.snaplen_cut += cut
+            self.unsorted += unsorted
 
     # -- pcapng --------------------------------------------------------------------
     def _pcapng(self, magic_bytes: bytes) -> Iterator[Frame]:
