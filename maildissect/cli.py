@@ -508,8 +508,9 @@ def journeys(captures, message_id, summary, fmt, output, quiet, redact, limits, 
 
     def show(con):
         shown = [j for j in jr.journeys if ids is None or j.journey_id in ids]
+        groups = {int(k): g for k, g in df.groupby("journey_id", sort=False)} if len(df) else {}
         for j in shown:
-            render(df[df["journey_id"] == j.journey_id].reset_index(drop=True), "hops", con,
+            render(groups.get(j.journey_id, df.iloc[0:0]).reset_index(drop=True), "hops", con,
                    title=journey_title(j))
             for note in j.received_notes:
                 con.print(f"  [yellow]Received:[/yellow] {note}", highlight=False)

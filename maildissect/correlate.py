@@ -252,18 +252,19 @@ def _group_messages(messages: list, window: float) -> tuple[list[tuple[list, str
         if k[2] and (k[0] or k[1]):
             keyed[k].append(i)
     for idx in keyed.values():
-        for i in idx:
-            m = messages[i]
+        # in time order, a message without identity joins its predecessor with the same
+        # envelope when it came within the window (linear, whatever the group size)
+        idx.sort(key=lambda i: messages[i].ts or 0.0)
+        for prev, i in zip(idx, idx[1:]):
+            m, o = messages[i], messages[prev]
             if m.message_id or i in how:
+                if not o.message_id and prev not in how and abs((m.ts or 0) - (o.ts or 0)) <= window:
+                    dsu.union(prev, i)
+                    how[prev] = "envelope"
                 continue
-            for j in idx:
-                if j == i:
-                    continue
-                o = messages[j]
-                if abs((o.ts or 0) - (m.ts or 0)) <= window and dsu.find(i) != dsu.find(j):
-                    dsu.union(i, j)
-                    how[i] = "envelope"
-                    break
+            if abs((m.ts or 0) - (o.ts or 0)) <= window:
+                dsu.union(prev, i)
+                how[i] = "envelope"
     groups = defaultdict(list)
     for i in range(n):
         groups[dsu.find(i)].append(i)
@@ -296,6 +297,7 @@ class _Index:
         self.http = defaultdict(list)
         for r in records.http:
             self.http[r.session_id].append(r)
+        self._names: dict | None = None
 
     def user(self, sid):
         s = self.sessions.get(sid)
@@ -303,12 +305,14 @@ class _Index:
 
     def server_name(self, ip: str | None) -> str | None:
         """The name an SMTP server gives itself in its greeting (first word after the code)."""
-        for s in self.sessions.values():
-            if s.server_ip == ip and s.protocol == "smtp" and s.banner:
-                word = s.banner.split()[0] if s.banner.split() else ""
-                if "." in word:
-                    return word
-        return None
+        if self._names is None:
+            self._names = {}
+            for s in sorted(self.sessions.values(), key=lambda s: s.session_id):
+                if s.protocol == "smtp" and s.banner and s.server_ip not in self._names:
+                    word = s.banner.split()[0] if s.banner.split() else ""
+                    if "." in word:
+                        self._names[s.server_ip] = word
+        return self._names.get(ip)
 
     def smtp_window(self, m) -> tuple[float | None, float | None]:
         """(start, end) of the SMTP transaction that carried ``m``.
@@ -475,55 +479,79 @@ def _failed_attempts(records, ix: _Index) -> list[_Attempt]:
 
 
 def _assign_attempts(attempts: list[_Attempt], chains: dict[int, list[Hop]], envelopes: dict) -> dict:
-    """journey key -> attempts, shared out as a queue manager would (see the module docstring)."""
-    # every accepted SMTP hop is a candidate target, with the time its message reached the sender
+    """journey key -> [(attempt, target hop)], shared out as a queue manager would.
+
+    A journey's accepted SMTP hop is a candidate for an attempt by the same sender
+    towards the same server while the message waited in that sender's queue:
+    from the end of the hop that brought it there (or MAX_QUEUE_TIME before, when
+    no such hop was seen) to the start of the accepted hop. Attempts are swept in
+    time order; per sender and server, the waiting candidates sit in two heaps --
+    not yet tried (most recently queued first: a queue tries a new message at
+    once) and tried (least recently tried first) -- so each attempt costs a few
+    heap operations however long the queue.
+    """
+    import heapq
     targets = []
     for key, hops in chains.items():
         prev_end = None
         for h in hops:
             if h.protocol == "smtp" and h.outcome == "accepted" and h.start is not None:
-                targets.append((key, h, prev_end))
+                begin = prev_end if prev_end is not None else h.start - MAX_QUEUE_TIME
+                targets.append((begin - 1e-6, h.start, key, h, prev_end))
             if h.end is not None:
                 prev_end = h.end if prev_end is None else max(prev_end, h.end)
+    targets.sort(key=lambda t: t[0])
+    untried: dict[tuple, list] = defaultdict(list)  # pair -> heap of (-arrival, id)
+    tried: dict[tuple, list] = defaultdict(list)  # pair -> heap of (last attempt, id)
+    state: dict[int, object] = {}  # id -> "new" or the time of its last attempt; absent once gone
+    leaving: list = []  # heap of (hop start, id)
     assigned = defaultdict(list)
-    last_try: dict[tuple, float] = {}
-    for a in attempts:
-        cands = []
-        for key, h, arrived in targets:
-            if (h.client_ip, h.server_ip, h.server_port) != (a.client_ip, a.server_ip, a.server_port):
-                continue
-            if not (a.start < h.start):
-                continue
-            if arrived is not None and a.start < arrived - 1e-6:
-                continue
-            if arrived is None and h.start - a.start > MAX_QUEUE_TIME:
-                continue
-            # the first accepted hop after the attempt only
-            if any(o.start is not None and a.start < o.start < h.start and
-                   (o.client_ip, o.server_ip, o.server_port) == (h.client_ip, h.server_ip, h.server_port)
-                   and o.outcome == "accepted" for o in chains[key]):
-                continue
-            env = envelopes.get(key)
-            if a.mail_from is not None and env is not None:
-                sender, rcpts = env
-                if sender and a.mail_from != sender:
-                    continue
-                if a.rcpts and rcpts and not (set(a.rcpts) & rcpts):
-                    continue
-            cands.append((key, h, arrived))
-        if not cands:
-            continue
+    nxt = 0
 
-        def priority(c):
-            key, h, arrived = c
-            tk = (key, h.server_ip)
-            tried = tk in last_try and (arrived is None or last_try[tk] >= arrived)
-            # untried messages first, the most recently arrived of them (a queue tries a new
-            # message at once); then the least recently tried
-            return (1, last_try[tk]) if tried else (0, -(arrived if arrived is not None else float("-inf")))
-        key, h, _ = min(cands, key=priority)
+    def fits(a, tid):
+        env = envelopes.get(targets[tid][2])
+        if a.mail_from is None or env is None:
+            return True
+        sender, rcpts = env
+        if sender and a.mail_from != sender:
+            return False
+        return not (a.rcpts and rcpts and not (set(a.rcpts) & rcpts))
+
+    def pick(a, heap, current):
+        skipped, found = [], None
+        while heap:
+            entry = heapq.heappop(heap)
+            tid = entry[1]
+            if state.get(tid, None) != current(entry):
+                continue  # gone, or moved to the other heap: a stale entry
+            if fits(a, tid):
+                found = tid
+                break
+            skipped.append(entry)
+        for entry in skipped:
+            heapq.heappush(heap, entry)
+        return found
+
+    for a in attempts:
+        while nxt < len(targets) and targets[nxt][0] <= a.start:
+            t = targets[nxt]
+            pair = (t[3].client_ip, t[3].server_ip, t[3].server_port)
+            state[nxt] = "new"
+            heapq.heappush(untried[pair], (-(t[4] if t[4] is not None else t[0]), nxt))
+            heapq.heappush(leaving, (t[1], nxt))
+            nxt += 1
+        while leaving and leaving[0][0] <= a.start:
+            state.pop(heapq.heappop(leaving)[1], None)
+        pair = (a.client_ip, a.server_ip, a.server_port)
+        tid = pick(a, untried[pair], lambda e: "new") if pair in untried else None
+        if tid is None and pair in tried:
+            tid = pick(a, tried[pair], lambda e: e[0])
+        if tid is None:
+            continue
+        state[tid] = a.start
+        heapq.heappush(tried[pair], (a.start, tid))
+        key, h = targets[tid][2], targets[tid][3]
         assigned[key].append((a, h))
-        last_try[(key, h.server_ip)] = a.start
     return assigned
 
 
