@@ -45,6 +45,9 @@ _PCAP_MAGICS = {
     0x4D3CB2A1: (">", 1e-9),
 }
 _PCAPNG_SHB = 0x0A0D0D0A
+#: smallest valid total length of the pcapng blocks whose fixed fields are read
+#: (interface description, obsolete packet, simple packet)
+_PCAPNG_MIN_BLOCK = {1: 20, 2: 32, 3: 16}
 
 Frame = tuple  # (ts: float, linktype: int, data: bytes, wirelen: int)
 
@@ -317,6 +320,10 @@ class CaptureReader:
                         self.snaplen_cut += 1
                     self.frames += 1
                     yield (ts, lt, buf[body + 20:body + 20 + incl], orig)
+            elif btype in (1, 2, 3) and blen < _PCAPNG_MIN_BLOCK[btype]:
+                # shorter than its fixed fields: reading them would run into the next block
+                self._anomaly("capture_bad_block", f"block of type {btype} has only {blen} bytes", last_ts)
+                return
             elif btype == 3:  # Simple Packet Block: no timestamp, interface 0
                 orig = struct.unpack_from(endian + "I", buf, body)[0]
                 if interfaces:

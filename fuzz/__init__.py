@@ -1,0 +1,1 @@
+"""Coverage-guided fuzz targets (atheris) and the harness the tests share with them."""
