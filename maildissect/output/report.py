@@ -286,7 +286,8 @@ def _ladder_steps(flow, session, commands, messages, packets, show_secrets):
     for m in messages:
         if m.ts is None:
             continue
-        size = f"{m.size:,} bytes" if m.size is not None else "?"
+        size = f"{m.size:,} bytes" if m.size else ("compose form" if m.direction == "sent" else "page view") \
+            if m.size == 0 else "size unknown"
         # the last tuple item orders steps of the same instant (timestamps near 1.8e9 s cannot
         # be nudged by less than a microsecond): data goes before the end-of-data command and
         # before the reply that closes a retrieval
@@ -305,7 +306,7 @@ def _ladder_steps(flow, session, commands, messages, packets, show_secrets):
             else:
                 steps.append((m.ts, "c2s", f"message data ({size})", "data", 2))
         else:
-            steps.append((m.ts, "s2c", f"message {size}", "data", 2))
+            steps.append((m.ts, "s2c", f"message ({size})", "data", 2))
     for c in commands:
         if c.command == "":
             steps.append((c.reply_ts or c.ts, "s2c", _reply(c), _reply_kind(c), 1))
