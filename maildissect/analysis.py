@@ -147,21 +147,29 @@ def make_config(limits: dict | Limits | None = None, **options) -> Config:
 def analyze(paths: str | Iterable[str], *, limits: dict | Limits | None = None,
             progress: Callable[[int, int], None] | None = None,
             message_hook: Callable | None = None, jobs: int = 1, scheduler: str | None = None,
-            **options) -> Analysis:
+            keylog: str | None = None, **options) -> Analysis:
     """Analyse capture files (pcap, pcapng, gzip; '-' for stdin), merged in time order.
 
     Options: ``redact`` (mask secrets), ``keep_bodies`` (keep raw messages and
     attachment bytes on the records), ``strict`` (raise on the first anomaly),
     ``dissect`` (False: TCP and protocol detection only, for the flows table),
     ``ports`` ({port: protocol} added to the port map), ``limits``
-    ({name: value}, see docs/limits.md). Raises
+    ({name: value}, see docs/limits.md). ``keylog``: an NSS key log
+    (SSLKEYLOGFILE format); TLS connections it has keys for are decrypted with
+    tshark and their plaintext dissected like any other (one process; see
+    docs/protocols/tls.md). Raises
     :class:`maildissect.capture.files.CaptureError` for a file that is not a
-    capture.
+    capture, :class:`AnalysisError` when decryption cannot run (no tshark, a
+    file that is not a key log).
     """
     if isinstance(paths, (str, bytes)) or hasattr(paths, "__fspath__"):
         paths = [paths]
     paths = [str(p) for p in paths]
     config = make_config(limits, **options)
+    if keylog is not None:
+        if scheduler is not None:
+            raise AnalysisError("TLS decryption (--keylog) runs on one machine; drop --scheduler")
+        return _analyze_decrypted(paths, str(keylog), config, progress, message_hook)
     if scheduler is not None:
         if message_hook is not None:
             raise AnalysisError("extraction runs on one machine; drop --scheduler")
@@ -183,6 +191,47 @@ def analyze(paths: str | Iterable[str], *, limits: dict | Limits | None = None,
     pipe = Pipeline(config, message_hook=message_hook)
     collector = pipe.run(paths, progress)
     return Analysis(collector, config, pipeline_stats(pipe, paths))
+
+
+def _analyze_decrypted(paths: list[str], keylog: str, config: Config, progress, message_hook) -> Analysis:
+    """One process with tshark's decryption spliced in (maildissect.decrypt)."""
+    import os
+    import shutil
+    import sys
+    import tempfile
+
+    from . import decrypt
+    from .capture.files import CaptureReader
+    stdin_copy = None
+    try:
+        if "-" in paths:
+            # tshark and the pipeline both read the capture: keep standard input in a file
+            fd, stdin_copy = tempfile.mkstemp(prefix="maildissect-stdin-", suffix=".pcap")
+            with os.fdopen(fd, "wb") as f:
+                shutil.copyfileobj(sys.stdin.buffer, f, 1 << 20)
+            paths = [stdin_copy if p == "-" else p for p in paths]
+        for p in paths:  # a file that is not a capture: our own message, before tshark's
+            CaptureReader(p, config.limits.max_frame).close()
+        try:
+            decryption = decrypt.Decryption.run(paths, keylog)
+        except decrypt.DecryptError as e:
+            raise AnalysisError(str(e)) from None
+        with decryption:
+            pipe = Pipeline(config, message_hook=message_hook)
+            pipe.decryption = decryption
+            collector = pipe.run(paths, progress)
+            collector.anomalies.extend(decryption.capture_anomalies())
+            stats = pipeline_stats(pipe, paths)
+            stats["tls_decrypted"] = {"streams": decryption.streams, "records": decryption.records,
+                                      "bytes": decryption.bytes,
+                                      "sessions": sum(1 for s in collector.sessions if s.decrypted)}
+        return Analysis(collector, config, stats)
+    finally:
+        if stdin_copy is not None:
+            try:
+                os.unlink(stdin_copy)
+            except OSError:
+                pass
 
 
 def _run_scheduler(paths, config, scheduler: str):

@@ -91,9 +91,21 @@ def _number(text: str):
     return float(text) * mult if "." in text else int(text) * mult
 
 
+def _remember_keylog(ctx, param, value):
+    # Kept in the context rather than passed to every command: run_analysis reads it.
+    if value is not None:
+        ctx.meta["maildissect.keylog"] = value
+    return value
+
+
 def analysis_options(fn):
     """Options shared by every command that analyses captures."""
     from .parallel import default_jobs
+    fn = click.option("--keylog", type=click.Path(exists=True, dir_okay=False), default=None, metavar="FILE",
+                      expose_value=False, callback=_remember_keylog,
+                      help="Decrypt TLS with this NSS key log (SSLKEYLOGFILE format) through tshark: mail "
+                           "inside STARTTLS and implicit TLS is dissected like plaintext (one process; "
+                           "docs/protocols/tls.md).")(fn)
     fn = click.option("-j", "--jobs", type=click.IntRange(1, 256), default=default_jobs(), show_default=True,
                       help="Processes to use (connections are split between them; results are identical). "
                            "Small captures use one.")(fn)
@@ -151,9 +163,15 @@ def _progress_callback(quiet: bool):
 
 
 def run_analysis(captures, *, quiet=False, redact=False, limits=(), ports=(), keep_bodies=False,
-                 message_hook=None, dissect=True, jobs=1, scheduler=None):
-    """Parse the shared options and run :func:`maildissect.analyze` with a progress bar."""
+                 message_hook=None, dissect=True, jobs=1, scheduler=None, keylog=None):
+    """Parse the shared options and run :func:`maildissect.analyze` with a progress bar.
+
+    ``keylog`` defaults to the ``--keylog`` option of the running command.
+    """
     from .analysis import analyze
+    if keylog is None:
+        ctx = click.get_current_context(silent=True)
+        keylog = ctx.meta.get("maildissect.keylog") if ctx is not None else None
     lim = _parse_pairs(limits, "--limit", _number)
     port_map = {}
     for k, v in _parse_pairs(ports, "--port").items():
@@ -176,7 +194,7 @@ def run_analysis(captures, *, quiet=False, redact=False, limits=(), ports=(), ke
             progress.start()
         result = analyze(list(captures), limits=lim, progress=update, redact=redact, ports=port_map,
                          keep_bodies=keep_bodies, message_hook=message_hook, dissect=dissect, jobs=jobs,
-                         scheduler=scheduler)
+                         scheduler=scheduler, keylog=keylog)
     finally:
         if progress is not None:
             progress.stop()

@@ -202,6 +202,7 @@ class Message:
     dkim_signed: bool = False
     authentication_results: str | None = None
     tls: bool = False
+    decrypted: bool = False  # seen inside TLS thanks to a key log
     size: int = 0
     sha256: str | None = None
     body_sha256: str | None = None  # sha256 of the body (after the header block)

@@ -88,6 +88,11 @@ class SessionRouter:
         self.session = sess
         try:
             self.dissector = cls(sess, self.pipeline.config)
+            decryption = self.pipeline.decryption
+            if decryption is not None:
+                # a key log decrypted this connection: its plaintext goes to the dissector
+                self.dissector = decryption.wrap(self.conn, sess, protocol, implicit_tls, self.dissector,
+                                                 self.pipeline.config)
         except Exception as e:  # pragma: no cover - constructor bugs
             self._crash(e, flow.start)
 
@@ -216,6 +221,7 @@ class Pipeline:
         self.collector = Collector()
         self.message_hook = message_hook
         self.flow_hook = flow_hook  # called with each closed Connection (e.g. follow)
+        self.decryption = None  # a maildissect.decrypt.Decryption when a key log decrypts TLS
         lim = self.config.limits
         self.decoder = Decoder(lim.max_fragment_bytes, lim.max_fragment_sets, lim.fragment_timeout)
         self.reassembler = Reassembler(lim, on_open=self._open, on_close=self._closed)
@@ -258,6 +264,8 @@ class Pipeline:
                 r.server_ip, r.server_port = session.server_ip, session.server_port
                 if session.tls:
                     r.tls = True
+                    if session.decrypted:
+                        r.decrypted = True
                 if r.helo is None and session.helo:
                     r.helo = session.helo
                 if self.message_hook is not None:

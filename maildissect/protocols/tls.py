@@ -16,6 +16,8 @@ from .base import Dissector
 
 ANOMALIES = {
     "tls_bad_record": "a TLS record header is not valid while the handshake was expected",
+    "tls_tshark_warning": "tshark, decrypting TLS with the key log, reported a problem with the capture (its "
+                          "message is the detail); what it decrypted is used",
 }
 
 VERSIONS = {0x0300: "SSLv3", 0x0301: "TLSv1.0", 0x0302: "TLSv1.1", 0x0303: "TLSv1.2", 0x0304: "TLSv1.3"}
