@@ -44,3 +44,21 @@ def _replay_cases():
 def test_saved_crashers(target, path):
     """Every input a fuzz target once failed on runs clean through that target now."""
     harness.TARGETS[target](path.read_bytes())
+
+
+def test_truncated_gzip_keeps_what_was_decompressed(tmp_path):
+    """A gzip stream cut short lost every frame of the block being read (the whole file when
+    smaller than 1 MiB): GzipFile.read(n) raises EOFError instead of returning what it had."""
+    import gzip
+
+    from tests.malformed.packets import Capture, Conversation
+    cap = Capture()
+    for k in range(30):
+        Conversation(cap, cport=40000 + k).open().dialogue(b"220 mx\r\n", b"EHLO x\r\n", b"250 ok\r\n").close()
+    data = gzip.compress(cap.pcap(), mtime=0)
+    path = tmp_path / "cut.pcap.gz"
+    path.write_bytes(data[: len(data) * 2 // 3])
+    reader = CaptureReader(str(path))
+    frames = list(reader)
+    assert len(frames) > len(cap.frames) // 3
+    assert [a.name for a in reader.anomalies] == ["capture_truncated_record"]

@@ -124,8 +124,11 @@ class CaptureReader:
         self.unsorted = 0
         if stream is None:
             self._src = _open(path)
-            # regular files are read in whole blocks; pipes as data arrives
-            self._read = self._src.stream.read if path != "-" else _reader(self._src.stream)
+            # Regular files are read in whole blocks; pipes as data arrives. A gzip
+            # stream is read as it decompresses too: a whole-block read of a truncated
+            # stream raises EOFError and loses what it had decompressed of that block.
+            streamed = path == "-" or isinstance(self._src.stream, gzip.GzipFile)
+            self._read = _reader(self._src.stream) if streamed else self._src.stream.read
         else:
             self._src = _Source(path, stream, None)
             self._read = _reader(stream)
