@@ -105,6 +105,15 @@ class Chromium:
         self.call("Page.navigate", url=url)
         self.wait_event("Page.loadEventFired")
 
+    def wait_for(self, expression: str, timeout: float = 30.0):
+        """Poll a JavaScript expression until it is truthy; returns its value."""
+        end = time.time() + timeout
+        while True:
+            value = self.evaluate(expression)
+            if value or time.time() > end:
+                return value
+            time.sleep(0.1)
+
     def evaluate(self, expression: str):
         r = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
         if "exceptionDetails" in r:
@@ -154,6 +163,8 @@ def test_self_contained_and_complete(journey_report):
     assert not re.search(r"<(?:script|link|img|iframe)[^>]+(?:src|href)\s*=", ours, re.I)
     assert not re.search(r"(?:src|href)\s*=\s*[\"']?(?:https?:)?//", ours, re.I)
     assert "@media print" in page
+    ids = re.findall(r'\sid="([^"]+)"', ours)
+    assert len(ids) == len(set(ids)), "element ids must be unique (links and scripts find elements by id)"
     flows = a.records.flows
     assert 'id="fig-timeline"' in page and 'id="fig-overview"' in page
     for j in a.journey_records.journeys:
@@ -161,7 +172,7 @@ def test_self_contained_and_complete(journey_report):
     assert page.count('id="fig-ladder-') == info["ladders"] == min(25, len(flows))
     assert info["packets_read"] is True
     for table in ("sessions", "messages", "attachments", "credentials", "anomalies", "journeys"):
-        assert f'<table id="{table}" class="sortable">' in page
+        assert f'<table id="table-{table}" class="sortable">' in page
     # the ladder of the refused attempt shows SYN answered by RST
     refused = [f for f in flows if f.close == "refused"][0]
     start = page.index(f'id="session-{refused.flow_id}"')
@@ -226,6 +237,9 @@ def test_renders_in_headless_chromium(journey_report, tmp_path):
     try:
         url = "file://" + os.path.abspath(path)
         browser.open(url)
+        # plotly draws while the page loads; wait until every chart has its SVG
+        assert browser.wait_for("Array.from(document.querySelectorAll('.plotly-graph-div'))"
+                                ".every(d => d.querySelector('svg.main-svg'))")
         charts = browser.evaluate(
             "Array.from(document.querySelectorAll('.plotly-graph-div')).map("
             "d => [d.id, d.querySelectorAll('svg.main-svg').length])")
@@ -236,7 +250,7 @@ def test_renders_in_headless_chromium(journey_report, tmp_path):
             " markers: document.querySelectorAll('#fig-timeline .scatterlayer .point').length,"
             " arrows: document.querySelectorAll('#fig-ladder-0 .annotation-arrow-g').length,"
             " hops: document.querySelectorAll('#fig-journey-1 .scatterlayer .trace').length,"
-            " rows: document.querySelectorAll('#sessions tbody tr').length})")
+            " rows: document.querySelectorAll('#table-sessions tbody tr').length})")
         sessions = len(a.records.sessions)
         ladder0 = len([c for c in a.records.commands if c.session_id == 0])
         assert counts["bars"] >= sessions - sum(1 for f in a.records.flows if f.close == "refused")
@@ -244,10 +258,17 @@ def test_renders_in_headless_chromium(journey_report, tmp_path):
         assert counts["arrows"] >= ladder0 + 3  # every command and reply, plus the handshake
         assert counts["hops"] == sum(1 for h in a.journey_records.hops_of(1) if h.wire)
         assert counts["rows"] == sessions
-        # sorting a table by a column works
-        browser.evaluate("document.querySelector('#sessions th:nth-child(1)').click()")
-        first = browser.evaluate("document.querySelector('#sessions tbody tr td').textContent")
-        assert first == str(max(s.session_id for s in a.records.sessions)) or first == "0"
+        # sorting a table by a column works: the second click sorts descending
+        for _ in range(2):
+            browser.evaluate("document.querySelector('#table-sessions th:nth-child(1)').click()")
+        first = browser.evaluate("document.querySelector('#table-sessions tbody tr td').textContent")
+        assert first == str(max(s.session_id for s in a.records.sessions))
+        # typing in a table's filter hides the other rows
+        browser.evaluate("(() => { const i = document.querySelector('input[data-table=table-sessions]');"
+                         " i.value = 'pop3'; i.dispatchEvent(new Event('input')); })()")
+        visible = browser.evaluate("Array.from(document.querySelectorAll('#table-sessions tbody tr'))"
+                                   ".filter(r => r.style.display !== 'none').length")
+        assert visible == sum(1 for s in a.records.sessions if s.protocol == "pop3")
         shot = tmp_path / "report.png"
         browser.screenshot(str(shot), {"x": 0, "y": 0, "width": 1400, "height": 1800})
         # printing hides the navigation bar

@@ -432,9 +432,10 @@ def html_table(df: pd.DataFrame, columns: list[str], table_id: str, max_rows: in
     data = {c: shown[c].tolist() for c in cols}
     numeric = {c for c in cols if pd.api.types.is_numeric_dtype(df[c].dtype)
                and not pd.api.types.is_bool_dtype(df[c].dtype)}
+    # table ids are prefixed: the sections carry the bare names (#sessions) for the navigation links
     out = [f'<div class="tablewrap"><input class="filter" type="search" placeholder="filter rows\u2026" '
-           f'data-table="{table_id}" aria-label="filter {table_id}">',
-           f'<table id="{table_id}" class="sortable"><thead><tr>']
+           f'data-table="table-{table_id}" aria-label="filter {table_id}">',
+           f'<table id="table-{table_id}" class="sortable"><thead><tr>']
     for c in cols:
         out.append(f'<th data-type="{"num" if c in numeric else "text"}" title="sort">{_esc(c)}</th>')
     out.append("</tr></thead><tbody>")
