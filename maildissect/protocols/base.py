@@ -66,7 +66,7 @@ class StreamBuffer:
     remembered search start so a long line is scanned once.
     """
 
-    __slots__ = ("_buf", "_pos", "_scan", "max_line", "discarding", "discarded")
+    __slots__ = ("_buf", "_pos", "_scan", "max_line", "discarding", "discarded", "overlong_head")
 
     def __init__(self, max_line: int = 65536):
         self._buf = bytearray()
@@ -75,6 +75,9 @@ class StreamBuffer:
         self.max_line = max_line
         self.discarding = False  # inside an over-long line
         self.discarded = 0  # bytes dropped from over-long lines, in total
+        # the first bytes of the last line reported OVERLONG (for the anomaly's detail);
+        # taken at the line's start, so they do not depend on how the bytes were chunked
+        self.overlong_head = b""
 
     def __len__(self) -> int:
         return len(self._buf) - self._pos
@@ -105,6 +108,7 @@ class StreamBuffer:
                 self._pos = self._scan = len(buf)
                 return None
             if pending > self.max_line:
+                self.overlong_head = bytes(buf[self._pos:self._pos + min(64, self.max_line + 1)])
                 self.discarding = True
                 self.discarded += pending
                 self._pos = self._scan = len(buf)
@@ -118,6 +122,7 @@ class StreamBuffer:
             self.discarding = False
             return self.readline()
         if end - self._pos > self.max_line:
+            self.overlong_head = bytes(buf[self._pos:self._pos + min(64, self.max_line + 1)])
             self.discarded += end - self._pos
             self._pos = self._scan = end
             return OVERLONG

@@ -474,12 +474,11 @@ class SmtpDissector(Dissector):
             buf.append(data)
             data = b""
             while self._cmode in _LINE_MODES:
-                head = buf.peek(64)
                 line = buf.readline()
                 if line is None:
                     break
                 if line is OVERLONG:
-                    self._client_overlong(head, ts, out)
+                    self._client_overlong(buf.overlong_head, ts, out)
                     continue
                 self._client_line(line, ts, out)
             if self._cmode not in _LINE_MODES and len(buf):
