@@ -62,3 +62,38 @@ def test_truncated_gzip_keeps_what_was_decompressed(tmp_path):
     frames = list(reader)
     assert len(frames) > len(cap.frames) // 3
     assert [a.name for a in reader.anomalies] == ["capture_truncated_record"]
+
+
+def _smtp_records(chunks, max_line=256, max_message_size=4096):
+    from maildissect.config import Config, Limits
+    from maildissect.protocols.smtp import SmtpDissector
+    from tests.helpers import new_session
+    d = SmtpDissector(new_session("smtp"), Config(limits=Limits(max_line=max_line,
+                                                               max_message_size=max_message_size)))
+    out = []
+    for side, data in chunks:
+        out += d.feed(side, data, 1.0)
+    return out + d.close(2.0, "fin")
+
+
+def test_smtp_overlong_line_detail_does_not_depend_on_chunking():
+    """The smtp_line_too_long detail quoted the buffer's first bytes, which after an earlier
+    over-long line were the discarded tail of that line, not the start of the new one."""
+    long1, long2 = b"A" * 300 + b"\n", b"GOOGLE " + b"B" * 300 + b"\n"
+    whole = _smtp_records([(1, b"220 mx\r\n"), (0, long1 + long2)])
+    split = _smtp_records([(1, b"220 mx\r\n"), (0, long1[:280]), (0, long1[280:] + long2)])
+    assert whole == split
+    details = [r.detail for r in whole if getattr(r, "name", "") == "smtp_line_too_long"]
+    assert details[1].endswith("('GOOGLE')")
+
+
+def test_smtp_size_limit_and_bare_lf_dot_reported_in_stream_order():
+    """With one chunk, a bare-LF dot after the size limit was reported before the limit."""
+    data = b"Subject: x\r\n\r\n" + b"y" * 5000 + b"\n.\nmore\r\n.\r\n"
+    head = [(1, b"220 mx\r\n"), (0, b"MAIL FROM:<a@x>\r\n"), (1, b"250 ok\r\n"), (0, b"RCPT TO:<b@y>\r\n"),
+            (1, b"250 ok\r\n"), (0, b"DATA\r\n"), (1, b"354 go\r\n")]
+    whole = _smtp_records(head + [(0, data)])
+    split = _smtp_records(head + [(0, data[:4500]), (0, data[4500:])])
+    assert whole == split
+    names = [r.name for r in whole if type(r).__name__ == "Anomaly"]
+    assert names.index("smtp_message_too_large") < names.index("smtp_bare_lf_dot")

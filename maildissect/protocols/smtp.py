@@ -654,7 +654,7 @@ class SmtpDissector(Dissector):
             return b""
         end = buf.find(b"\r\n.\r\n")
         if not self._bare_noted:
-            self._check_bare_lf(buf, len(buf) if end < 0 else end, ts, out)
+            virt = self._check_bare_lf(buf, len(buf) if end < 0 else end, virt, ts, out)
         if end >= 0:
             if end + 2 > virt:
                 self._commit(buf[virt:end + 2], ts, out)
@@ -668,9 +668,14 @@ class SmtpDissector(Dissector):
         self._hold = buf[cut:]
         return b""
 
-    def _check_bare_lf(self, buf: bytes, last: int, ts: float, out: list) -> None:
+    def _check_bare_lf(self, buf: bytes, last: int, virt: int, ts: float, out: list) -> int:
         """Note a '.' line ended by a bare LF (the first one of the message)
-        starting at or before ``last`` (the end of data, if found)."""
+        starting at or before ``last`` (the end of data, if found).
+
+        The bytes before it are committed first, so that a size limit they
+        cross is reported before it whatever the chunking; returns how many
+        bytes of ``buf`` are now committed (``virt`` if none were).
+        """
         stop = last + 5
         a = buf.find(b"\n.\n", 0, stop)
         # "\n.\r\n" whose LF has no CR before it (with one, it would be the end)
@@ -678,11 +683,15 @@ class SmtpDissector(Dissector):
         hits = [i for i in (a, b) if 0 <= i <= last]
         if hits:
             i = min(hits)
+            if i > virt:
+                self._commit(buf[virt:i], ts, out)
+                virt = i
             self._bare_noted = True
             # offset in the data as sent, independent of how it was split
             offset = self._data_wire - len(buf) + i + 1
             variant = "\\n.\\n" if i == a else "\\n.\\r\\n"
             out.append(self.anomaly(ts, CLIENT, "smtp_bare_lf_dot", f"{variant} at byte {offset} of the data"))
+        return virt
 
     def _commit(self, seg: bytes, ts: float, out: list) -> None:
         """Dot-unstuff wire bytes (with the last committed bytes as context) and store them.
