@@ -23,6 +23,7 @@ MODULES = (
     "maildissect.protocols.imap",
     "maildissect.protocols.pop3",
     "maildissect.protocols.http",
+    "maildissect.protocols.http2",
     "maildissect.protocols.webmail",
     "maildissect.mime",
     "maildissect.pipeline",

@@ -15,7 +15,8 @@ DISSECTORS = {
     "smtp": "maildissect.protocols.smtp:SmtpDissector",
     "imap": "maildissect.protocols.imap:ImapDissector",
     "pop3": "maildissect.protocols.pop3:Pop3Dissector",
-    "http": "maildissect.protocols.http:HttpDissector",
+    # HTTP/1.x or HTTP/2, told apart by the first bytes (or TLS ALPN)
+    "http": "maildissect.protocols.http2:HttpAnyDissector",
     "tls": "maildissect.protocols.tls:TlsDissector",
 }
 
