@@ -158,7 +158,7 @@ class DecryptedStream:
     """
 
     __slots__ = ("endpoints", "start", "client", "alpn", "seq_end", "offsets", "sizes", "sides", "frames",
-                 "used")
+                 "used", "last_end")
 
     def __init__(self, endpoints, start: float):
         self.endpoints = endpoints
@@ -171,6 +171,7 @@ class DecryptedStream:
         self.sides = array("B")
         self.frames = array("Q")
         self.used = False
+        self.last_end: list[int | None] = [None, None]  # seq_end of each side's last entry
 
     def __len__(self) -> int:
         return len(self.sizes)
@@ -192,6 +193,8 @@ class Decryption:
         self.records = 0  # frames with decrypted records
         self.bytes = 0  # decrypted bytes
         self.warnings: list[str] = []  # what tshark said on stderr (capture-level anomalies)
+        self.duplicates = 0  # entries dropped because their bytes were already decrypted
+        self._current: dict[int, DecryptedStream] = {}  # tshark stream number -> stream
 
     # -- making ---------------------------------------------------------------
     @classmethod
@@ -280,7 +283,7 @@ class Decryption:
         if not stream or not sport or not seq:
             return
         try:
-            key = (int(_last(stream)),)
+            key = int(_last(stream))
             src = (_ip(_last(ip6s or ip4s)), int(_last(sport)))
             dst = (_ip(_last(ip6d or ip4d)), int(_last(dport)))
             start = float(epoch) - float(_last(rel) or 0.0)
@@ -304,6 +307,13 @@ class Decryption:
             return
         if not plain:
             return
+        last = st.last_end[side]
+        if last is not None and not 0 < ((seq_end - last) & 0xFFFFFFFF) < 0x80000000:
+            # a frame ending at or before the last one: a retransmission tshark decrypted
+            # again; its plaintext was already taken
+            self.duplicates += 1
+            return
+        st.last_end[side] = seq_end
         os.pwrite(self._fd, plain, self._size)
         st.seq_end.append(seq_end)
         st.offsets.append(self._size)
@@ -315,10 +325,7 @@ class Decryption:
         self.bytes += len(plain)
 
     def _stream(self, key, src, dst, start) -> DecryptedStream:
-        # tshark numbers streams; keep the current one per number to find it fast
-        current = getattr(self, "_current", None)
-        if current is None:
-            current = self._current = {}
+        current = self._current
         st = current.get(key)
         if st is None:
             pair = (src, dst) if src <= dst else (dst, src)
