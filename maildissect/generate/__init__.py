@@ -1,8 +1,8 @@
 """Traffic generator: real mail clients and servers on loopback, recorded with ground truth.
 
 ``generate("journey", "out/journey.pcap")`` runs a scenario -- aiosmtpd,
-Twisted IMAP4/POP3 and a uvicorn webmail serving two mail domains, driven by
-smtplib, imaplib, poplib and httpx -- records the traffic as a pcap (live on
+Twisted IMAP4/POP3 and a Starlette webmail (uvicorn; hypercorn with HTTP/2 on
+HTTPS) serving two mail domains, driven by smtplib, imaplib, poplib and httpx -- records the traffic as a pcap (live on
 ``lo``, or synthesised from recording relays) and writes a manifest
 (``out/journey.json``) that states exactly what was exchanged. The manifest is
 returned as a dict. ``generate_command`` is the ready-made ``maildissect
@@ -38,7 +38,7 @@ def output_paths(out: str) -> tuple[str, str]:
 def _versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
     out = {"python": platform.python_version()}
-    for name in ("aiosmtpd", "twisted", "uvicorn", "starlette", "httpx", "scapy"):
+    for name in ("aiosmtpd", "twisted", "uvicorn", "hypercorn", "starlette", "httpx", "h2", "scapy"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:
@@ -246,7 +246,7 @@ SCENARIO is one of:
   imap     Bob's IMAP session: LIST, SELECT, SEARCH, FETCH, APPEND, IDLE...
   pop3     Alice's POP3 session: USER/PASS, STAT, LIST, UIDL, TOP, RETR, DELE
   webmail  Bob's browser (login, read, download, compose, upload) and JMAP
-  tls      STARTTLS on 587/143, implicit TLS on 465/993/995/443
+  tls      STARTTLS on 587/143, implicit TLS on 465/993/995, webmail over HTTPS in HTTP/2
   journey  the whole story: submit, queue and retry, IMAP, webmail reply, POP3
   all      all of the above in one capture
 

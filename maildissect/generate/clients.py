@@ -300,7 +300,8 @@ def _make_http_client(lab, src_ip, base_url, purpose, https, sessions):
         def __init__(self):
             super().__init__(verify=ctx if ctx is not None else True)
             # httpx takes no network backend argument; its pool does.
-            self._pool = httpcore.ConnectionPool(ssl_context=ctx, http1=True, http2=False,
+            # Over TLS the client offers h2 by ALPN, as a browser does; plain HTTP stays HTTP/1.1.
+            self._pool = httpcore.ConnectionPool(ssl_context=ctx, http1=True, http2=ctx is not None,
                                                  network_backend=LabBackend())
 
     return httpx.Client(base_url=base_url, transport=LabTransport(), timeout=10.0,

@@ -83,6 +83,30 @@ class Service:
                 return task
 
             self._server = (server, lab.loop.run(start()))
+        elif self.kind == "hypercorn":
+            # HTTPS webmail as browsers get it today: TLS with ALPN offering h2 and
+            # http/1.1, so that an HTTP/2 client negotiates HTTP/2.
+            import asyncio
+
+            from hypercorn.asyncio import serve
+            from hypercorn.config import Config
+
+            config = Config()
+            config.bind = [f"fd://{sock.detach()}"]
+            config.certfile, config.keyfile = lab.tls.cert_file, lab.tls.key_file
+            config.alpn_protocols = ["h2", "http/1.1"]
+            config.accesslog = config.errorlog = None
+            config.graceful_timeout = 2.0
+
+            async def start():
+                stop = asyncio.Event()
+                task = lab.loop.loop.create_task(serve(self.factory, config, shutdown_trigger=stop.wait))
+                await _sleep(0.05)
+                if task.done():
+                    task.result()  # it could not start: say why
+                return stop, task
+
+            self._server = lab.loop.run(start())
         else:
             raise ValueError(self.kind)
 
@@ -103,6 +127,16 @@ class Service:
                 await task
             try:
                 lab.loop.run(wait(), timeout=5)
+            except Exception:
+                pass
+        elif self.kind == "hypercorn":
+            stop, task = self._server
+
+            async def shutdown():
+                stop.set()
+                await task
+            try:
+                lab.loop.run(shutdown(), timeout=5)
             except Exception:
                 pass
         self._server = None
@@ -172,7 +206,8 @@ class Service:
     def describe(self) -> dict:
         port, proto, tls = SERVICES[self.name]
         software = {"asyncio": "aiosmtpd", "twisted": f"twisted.mail.{proto if proto != 'imap' else 'imap4'}",
-                    "uvicorn": "starlette under uvicorn"}[self.kind]
+                    "uvicorn": "starlette under uvicorn",
+                    "hypercorn": "starlette under hypercorn (HTTP/2 and HTTP/1.1)"}[self.kind]
         d = {"host": net.NAME_OF[self.ip], "ip": self.ip, "port": port, "service": self.name,
              "protocol": proto, "tls": tls or ("starttls-offered" if self._starttls() else None),
              "software": software, "listen_port": self.public_port}
@@ -325,7 +360,7 @@ class Lab:
                 "submissions": ("asyncio", mta.smtp_factory("submission", require_auth=True), server_ctx),
                 "imaps": ("twisted", imap_factory(self, mta.hostname, portal, None), twisted_tls),
                 "pop3s": ("twisted", pop3_factory(self, portal, mta.hostname), twisted_tls),
-                "https": ("uvicorn", self.webmails[mta.domain].app, True),
+                "https": ("hypercorn", self.webmails[mta.domain].app, True),
             })
         for name, (kind, factory, ssl) in specs.items():
             svc = Service(self, ip, name, kind, factory, ssl)

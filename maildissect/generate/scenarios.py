@@ -597,8 +597,9 @@ def scenario_webmail(lab, n):
 
 
 def scenario_tls(lab, n):
-    """STARTTLS on 587 and 143, implicit TLS on 465, 993, 995 and 443; the queue uses
-    STARTTLS towards Bob's MX. With --keylog the client key log decrypts it all."""
+    """STARTTLS on 587 and 143, implicit TLS on 465, 993, 995 and 443 (webmail, which
+    ALPN negotiates to HTTP/2); the queue uses STARTTLS towards Bob's MX. With
+    --keylog the client key log decrypts it all."""
     alice_mta = lab.mta(ALICE_DOMAIN)
     alice_mta.queue.use_starttls = True
     try:
