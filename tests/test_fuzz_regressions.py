@@ -97,3 +97,23 @@ def test_smtp_size_limit_and_bare_lf_dot_reported_in_stream_order():
     assert whole == split
     names = [r.name for r in whole if type(r).__name__ == "Anomaly"]
     assert names.index("smtp_message_too_large") < names.index("smtp_bare_lf_dot")
+
+
+def test_imap_plaintext_after_starttls_detail_does_not_depend_on_chunking():
+    """A client that talked on after STARTTLS without a go-ahead: the anomaly counted the bytes
+    buffered when the hold limit was passed, which depends on the segmentation."""
+    from maildissect.config import Config, Limits
+    from maildissect.protocols.imap import ImapDissector
+    from tests.helpers import new_session
+
+    def run(chunks):
+        d = ImapDissector(new_session("imap"), Config(limits=Limits(max_line=256)))
+        out = []
+        for side, data in chunks:
+            out += d.feed(side, data, 1.0)
+        return out + d.close(2.0, "fin")
+    head = [(1, b"* OK ready\r\n"), (0, b"a1 STARTTLS\r\n")]
+    plain = b"a2 LOGIN alice wonderland\r\n" * 20
+    whole, split = run(head + [(0, plain)]), run(head + [(0, plain[:200]), (0, plain[200:])])
+    assert whole == split
+    assert any(r.name == "imap_unexpected_response" and r.detail.startswith("over 256 ") for r in whole)

@@ -1502,8 +1502,11 @@ class ImapDissector(Dissector):
         if p.verb == "STARTTLS":
             self.session.tls = True
             if held and held[:1] != b"\x16" and not self.session.decrypted:
+                # an assumed switch happens once max_line bytes are held, how many more
+                # the last chunk brought depends on the segmentation: not reported
+                count = f"over {self.limits.max_line}" if assumed else str(len(held))
                 out.append(self.anomaly(ts, CLIENT, "imap_unexpected_response",
-                                        f"{len(held)} plaintext bytes sent after STARTTLS before the go-ahead"))
+                                        f"{count} plaintext bytes sent after STARTTLS before the go-ahead"))
             if self.session.decrypted:
                 # The pipeline feeds decrypted plaintext from here: parse on, as a
                 # fresh start of the command/response stream.
