@@ -47,6 +47,7 @@ its decoder is independent), and its unfinished messages are incomplete.
 
 from __future__ import annotations
 
+import re
 import struct
 from collections import deque
 
@@ -116,6 +117,7 @@ ERROR_NAMES = {0x0: "NO_ERROR", 0x1: "PROTOCOL_ERROR", 0x2: "INTERNAL_ERROR", 0x
 CLOSED_MEMORY = 4096
 
 _HEADER = struct.Struct("!HBBBL")
+_MEMORY = re.compile(r"<memory at 0x[0-9a-f]+>")
 
 # States of one direction's frame reader.
 _PREFACE, _HEAD, _BODY, _PAD_LENGTH, _DATA, _PADDING, _SKIP, _DEAD = range(8)
@@ -321,7 +323,7 @@ class Http2Dissector(Dissector):
         n = min(end - pos, d.preface_left)
         if bytes(src[pos:pos + n]) != PREFACE[done:done + n]:
             # Not a preface (a capture that starts after it): these bytes are frames.
-            self._issue(d, ts, "http2_bad_preface", repr(bytes(src[pos:pos + 24]))[2:-1][:60])
+            self._issue(d, ts, "http2_bad_preface", f"first byte 0x{src[pos]:02x}")
             d.state = _HEAD
             d.preface_left = 0
             if done:
@@ -490,7 +492,8 @@ class Http2Dissector(Dissector):
             if isinstance(exc, StrictError):
                 raise
             d.hpack_ok = False
-            self._issue(d, ts, "http2_hpack_error", f"stream {d.block_sid}: {type(exc).__name__}: {exc}"[:200])
+            text = _MEMORY.sub("the block", str(exc))  # hpack names a memoryview by its address
+            self._issue(d, ts, "http2_hpack_error", f"stream {d.block_sid}: {type(exc).__name__}: {text}"[:200])
             return None
         return [(decode_text(n), decode_text(v)) for n, v in raw[: self.limits.max_headers]]
 
