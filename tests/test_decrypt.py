@@ -1,0 +1,338 @@
+"""TLS decryption with a key log (``--keylog``): tshark decrypts, the dissectors read the plaintext.
+
+The splice is tested first on its own (no tshark: an index built from lines as
+tshark prints them), then end to end on the generator's ``tls`` scenario — the
+bundled capture and fresh runs, one with loss, reordering and duplication —
+against the manifest's ground truth: every message with identical hashes,
+every credential, tls=true and decrypted=true. Those parts are skipped when
+tshark is not installed.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import types
+
+import pytest
+from click.testing import CliRunner
+
+import maildissect
+from maildissect import decrypt
+from maildissect.analysis import AnalysisError
+from maildissect.cli import cli
+from maildissect.config import Config
+from maildissect.model import Command, Credential, Flow, Session
+from maildissect.protocols.smtp import SmtpDissector
+from tests.helpers import C, S, of_type
+from tests.tshark import needs_tshark
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PCAP = str(ROOT / "captures" / "tls.pcap")
+KEYS = str(ROOT / "captures" / "tls.keys")
+MANIFEST = json.loads((ROOT / "captures" / "tls.json").read_text())
+
+
+# --------------------------------------------------------------------------
+# the splice, without tshark
+
+CLIENT_HELLO = b"\x16\x03\x01\x00\x05\x01\x00\x00\x01\x03"
+SERVER_HELLO = b"\x16\x03\x03\x00\x05\x02\x00\x00\x01\x03"
+
+
+def app_record(n: int) -> bytes:
+    return b"\x17\x03\x03" + (n - 5).to_bytes(2, "big") + b"\xee" * (n - 5)
+
+
+def tshark_line(frame, src, dst, seq, length, data=b"", types_="", stream=0, ts=100.0):
+    """One line of the fields decrypt.Decryption asks tshark for."""
+    return "\t".join([str(frame), f"{ts + frame / 1000:.6f}", str(stream), src[0], "", str(src[1]), dst[0], "",
+                      str(dst[1]), str(seq), str(length), f"{frame / 1000:.6f}", types_, "", data.hex()]) + "\n"
+
+
+CLI_EP, SRV_EP = ("10.0.0.1", 40000), ("10.0.0.2", 587)
+CBASE, SBASE = 1000, 7000
+
+
+def fake_connection(start=100.0):
+    flow = Flow(3, CLI_EP[0], CLI_EP[1], SRV_EP[0], SRV_EP[1], start, start)
+    halves = (types.SimpleNamespace(base=CBASE), types.SimpleNamespace(base=SBASE))
+    return types.SimpleNamespace(flow=flow, halves=halves)
+
+
+def smtp_starttls_case(pipelined_hello: bool):
+    """Wire chunks of an SMTP STARTTLS session and the lines tshark prints for it."""
+    c_plain = [b"EHLO a\r\n", b"STARTTLS\r\n"]
+    s_plain = [b"220 mx\r\n", b"250 STARTTLS\r\n", b"220 go\r\n"]
+    c_app = [(b"EHLO b\r\n", 30), (b"MAIL FROM:<a@x>\r\n", 40), (b"QUIT\r\n", 25)]
+    s_app = [(b"250-mx\r\n250 AUTH PLAIN\r\n", 50), (b"250 ok\r\n", 30), (b"221 bye\r\n", 30)]
+    chunks = [(S, s_plain[0]), (C, c_plain[0]), (S, s_plain[1])]
+    if pipelined_hello:
+        chunks += [(C, c_plain[1] + CLIENT_HELLO), (S, s_plain[2])]
+    else:
+        chunks += [(C, c_plain[1]), (S, s_plain[2]), (C, CLIENT_HELLO)]
+    chunks.append((S, SERVER_HELLO))
+    lines = []
+    coff = sum(map(len, c_plain)) + len(CLIENT_HELLO)
+    soff = sum(map(len, s_plain)) + len(SERVER_HELLO)
+    frame = 20
+    for (cp, cn), (sp, sn) in zip(c_app, s_app):
+        chunks.append((C, app_record(cn)))
+        coff += cn
+        lines.append(tshark_line(frame, CLI_EP, SRV_EP, CBASE + coff - cn, cn, cp))
+        chunks.append((S, app_record(sn)))
+        soff += sn
+        lines.append(tshark_line(frame + 1, SRV_EP, CLI_EP, SBASE + soff - sn, sn, sp))
+        frame += 2
+    # a retransmission tshark decrypted again: its plaintext must not be fed twice
+    lines.append(tshark_line(frame, SRV_EP, CLI_EP, SBASE + soff - 30, 30, b"221 bye\r\n"))
+    return chunks, lines
+
+
+def run_splice(chunks, lines, protocol="smtp", implicit=False, start=100.0):
+    dec = decrypt.Decryption()
+    for line in lines:
+        dec._line(line)
+    conn = fake_connection(start)
+    sess = Session(3, protocol, CLI_EP[0], CLI_EP[1], SRV_EP[0], SRV_EP[1], start)
+    inner = SmtpDissector(sess, Config()) if protocol == "smtp" and not implicit else None
+    splice = dec.wrap(conn, sess, protocol, implicit, inner, Config())
+    out = []
+    for i, (side, data) in enumerate(chunks):
+        out += splice.feed(side, data, float(i))
+    out += splice.close(float(len(chunks)), "fin")
+    dec.close()
+    return splice, sess, out, dec
+
+
+@pytest.mark.parametrize("pipelined", [False, True], ids=["waits", "pipelined-hello"])
+def test_splice_continues_smtp_after_starttls(pipelined):
+    chunks, lines = smtp_starttls_case(pipelined)
+    splice, sess, out, dec = run_splice(chunks, lines)
+    assert isinstance(splice, decrypt.TlsSplice) and dec.duplicates == 1
+    cmds = [(c.command, c.reply_code) for c in of_type(out, Command)]
+    assert cmds == [("", "220"), ("EHLO", "250"), ("STARTTLS", "220"), ("EHLO", "250"), ("MAIL", "250"),
+                    ("QUIT", "221")]
+    assert (sess.tls, sess.decrypted, sess.helo, sess.extensions) == (True, True, "b", ["AUTH PLAIN"])
+    assert sess.tls_bytes_client == len(CLIENT_HELLO) + 30 + 40 + 25
+    assert sess.tls_bytes_server == len(SERVER_HELLO) + 50 + 30 + 30
+    assert not [a for a in out if type(a).__name__ == "Anomaly"]
+
+
+def test_splice_without_a_matching_stream_changes_nothing():
+    chunks, lines = smtp_starttls_case(False)
+    dec = decrypt.Decryption()
+    for line in lines:
+        dec._line(line)
+    conn = fake_connection()
+    conn.flow.client_port = 40001  # another connection
+    sess = Session(3, "smtp")
+    inner = SmtpDissector(sess, Config())
+    assert dec.wrap(conn, sess, "smtp", False, inner, Config()) is inner
+    dec.close()
+
+
+def test_splice_sniffs_the_protocol_of_tls_on_an_unknown_port():
+    chunks = [(C, CLIENT_HELLO), (S, SERVER_HELLO), (S, app_record(40)), (C, app_record(30)),
+              (S, app_record(30))]
+    s1, c1, s2 = b"+OK POP3 ready\r\n", b"CAPA\r\n", b"+OK\r\nUSER\r\n.\r\n"
+    lines = [tshark_line(10, SRV_EP, CLI_EP, SBASE + 10 + 40 - 40, 40, s1),
+             tshark_line(11, CLI_EP, SRV_EP, CBASE + 10, 30, c1),
+             tshark_line(12, SRV_EP, CLI_EP, SBASE + 50, 30, s2)]
+    splice, sess, out, _ = run_splice(chunks, lines, protocol="tls", implicit=False)
+    assert sess.protocol == "pop3" and splice.conn.flow.protocol == "pop3s"
+    assert [(c.command, c.reply_code) for c in of_type(out, Command)] == [("", "+OK"), ("CAPA", "+OK")]
+    assert sess.extensions == ["USER"]
+
+
+def test_stream_matching_prefers_the_closest_start():
+    dec = decrypt.Decryption()
+    dec._line(tshark_line(5, CLI_EP, SRV_EP, 10, 5, b"x", stream=0, ts=100.0))
+    dec._line(tshark_line(5, CLI_EP, SRV_EP, 10, 5, b"y", stream=1, ts=200.0))
+    assert dec.streams == 2
+    late = fake_connection(start=200.0).flow
+    early = fake_connection(start=100.0).flow
+    assert dec.read(dec.match(late).offsets[0], 1) == b"y"
+    assert dec.read(dec.match(early).offsets[0], 1) == b"x"
+    assert dec.match(early) is None  # each stream is used once
+    dec.close()
+
+
+def test_keylog_checks(tmp_path):
+    bad = tmp_path / "notes.txt"
+    bad.write_text("hello\n")
+    with pytest.raises(decrypt.DecryptError, match="not an NSS key log"):
+        decrypt.check_keylog(str(bad))
+    with pytest.raises(decrypt.DecryptError, match="cannot read"):
+        decrypt.check_keylog(str(tmp_path / "missing.keys"))
+    good = tmp_path / "k.keys"
+    good.write_text("# comment\nCLIENT_RANDOM " + "00" * 32 + " " + "11" * 48 + "\n")
+    decrypt.check_keylog(str(good))
+
+
+def test_missing_tshark_is_one_line_saying_what_to_install(monkeypatch):
+    monkeypatch.setattr(decrypt, "find_tshark", lambda: None)
+    with pytest.raises(AnalysisError, match="apt-get install tshark"):
+        maildissect.analyze(PCAP, keylog=KEYS)
+    result = CliRunner().invoke(cli, ["messages", PCAP, "--keylog", KEYS])
+    assert result.exit_code == 1
+    assert result.output.count("\n") == 1 and "apt-get install tshark" in result.output
+
+
+def test_keylog_and_scheduler_do_not_mix():
+    with pytest.raises(AnalysisError, match="one machine"):
+        maildissect.analyze(PCAP, keylog=KEYS, scheduler="inprocess")
+
+
+# --------------------------------------------------------------------------
+# end to end, with tshark
+
+def _sha_rows(analysis):
+    rows = collections.defaultdict(list)
+    for m in analysis.records.messages:
+        if m.sha256:
+            rows[(m.client_port, m.sha256)].append(m)
+    return rows
+
+
+def check_against_manifest(doc, analysis):
+    """Every manifest message and credential, found decrypted on its connection."""
+    rows = _sha_rows(analysis)
+    checked = 0
+    for m in doc["messages"]:
+        assert m["tls"], m
+        where = f"manifest message {m['index']} ({m['protocol']} {m['direction']} {m['source']})"
+        if m["sha256"]:
+            hits = [r for r in rows.get((m["client_port"], m["sha256"]), [])
+                    if r.protocol == m["protocol"] and r.direction == m["direction"]]
+            assert hits, f"{where}: not found"
+            hit = hits[0]
+            assert (hit.size, hit.tls, hit.decrypted, hit.complete) == (m["size"], True, True, True), where
+            assert hit.message_id == m.get("message_id"), where
+            want = sorted((a["filename"], a["sha256"]) for a in m.get("attachments") or [])
+            assert sorted((a.filename, a.sha256) for a in hit.attachments) == want, where
+            if m["protocol"] == "smtp":
+                assert (hit.mail_from, hit.rcpt_to) == (m["mail_from"], m["rcpt_to"]), where
+        else:
+            # a webmail page showing the message: an HTTP/2 request read as "read"
+            assert any(h.mail_action == "read" and h.version == "HTTP/2" and m["source"].endswith(h.uri)
+                       for h in analysis.records.http), where
+        checked += 1
+    found = collections.Counter((c.protocol, c.mechanism, c.user, c.secret, bool(c.success))
+                                for c in analysis.records.credentials)
+    wanted = collections.Counter((s["protocol"], c["mechanism"], c["user"], c["secret"], bool(c["success"]))
+                                 for s in doc["sessions"] for c in s["credentials"])
+    assert wanted and not wanted - found, dict(wanted - found)
+    sessions = {(s.client_ip, s.client_port): s for s in analysis.records.sessions}
+    for s in doc["sessions"]:
+        got = sessions[(s["client_ip"], s["client_port"])]
+        assert (got.tls, got.decrypted, got.sni) == (True, True, s["server_name"]), s["id"]
+    return checked
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    if decrypt.find_tshark() is None:
+        pytest.skip("tshark is not installed (apt-get install tshark)")
+    return maildissect.analyze(PCAP, keylog=KEYS)
+
+
+@needs_tshark
+def test_bundled_capture_recovers_every_message_and_credential(bundled):
+    assert check_against_manifest(MANIFEST, bundled) == len(MANIFEST["messages"]) == 12
+    assert bundled.stats["tls_decrypted"]["sessions"] == len(MANIFEST["sessions"])
+    assert not len(bundled.anomalies)
+
+
+@needs_tshark
+def test_commands_and_http2_inside_tls(bundled):
+    by_port = collections.defaultdict(list)
+    sessions = {s.session_id: s for s in bundled.records.sessions}
+    for c in bundled.records.commands:
+        by_port[sessions[c.session_id].server_port].append(c.command)
+    assert by_port[587][:4] == ["", "EHLO", "STARTTLS", "EHLO"] and "AUTH" in by_port[587]
+    assert by_port[465][:2] == ["", "EHLO"] and "DATA" in by_port[465]
+    assert by_port[143][:3] == ["", "CAPABILITY", "STARTTLS"] and "LOGIN" in by_port[143]
+    assert "UID FETCH" in by_port[993] and "RETR" in by_port[995]
+    https = [s for s in bundled.records.sessions if s.server_port == 443]
+    assert [(s.alpn, s.tls_version) for s in https] == [("h2", "TLSv1.3")]
+    http = bundled.records.http
+    assert {h.version for h in http} == {"HTTP/2"}
+    assert [h.mail_action for h in http] == [None, "login", "list", "read", "download", "logout"]
+    messages = bundled.messages
+    assert messages["tls"].all() and messages["decrypted"].all()
+
+
+@needs_tshark
+def test_sessions_whose_keys_are_missing_stay_encrypted(tmp_path):
+    out = subprocess.run([shutil.which("tshark"), "-r", PCAP, "-Y", "tls.handshake.type == 1", "-T", "fields",
+                          "-e", "tcp.srcport", "-e", "tls.handshake.random"], capture_output=True, text=True,
+                         check=True).stdout
+    randoms = dict(line.split("\t") for line in out.split("\n") if line)
+    imaps = next(s for s in MANIFEST["sessions"] if s["server_port"] == 993)
+    drop = randoms[str(imaps["client_port"])].lower()
+    keys = tmp_path / "partial.keys"
+    keys.write_text("".join(line for line in open(KEYS) if drop not in line.lower()))
+    a = maildissect.analyze(PCAP, keylog=str(keys))
+    s993 = next(s for s in a.records.sessions if s.server_port == 993)
+    assert (s993.tls, s993.decrypted, s993.tls_version, s993.sni, s993.commands) == \
+        (True, False, "TLSv1.3", "mail.bob.example", 0)
+    assert not [m for m in a.records.messages if m.session_id == s993.session_id]
+    assert len(a.records.messages) == len(MANIFEST["messages"]) - 2
+    assert all(s.decrypted for s in a.records.sessions if s is not s993)
+
+
+@needs_tshark
+def test_cli_listing_commands_take_the_keylog(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(cli, ["messages", PCAP, "--keylog", KEYS, "-f", "jsonl", "-q"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in res.output.splitlines()]
+    assert len(rows) == 12 and all(r["tls"] and r["decrypted"] for r in rows)
+    assert {r["sha256"] for r in rows if r["sha256"]} == {m["sha256"] for m in MANIFEST["messages"] if m["sha256"]}
+    res = runner.invoke(cli, ["credentials", PCAP, "--keylog", KEYS, "-f", "csv", "-q"])
+    assert res.exit_code == 0 and res.output.count("\n") == 1 + 6
+    res = runner.invoke(cli, ["analyze", PCAP, "--keylog", KEYS, "-q"])
+    assert res.exit_code == 0, res.output
+    # standard input: kept in a file for tshark and the pipeline both
+    with open(PCAP, "rb") as f:
+        res = runner.invoke(cli, ["sessions", "-", "--keylog", KEYS, "-f", "jsonl", "-q"], input=f.read())
+    assert res.exit_code == 0, res.output
+    assert all(json.loads(line)["decrypted"] for line in res.output.splitlines())
+    res = runner.invoke(cli, ["messages", str(ROOT / "README.md"), "--keylog", KEYS])
+    assert res.exit_code == 1 and "error" in res.output
+
+
+@needs_tshark
+def test_several_files_are_merged_before_decryption(tmp_path):
+    editcap = shutil.which("editcap")
+    if editcap is None:
+        pytest.skip("editcap is not installed (it comes with tshark)")
+    subprocess.run([editcap, "-c", "150", PCAP, str(tmp_path / "part.pcap")], check=True, capture_output=True)
+    parts = sorted(str(p) for p in tmp_path.glob("part*.pcap"))
+    assert len(parts) >= 3  # connections are cut across files
+    a = maildissect.analyze(parts, keylog=KEYS)
+    assert check_against_manifest(MANIFEST, a) == 12
+
+
+@needs_tshark
+@pytest.mark.parametrize("impaired", [False, True], ids=["clean", "loss-reorder-duplicate"])
+def test_generated_tls_scenario_round_trip(impaired):
+    from tests.test_generate import generated
+    opts = dict(loss=0.04, reorder=0.04, duplicate=0.04, mss=536, seed=11) if impaired else {}
+    pcap, doc = generated("tls", **opts)
+    if impaired:
+        assert doc["impairments"]["lost_segments"] + doc["impairments"]["reordered_segments"] > 0
+    a = maildissect.analyze(pcap, keylog=doc["options"]["keylog"])
+    assert check_against_manifest(doc, a) == len(doc["messages"])
+    # and without the key log: the version and SNI only
+    plain = maildissect.analyze(pcap)
+    assert not plain.records.messages and not plain.records.credentials
+    assert all((s.tls, s.decrypted) == (True, False) and s.tls_version == "TLSv1.3" and s.sni
+               for s in plain.records.sessions)
+    assert os.path.exists(doc["options"]["keylog"])
+    assert of_type(a.records.commands, Command) and of_type(a.records.credentials, Credential)
