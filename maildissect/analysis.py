@@ -166,7 +166,7 @@ def analyze(paths: str | Iterable[str], *, limits: dict | Limits | None = None,
         paths = [paths]
     paths = [str(p) for p in paths]
     config = make_config(limits, **options)
-    if keylog is not None:
+    if keylog is not None and config.dissect:  # (the flows table reads no content: nothing to decrypt)
         if scheduler is not None:
             raise AnalysisError("TLS decryption (--keylog) runs on one machine; drop --scheduler")
         return _analyze_decrypted(paths, str(keylog), config, progress, message_hook)

@@ -101,11 +101,13 @@ def _remember_keylog(ctx, param, value):
 def analysis_options(fn):
     """Options shared by every command that analyses captures."""
     from .parallel import default_jobs
-    fn = click.option("--keylog", type=click.Path(exists=True, dir_okay=False), default=None, metavar="FILE",
-                      expose_value=False, callback=_remember_keylog,
-                      help="Decrypt TLS with this NSS key log (SSLKEYLOGFILE format) through tshark: mail "
-                           "inside STARTTLS and implicit TLS is dissected like plaintext (one process; "
-                           "docs/protocols/tls.md).")(fn)
+    if fn.__name__ != "live":
+        # (live capture cannot decrypt: tshark needs the file; record with -w, then analyse it)
+        fn = click.option("--keylog", type=click.Path(exists=True, dir_okay=False), default=None, metavar="FILE",
+                          expose_value=False, callback=_remember_keylog,
+                          help="Decrypt TLS with this NSS key log (SSLKEYLOGFILE format) through tshark: mail "
+                               "inside STARTTLS and implicit TLS is dissected like plaintext (one process; "
+                               "docs/protocols/tls.md).")(fn)
     fn = click.option("-j", "--jobs", type=click.IntRange(1, 256), default=default_jobs(), show_default=True,
                       help="Processes to use (connections are split between them; results are identical). "
                            "Small captures use one.")(fn)

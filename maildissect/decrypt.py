@@ -167,7 +167,7 @@ class DecryptedStream:
         self.alpn: str | None = None  # protocol the server selected (decrypted EncryptedExtensions too)
         self.seq_end = array("Q")
         self.offsets = array("Q")
-        self.sizes = array("L")
+        self.sizes = array("I")
         self.sides = array("B")
         self.frames = array("Q")
         self.used = False
@@ -446,7 +446,7 @@ class TlsSplice(Dissector):
         client = (flow.client_ip, flow.client_port)
         self.flip = stream.endpoints[0] != client
         self.next = [0, 0]  # index of each side's next decrypted entry
-        self.entries = ([], [])  # entry indexes per side, in order
+        self.entries = (array("Q"), array("Q"))  # entry indexes per side, in order
         for i, s in enumerate(stream.sides):
             self.entries[s ^ self.flip].append(i)
         self.sniffed = [b"", b""]  # first plaintext, while the protocol is sniffed
