@@ -135,32 +135,14 @@ class SessionRouter:
         self._feed(side, data, ts)
 
     def _feed(self, side: int, data: bytes, ts: float):
-        d = self.dissector
-        if d is not None:
-            try:
-                records = d.feed(side, data, ts)
-            except anomaly_registry.StrictError:
-                raise
-            except Exception as e:
-                self._crash(e, ts)
-                return
-            if records:
-                self.pipeline.emit(self.session, records)
+        if self.dissector is not None:
+            self._call(self.dissector.feed, ts, side, data, ts)
 
     def gap(self, side: int, length: int, ts: float):
         if self.batch_side >= 0:
             self._flush()
-        d = self.dissector
-        if d is not None:
-            try:
-                records = d.gap(side, length, ts)
-            except anomaly_registry.StrictError:
-                raise
-            except Exception as e:
-                self._crash(e, ts)
-                return
-            if records:
-                self.pipeline.emit(self.session, records)
+        if self.dissector is not None:
+            self._call(self.dissector.gap, ts, side, length, ts)
         elif not self.decided:
             self.pending.append((1, side, length, ts))
 
@@ -169,17 +151,20 @@ class SessionRouter:
             self._flush()
         if not self.decided:
             self._sniff(ts, final=True)
-        d = self.dissector
-        if d is not None:
-            try:
-                records = d.close(ts, reason)
-            except anomaly_registry.StrictError:
-                raise
-            except Exception as e:
-                self._crash(e, ts)
-                records = None
-            if records:
-                self.pipeline.emit(self.session, records)
+        if self.dissector is not None:
+            self._call(self.dissector.close, ts, ts, reason)
+
+    def _call(self, method, ts: float, *args):
+        """Run a dissector method; a failure is contained to this session."""
+        try:
+            records = method(*args)
+        except anomaly_registry.StrictError:
+            raise
+        except Exception as e:
+            self._crash(e, ts)
+            return
+        if records:
+            self.pipeline.emit(self.session, records)
 
     # -- detection ------------------------------------------------------------------
     def _sniff(self, ts, final=False):

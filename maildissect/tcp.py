@@ -384,24 +384,18 @@ class Reassembler:
                 self._anomaly(conn, ts, SIDE_NAMES[side], "tcp_data_after_fin", f"{seglen} bytes")
             return
         nxt = h.next
-        if off == nxt:
-            if h.starts and h.starts[0] < end:
-                # a buffered (earlier received) copy covers part of this one: it wins
-                first = h.starts[0]
-                self._check(conn, side, ts, off, payload, first, h.segs[first])
-                payload = payload[: first - off]
-            if payload:
-                self._deliver(conn, side, h, ts, payload)
-        elif off > nxt:
+        if off > nxt:
             self._store(conn, side, h, ts, off, payload)
         else:
-            if end <= nxt:  # retransmission of delivered bytes
-                self._check_recent(conn, side, h, ts, off, payload)
-                return
-            self._check_recent(conn, side, h, ts, off, payload[: nxt - off])
-            payload = payload[nxt - off:]
-            off = nxt
+            if off < nxt:  # starts with bytes already delivered: a retransmission
+                if end <= nxt:
+                    self._check_recent(conn, side, h, ts, off, payload)
+                    return
+                self._check_recent(conn, side, h, ts, off, payload[: nxt - off])
+                payload = payload[nxt - off:]
+                off = nxt
             if h.starts and h.starts[0] < end:
+                # a buffered (earlier received) copy covers part of this one: it wins
                 first = h.starts[0]
                 self._check(conn, side, ts, off, payload, first, h.segs[first])
                 payload = payload[: first - off]

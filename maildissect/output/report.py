@@ -35,6 +35,7 @@ from datetime import datetime, timezone
 import pandas as pd
 
 from ..frames import MASK
+from .tables import cell
 
 #: colours per protocol (timeline bars, overview)
 PROTOCOL_COLORS = {"smtp": "#1f77b4", "smtps": "#1f77b4", "imap": "#2ca02c", "imaps": "#2ca02c",
@@ -405,26 +406,6 @@ def ladder_figure(flow, session, commands, messages, packets, names: dict, show_
 
 
 # -- tables -----------------------------------------------------------------------------------------
-def _fmt(value, column: str = "") -> str:
-    if value is None or value is pd.NA or value is pd.NaT:
-        return ""
-    if isinstance(value, float) and math.isnan(value):
-        return ""
-    if isinstance(value, pd.Timestamp):
-        return value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-    if isinstance(value, float):
-        return f"{value:.6f}".rstrip("0").rstrip(".")
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, (list, tuple)) or (hasattr(value, "tolist") and not isinstance(value, str)):
-        items = list(value)
-        if column in ("attachments", "files"):
-            return ", ".join(f"{a.get('filename') or '?'} ({a.get('size')} B)" for a in items
-                             if isinstance(a, dict))
-        return ", ".join(str(v) for v in items)
-    return str(value)
-
-
 def html_table(df: pd.DataFrame, columns: list[str], table_id: str, max_rows: int = 2000) -> str:
     """A sortable, filterable HTML table of ``columns`` (at most ``max_rows`` rows, the cut said)."""
     cols = [c for c in columns if c in df.columns]
@@ -441,7 +422,7 @@ def html_table(df: pd.DataFrame, columns: list[str], table_id: str, max_rows: in
     out.append("</tr></thead><tbody>")
     for i in range(len(shown)):
         out.append("<tr>" + "".join(
-            f'<td{" class=num" if c in numeric else ""}>{_esc(_fmt(data[c][i], c))}</td>' for c in cols)
+            f'<td{" class=num" if c in numeric else ""}>{_esc(cell(data[c][i], c, limit=None, sizes=True))}</td>' for c in cols)
             + "</tr>")
     out.append("</tbody></table>")
     if len(df) > max_rows:

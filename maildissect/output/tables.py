@@ -25,10 +25,13 @@ def console(file=None) -> Console:
     return Console(file=file, width=240 if wide else None, soft_wrap=False)
 
 
-def cell(value, column: str = "") -> str:
-    """A short printable form of one value."""
+def cell(value, column: str = "", limit: int | None = MAX_CELL, sizes: bool = False) -> str:
+    """A printable form of one value: ``limit`` characters at most (None: all);
+    ``sizes`` adds each attachment's size to its name."""
     if value is None or value is pd.NA or value is pd.NaT:
         return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float) and math.isnan(value):
         return ""
     if isinstance(value, pd.Timestamp):
@@ -36,17 +39,20 @@ def cell(value, column: str = "") -> str:
     if isinstance(value, float):
         return f"{value:.6f}".rstrip("0").rstrip(".") if abs(value) < 1e6 else f"{value:.0f}"
     if isinstance(value, (list, tuple)) or (hasattr(value, "tolist") and not isinstance(value, str)):
-        items = list(value)
-        if column == "attachments":
-            return ", ".join(str(a.get("filename") or "?") for a in items if isinstance(a, dict))
-        if column == "flags":
-            return " ".join(map(str, items))
-        return ", ".join(str(v) for v in items)
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    s = str(value)
+        items = value.tolist() if hasattr(value, "tolist") else list(value)
+        if not isinstance(items, list):
+            return cell(items, column, limit, sizes)
+        if column in ("attachments", "files"):
+            s = ", ".join(f"{a.get('filename') or '?'} ({a.get('size')} B)" if sizes else
+                          str(a.get("filename") or "?") for a in items if isinstance(a, dict))
+        elif column == "flags":
+            s = " ".join(map(str, items))
+        else:
+            s = ", ".join(str(v) for v in items)
+    else:
+        s = str(value)
     s = "".join(ch if ch.isprintable() else "\ufffd" for ch in s)
-    return s if len(s) <= MAX_CELL else s[: MAX_CELL - 1] + "\u2026"
+    return s if limit is None or len(s) <= limit else s[: limit - 1] + "\u2026"
 
 
 def render(df: pd.DataFrame, table: str, console: Console, title: str | None = None,
