@@ -46,7 +46,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import threading
 from array import array
 
 from .model import CLIENT, SERVER, Anomaly
@@ -264,6 +263,9 @@ class Decryption:
                         if m.strip() and "Running as user" not in m and "dangerous" not in m]
             if rc != 0 and not lines:
                 detail = messages[-1] if messages else f"exit status {rc}"
+                if any("aren't valid" in m or "are not valid" in m for m in messages):
+                    raise DecryptError(f"this tshark lacks fields decryption needs ({detail}); "
+                                       "tshark 3.0 or later is required")
                 raise DecryptError(f"tshark could not read the capture: {detail}")
             self.warnings = messages[:20]
         finally:

@@ -20,7 +20,7 @@ from hyperframe.frame import (ContinuationFrame, DataFrame, GoAwayFrame, Headers
 
 import maildissect
 from maildissect.config import Config, Limits
-from maildissect.model import Anomaly, Command, Credential, HttpRequest, Message, Session
+from maildissect.model import Anomaly, Command, Credential, HttpRequest, Message
 from maildissect.protocols import dissector_class
 from maildissect.protocols.http import HttpDissector
 from maildissect.protocols.http2 import ANOMALIES, PREFACE, Http2Dissector, HttpAnyDissector, looks_like_h2

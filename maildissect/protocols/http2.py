@@ -66,8 +66,9 @@ ANOMALIES = {
     "http2_bad_preface": "the client did not open with the HTTP/2 connection preface; its bytes are read as frames",
     "http2_bad_frame": "a frame that does not parse (a length wrong for its type, padding longer than the frame, "
                        "a stream id where none belongs or none where one must be); skipped",
-    "http2_frame_too_large": "a frame longer than the receiver's SETTINGS_MAX_FRAME_SIZE (read anyway), or a "
-                             "frame other than DATA beyond limits.max_http_header_bytes (skipped)",
+    "http2_frame_too_large": "a frame longer than the receiver's SETTINGS_MAX_FRAME_SIZE (read anyway; said once "
+                             "per direction), or a frame other than DATA beyond limits.max_http_header_bytes "
+                             "(skipped)",
     "http2_continuation_expected": "another frame interrupted a header block awaiting CONTINUATION; the block is "
                                    "dropped and this direction's header compression state is lost",
     "http2_unexpected_continuation": "a CONTINUATION frame with no header block in progress on its stream; skipped",
@@ -168,7 +169,7 @@ class _Dir:
 
     __slots__ = ("side", "buf", "state", "remaining", "ftype", "flags", "sid", "length", "ts", "pad",
                  "stream", "decoder", "hpack_ok", "block", "block_sid", "block_kind", "block_flags",
-                 "block_promised", "block_ts", "max_frame", "preface_left")
+                 "block_promised", "block_ts", "max_frame", "preface_left", "big_noted")
 
     def __init__(self, side: int, limits):
         self.side = side
@@ -191,6 +192,7 @@ class _Dir:
         self.block_promised = 0
         self.block_ts = 0.0
         self.max_frame = DEFAULT_MAX_FRAME  # what the peer allows this side to send
+        self.big_noted = False  # frames over max_frame are reported once (SETTINGS may predate the capture)
 
 
 class Http2Dissector(Dissector):
@@ -342,7 +344,8 @@ class Http2Dissector(Dissector):
             self._issue(d, ts, "http2_continuation_expected",
                         f"frame type {ftype} on stream {sid} inside the header block of stream {d.block_sid}")
             self._drop_block(d, ts)
-        if length > d.max_frame:
+        if length > d.max_frame and not d.big_noted:
+            d.big_noted = True
             self._issue(d, ts, "http2_frame_too_large", f"{length} bytes (type {ftype}), allowed {d.max_frame}")
         if ftype == DATA:
             if sid == 0:
