@@ -12,6 +12,7 @@ written once (deduplicated by sha256).
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import re
 import stat
@@ -124,6 +125,10 @@ class Extractor:
             try:
                 fd = os.open(candidate, flags, 0o644, dir_fd=dfd)
             except FileExistsError:
+                if sha256 and self._same_file(dfd, candidate, data, sha256):
+                    rel = f"{sub}/{candidate}"  # already there from an earlier run
+                    self.by_hash[sha256] = rel
+                    return rel
                 continue
             except OSError as e:  # e.g. ELOOP: a symlink with that name
                 self.skipped.append(f"{sub}/{candidate}: {e.strerror or e}")
@@ -137,6 +142,19 @@ class Extractor:
             return rel
         self.skipped.append(f"{sub}/{name}: too many files with this name")
         return None
+
+    @staticmethod
+    def _same_file(dfd: int, name: str, data: bytes, sha256: str) -> bool:
+        """True when ``name`` is a regular file (not a link) holding exactly ``data``."""
+        try:
+            fd = os.open(name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0), dir_fd=dfd)
+        except OSError:
+            return False
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_size != len(data):
+                return False
+            return hashlib.sha256(f.read()).hexdigest() == sha256
 
     def __call__(self, msg: Message) -> None:
         eml = None
