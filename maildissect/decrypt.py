@@ -41,9 +41,9 @@ there is decrypted data, and is deleted when the analysis ends.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 from array import array
@@ -135,10 +135,11 @@ def _disabled_protocols(tshark: str) -> tuple[str, ...]:
 
 
 def _ip(text: str) -> str:
-    """An address as maildissect writes it (socket.inet_ntop's spelling)."""
+    """An address as maildissect writes it (socket.inet_ntop's spelling, as tcp.ip_text)."""
+    family = socket.AF_INET6 if ":" in text else socket.AF_INET
     try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
+        return socket.inet_ntop(family, socket.inet_pton(family, text))
+    except (OSError, ValueError):
         return text
 
 

@@ -336,3 +336,11 @@ def test_generated_tls_scenario_round_trip(impaired):
                for s in plain.records.sessions)
     assert os.path.exists(doc["options"]["keylog"])
     assert of_type(a.records.commands, Command) and of_type(a.records.credentials, Credential)
+
+
+def test_addresses_spelled_like_the_flow_table():
+    from maildissect.tcp import ip_text
+    import socket
+    for text in ("10.0.0.1", "2001:db8::1", "::ffff:1.2.3.4", "fe80::1:0:0:1"):
+        family = socket.AF_INET6 if ":" in text else socket.AF_INET
+        assert decrypt._ip(text.upper()) == ip_text(socket.inet_pton(family, text))
