@@ -51,7 +51,7 @@ class SessionRouter:
     """Listener for one connection: detects the protocol, then feeds the dissector."""
 
     __slots__ = ("pipeline", "conn", "session", "dissector", "decided", "pending", "first", "buffered",
-                 "batch", "batch_len", "batch_side", "batch_ts")
+                 "batch", "batch_len", "batch_side", "batch_ts", "lazy")
 
     def __init__(self, pipeline: "Pipeline", conn):
         self.pipeline = pipeline
@@ -67,17 +67,24 @@ class SessionRouter:
         self.batch_len = 0
         self.batch_side = -1
         self.batch_ts = 0.0
+        self.lazy = None  # (protocol, implicit TLS) whose dissector waits for the first byte
         flow = conn.flow
         known = detect.by_port(flow.server_port, pipeline.config.ports)
         if known is not None:
-            self._start(known[0], known[1])
+            self._start(known[0], known[1], lazy=True)
 
-    def _start(self, protocol: str, implicit_tls: bool = False):
+    def _start(self, protocol: str, implicit_tls: bool = False, lazy: bool = False):
         self.decided = True
         flow = self.conn.flow
         if not protocol:
             return
         flow.protocol = TLS_LABELS.get(protocol, protocol) if implicit_tls else protocol
+        if lazy:
+            # The session and its dissector are made when the first byte (or gap)
+            # arrives: a SYN flood's half-open connections on a mail port then cost
+            # a flow record each, not a dissector each (memory and time).
+            self.lazy = (protocol, implicit_tls)
+            return
         cls = dissector_class("tls" if implicit_tls else protocol)
         if cls is None or not self.pipeline.config.dissect:
             return
@@ -118,6 +125,10 @@ class SessionRouter:
             if self.batch_side >= 0:
                 self._flush()
             self._feed(side, data, ts)
+        elif self.lazy is not None:
+            self._materialize()
+            if self.dissector is not None:
+                self.data(side, data, ts)
         elif not self.decided:
             self.pending.append((0, side, data, ts))
             self.buffered += len(data)
@@ -141,6 +152,8 @@ class SessionRouter:
     def gap(self, side: int, length: int, ts: float):
         if self.batch_side >= 0:
             self._flush()
+        if self.lazy is not None:
+            self._materialize()
         if self.dissector is not None:
             self._call(self.dissector.gap, ts, side, length, ts)
         elif not self.decided:
@@ -153,6 +166,12 @@ class SessionRouter:
             self._sniff(ts, final=True)
         if self.dissector is not None:
             self._call(self.dissector.close, ts, ts, reason)
+
+    def _materialize(self):
+        """Make the session and dissector of a connection whose protocol its port decided."""
+        protocol, implicit_tls = self.lazy
+        self.lazy = None
+        self._start(protocol, implicit_tls)
 
     def _call(self, method, ts: float, *args):
         """Run a dissector method; a failure is contained to this session."""
