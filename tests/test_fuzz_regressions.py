@@ -144,3 +144,23 @@ def test_half_open_connections_make_no_dissector(monkeypatch):
     assert [f.protocol for f in pipe.collector.flows].count("smtp") == 51
     assert len(made) == 1
     assert len(pipe.collector.sessions) == 1 and len(pipe.collector.commands) == 2
+
+
+def test_pop3_plaintext_after_stls_detail_does_not_depend_on_chunking():
+    """As for IMAP: bytes sent after STLS without a go-ahead were counted when the hold limit
+    passed, a number that depended on the segmentation."""
+    from maildissect.config import Config, Limits
+    from maildissect.protocols.pop3 import Pop3Dissector
+    from tests.helpers import new_session
+
+    def run(chunks):
+        d = Pop3Dissector(new_session("pop3"), Config(limits=Limits(max_line=256)))
+        out = []
+        for side, data in chunks:
+            out += d.feed(side, data, 1.0)
+        return out + d.close(2.0, "fin")
+    head = [(1, b"+OK ready\r\n"), (0, b"STLS\r\n")]
+    plain = b"USER alice\r\nPASS wonderland\r\n" * 20
+    whole, split = run(head + [(0, plain)]), run(head + [(0, plain[:200]), (0, plain[200:])])
+    assert whole == split
+    assert any(getattr(r, "name", "") == "pop3_stls_pipelined" and r.detail == "over 256 bytes" for r in whole)

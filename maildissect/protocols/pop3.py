@@ -275,7 +275,7 @@ class Pop3Dissector(Dissector):
                 return
             if mode == _HOLD:
                 if len(buf) > self.limits.max_line:
-                    self._switch_tls(ts, out)
+                    self._switch_tls(ts, out, assumed=True)
                     continue
                 return
             if mode == _MULTI:
@@ -526,8 +526,9 @@ class Pop3Dissector(Dissector):
                 p.cred.success = cmd.reply_code == "+OK"
             out.append(p.cred)
 
-    def _switch_tls(self, ts, out, p=None):
-        """STLS accepted: the rest of both directions is TLS."""
+    def _switch_tls(self, ts, out, p=None, assumed=False):
+        """STLS accepted (or ``assumed``: the client talked on past max_line): the rest of both
+        directions is TLS."""
         p = p or self.stls
         self.stls = None
         cbuf = self.bufs[CLIENT]
@@ -541,7 +542,10 @@ class Pop3Dissector(Dissector):
                 self._drain(CLIENT, ts, out)
             return
         if held and held[:1] != b"\x16":
-            out.append(self.anomaly(ts, CLIENT, "pop3_stls_pipelined", f"{len(held)} bytes"))
+            # an assumed switch happens once max_line bytes are held; how many more the last
+            # chunk brought depends on the segmentation, so it is not reported
+            count = f"over {self.limits.max_line}" if assumed else str(len(held))
+            out.append(self.anomaly(ts, CLIENT, "pop3_stls_pipelined", f"{count} bytes"))
         self.modes[CLIENT] = _TLS
         self._count_tls(CLIENT, held)
         self.modes[SERVER] = _TLS
