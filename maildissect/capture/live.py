@@ -76,6 +76,9 @@ class ScapyLive:
 
     def __init__(self, iface: str, bpf: str | None):
         _check_interface(iface)
+        import logging
+        # scapy warns that it cannot name loopback's link layer: irrelevant, we read raw frames
+        logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
         try:
             from scapy.arch.linux import L2ListenSocket
             from scapy.config import conf
