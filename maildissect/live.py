@@ -10,6 +10,8 @@ bounded over hours.
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from typing import Callable
 
@@ -51,6 +53,16 @@ class StreamingCollector(Collector):
             setattr(self, name, _Sink(name, on_record if name in tables else None))
 
 
+def _stop_on_sigterm():
+    """SIGTERM (kill, timeout, a service manager) ends a capture like Ctrl-C: with a summary."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    return signal.signal(signal.SIGTERM, handler)
+
+
 def run_live(iface: str, *, bpf: str | None, backend: str = "scapy", config: Config | None = None,
              on_record: Callable | None = None, tables=("sessions", "messages"), duration: float | None = None,
              count: int | None = None, write: str | None = None, rotate_size: int | None = None,
@@ -71,6 +83,7 @@ def run_live(iface: str, *, bpf: str | None, backend: str = "scapy", config: Con
     last_sweep = started
     sweep_every = min(10.0, max(1.0, config.limits.idle_timeout / 10))
     interrupted = False
+    previous = _stop_on_sigterm()
     try:
         for ts, linktype, data, wirelen in source.frames():
             now = time.time()
@@ -90,6 +103,8 @@ def run_live(iface: str, *, bpf: str | None, backend: str = "scapy", config: Con
     except KeyboardInterrupt:
         interrupted = True
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         stats = source.stats()
         source.close()
         if hasattr(source, "final_stats"):

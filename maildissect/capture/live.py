@@ -37,6 +37,8 @@ PACKET_OUTGOING = 4
 SOL_PACKET = 263
 PACKET_STATISTICS = 6
 TICK = 0.5
+SO_RCVBUFFORCE = 33
+RCVBUF = 64 * 1024 * 1024  # kernel receive buffer asked for (packet socket)
 
 MAIL_PORTS = (25, 465, 587, 2525, 143, 993, 110, 995, 80, 443, 8080, 8000, 3000)
 
@@ -95,6 +97,10 @@ class ScapyLive:
             raise LiveError(f"cannot capture on {iface}: {e.strerror or e}") from None
         except Exception as e:  # scapy raises its own exception types (bad filter...)
             raise LiveError(f"cannot capture on {iface}: {e}") from None
+        try:  # beyond net.core.rmem_max (root/CAP_NET_ADMIN): a deep buffer absorbs bursts
+            self.sock.ins.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+        except OSError:
+            pass
         self.loopback = iface == "lo" or iface.startswith("lo")
         self.linktype = 1  # Linux packet sockets on Ethernet and loopback deliver Ethernet framing
         self.dropped_outgoing = 0
@@ -104,12 +110,15 @@ class ScapyLive:
         ins = sock.ins
         recv = sock._recv_raw
         fd = ins.fileno()
+        ins.setblocking(False)  # drain the socket without a system call per packet to wait
         while True:
-            ready, _, _ = select.select([fd], [], [], TICK)
-            if not ready:
-                yield (time.time(), None, None, None)
+            try:
+                pkt, sa_ll, ts = recv(ins, 65535)
+            except (BlockingIOError, InterruptedError):
+                ready, _, _ = select.select([fd], [], [], TICK)
+                if not ready:
+                    yield (time.time(), None, None, None)
                 continue
-            pkt, sa_ll, ts = recv(ins, 65535)
             if not pkt:
                 continue
             if self.loopback and sa_ll[2] == PACKET_OUTGOING:
@@ -183,13 +192,19 @@ class TcpdumpLive:
         return {}
 
     def close(self):
+        # The reader thread owns stdout (it sees end of file when tcpdump exits);
+        # only stderr is read here, for tcpdump's closing statistics.
         if self.proc.poll() is None:
             self.proc.terminate()
-            try:
-                _out, err = self.proc.communicate(timeout=3)
-                self.stderr = err or b""
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        try:
+            self.stderr = self.proc.stderr.read() or b""
+        except (OSError, ValueError):
+            self.stderr = b""
 
     def final_stats(self) -> dict:
         """tcpdump's own 'packets dropped by kernel' line, after close."""
