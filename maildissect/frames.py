@@ -375,7 +375,13 @@ def _plain(value):
 
 def _column(kind: str, values: list):
     if kind == "int":
-        return pd.array(values, dtype="Int64")
+        try:
+            return pd.array(values, dtype="Int64")
+        except OverflowError:
+            # A number the peer declared (an IMAP literal of 10^30 bytes is "size") may not
+            # fit in 64 bits: such a value is unknown (NA) rather than the end of the run.
+            return pd.array([v if v is None or -(1 << 63) <= v < (1 << 63) else None for v in values],
+                            dtype="Int64")
     if kind == "float":
         return pd.array(values, dtype="Float64")
     if kind == "bool":

@@ -164,3 +164,15 @@ def test_pop3_plaintext_after_stls_detail_does_not_depend_on_chunking():
     whole, split = run(head + [(0, plain)]), run(head + [(0, plain[:200]), (0, plain[200:])])
     assert whole == split
     assert any(getattr(r, "name", "") == "pop3_stls_pipelined" and r.detail == "over 256 bytes" for r in whole)
+
+
+def test_integer_beyond_64_bits_in_a_record_is_na():
+    """An IMAP APPEND literal declared as {10^30} made the message size 10^30: building the
+    messages table raised OverflowError and every command ended in an internal error."""
+    from maildissect import frames
+    from maildissect.model import Message
+    big = Message(protocol="imap", session_id=1, ts=0.0, direction="appended", size=10 ** 30,
+                  missing_bytes=10 ** 30 - 5)
+    small = Message(protocol="imap", session_id=2, ts=0.0, direction="appended", size=12)
+    df = frames.frame("messages", [big, small])
+    assert df["size"].isna().tolist() == [True, False] and df["size"][1] == 12
