@@ -15,6 +15,7 @@ import gzip
 import io
 import socket
 import struct
+import sys
 
 ETH_SRC = bytes.fromhex("020000000001")
 ETH_DST = bytes.fromhex("020000000002")
@@ -23,11 +24,15 @@ MSS = 1460
 
 
 def checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071)."""
     if len(data) % 2:
         data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    # the ones' complement sum is the same in either byte order, up to a final swap
+    total = sum(memoryview(data).cast("H"))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
+    if sys.byteorder == "little":
+        total = ((total & 0xFF) << 8) | (total >> 8)
     return ~total & 0xFFFF
 
 
@@ -36,12 +41,19 @@ def addr(ip: str) -> bytes:
 
 
 def tcp_header(src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int, flags: int,
-               payload: bytes = b"", options: bytes = b"", doff: int | None = None, window: int = 65535) -> bytes:
-    """A TCP header plus payload; ``doff`` (in 32-bit words) overrides the real header length."""
+               payload: bytes = b"", options: bytes = b"", doff: int | None = None, window: int = 65535,
+               csum: bool = True) -> bytes:
+    """A TCP header plus payload; ``doff`` (in 32-bit words) overrides the real header length.
+
+    ``csum=False`` leaves the checksum zero, as a capture taken on a host with
+    checksum offload shows it (and as the floods do, to build in seconds).
+    """
     options += b"\0" * (-len(options) % 4)
     words = doff if doff is not None else (20 + len(options)) // 4
     hdr = struct.pack("!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, (words & 0xF) << 4,
                       flags, window, 0, 0) + options
+    if not csum:
+        return hdr + payload
     if len(src) == 4:
         pseudo = src + dst + struct.pack("!BBH", 0, 6, len(hdr) + len(payload))
     else:
