@@ -176,3 +176,30 @@ def test_integer_beyond_64_bits_in_a_record_is_na():
     small = Message(protocol="imap", session_id=2, ts=0.0, direction="appended", size=12)
     df = frames.frame("messages", [big, small])
     assert df["size"].isna().tolist() == [True, False] and df["size"][1] == 12
+
+
+def test_tls_hello_parser_reads_each_record_once():
+    """A 64 KiB stream of empty handshake records fed in small segments was re-parsed from
+    its first byte on every feed: 35 s for 8-byte segments (a capture of such a flow hangs)."""
+    import time
+
+    from maildissect.protocols.tls import TlsDissector
+    from tests.helpers import new_session
+    d = TlsDissector(new_session("tls"))
+    data = b"\x16\x03\x01\x00\x00" * 13000
+    start = time.process_time()
+    for i in range(0, len(data), 2):
+        d.feed(0, data[i:i + 2], 0.0)
+    assert time.process_time() - start < 3.0
+
+
+def test_tls_bad_record_detail_does_not_depend_on_chunking():
+    """tls_bad_record quoted the first bytes of the segment that revealed the problem."""
+    from maildissect.protocols.tls import TlsDissector
+    from tests.helpers import new_session
+
+    def run(chunks):
+        d = TlsDissector(new_session("tls"))
+        return [r for c in chunks for r in d.feed(1, c, 0.0)]
+    whole, split = run([b"\x05\x16\x00\x01\x00\x01\xfc\x03"]), run([b"\x05\x16", b"\x00\x01\x00\x01\xfc\x03"])
+    assert whole == split and whole[0].detail == "0516000100"

@@ -38,6 +38,7 @@ class TlsHelloParser:
         # 35 s for one 64 KiB stream of empty records fed 8 bytes at a time).
         self.pos = [0, 0]
         self.hs = [bytearray(), bytearray()]
+        self.bad_header = [b"", b""]  # the first bytes of a side that did not start as TLS
 
     def feed(self, side: int, data: bytes) -> bool:
         """Returns False when the bytes are not TLS (once)."""
@@ -46,6 +47,7 @@ class TlsHelloParser:
         buf = self.buf[side]
         buf += data[: MAX_HELLO - len(buf)]
         if len(buf) >= 5 and not (buf[0] == 0x16 and buf[1] == 0x03):
+            self.bad_header[side] = bytes(buf[:5])
             self.done[side] = True
             self.buf[side] = bytearray()
             return False
@@ -192,7 +194,8 @@ class TlsDissector(Dissector):
             self.session.tls_bytes_server += len(data)
         if not self.hello.feed(side, data) and not self.reported:
             self.reported = True
-            return [self.anomaly(ts, side, "tls_bad_record", data[:16].hex())]
+            # the record header that failed, wherever the segments were cut
+            return [self.anomaly(ts, side, "tls_bad_record", self.hello.bad_header[side].hex())]
         return []
 
     def gap(self, side, length, ts):
