@@ -203,3 +203,21 @@ def test_tls_bad_record_detail_does_not_depend_on_chunking():
         return [r for c in chunks for r in d.feed(1, c, 0.0)]
     whole, split = run([b"\x05\x16\x00\x01\x00\x01\xfc\x03"]), run([b"\x05\x16", b"\x00\x01\x00\x01\xfc\x03"])
     assert whole == split and whole[0].detail == "0516000100"
+
+
+def test_superscript_digit_in_content_length():
+    """Content-Length: ²70 (Latin-1 0xB2 is a digit to str.isdigit, not to int) raised
+    ValueError and stopped parsing the connection (http_internal_error)."""
+    from maildissect.config import Config
+    items = [(0, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n"),
+             (1, b"HTTP/1.1 200 OK\r\nContent-Length: \xb270\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")]
+    records = harness.run_dissector("http", items, Config())
+    assert "http_bad_content_length" in [getattr(r, "name", "") for r in records]
+    assert [r.uri for r in records if type(r).__name__ == "HttpRequest"] == ["/a", "/b"]
+
+
+def test_superscript_digit_in_a_parameter_continuation():
+    """name*²=x in a multipart header (RFC 2231 continuation index) raised ValueError."""
+    from maildissect.protocols import forms
+    value, params = forms.header_params("form-data; name*\xb2=x; filename=a.txt")
+    assert value == "form-data" and params.get("filename") == "a.txt"

@@ -74,7 +74,9 @@ def header_params(value: str | None) -> tuple[str, dict[str, str]]:
         base, _, rest = name.partition("*")
         encoded = rest.endswith("*") or rest == ""
         index = rest.rstrip("*")
-        extended.setdefault(base, []).append((int(index) if index.isdigit() else 0, encoded, val))
+        # isascii: str.isdigit() accepts '²' (Latin-1 0xB2), which int() refuses
+        extended.setdefault(base, []).append((int(index) if index.isascii() and index.isdigit() else 0,
+                                              encoded, val))
     for base, pieces in extended.items():
         pieces.sort(key=lambda p: p[0])
         charset = "utf-8"

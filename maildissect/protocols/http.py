@@ -1255,7 +1255,8 @@ class HttpDissector(Dissector):
             for v in cls:
                 for item in v.split(","):
                     item = item.strip()
-                    if item.isdigit() and len(item) <= 18:
+                    # isascii: str.isdigit() accepts '²' (Latin-1 0xB2), which int() refuses
+                    if item.isascii() and item.isdigit() and len(item) <= 18:
                         values.append(int(item))
                     else:
                         bad = True
