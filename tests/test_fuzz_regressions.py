@@ -221,3 +221,24 @@ def test_superscript_digit_in_a_parameter_continuation():
     from maildissect.protocols import forms
     value, params = forms.header_params("form-data; name*\xb2=x; filename=a.txt")
     assert value == "form-data" and params.get("filename") == "a.txt"
+
+
+def test_webmail_recipients_held_to_max_recipients():
+    """A JMAP EmailSubmission listed every rcptTo entry it carried: max_recipients, which
+    bounds SMTP's RCPT TO, did not apply to webmail sends."""
+    import json
+
+    from maildissect.config import Config, Limits
+    body = json.dumps({"using": ["urn:ietf:params:jmap:core", "urn:ietf:params:jmap:submission"],
+                       "methodCalls": [
+                           ["Email/set", {"create": {"k1": {"subject": "hi", "to": [{"email": "b@y.org"}]}}}, "0"],
+                           ["EmailSubmission/set", {"create": {"s1": {"emailId": "#k1", "envelope": {
+                               "mailFrom": {"email": "a@x.org"},
+                               "rcptTo": [{"email": f"r{k}@y.org"} for k in range(50)]}}}}, "1"]]}).encode()
+    items = [(0, b"POST /jmap/api/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n" % len(body) + body),
+             (1, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")]
+    records = harness.run_dissector("http", items, Config(limits=Limits(max_recipients=8)))
+    sent = [r for r in records if type(r).__name__ == "Message" and r.direction == "sent"]
+    assert sent and all(len(m.rcpt_to) <= 8 for m in sent)
+    assert "http_too_many_recipients" in [getattr(r, "name", "") for r in records]

@@ -51,6 +51,8 @@ ANOMALIES = {
     "http_jmap_bad_request": "a JMAP request whose methodCalls is not a list of [name, arguments, id] triples",
     "http_message_not_parsed": "a raw message in HTTP that was not kept (beyond limits.max_http_body or "
                                "limits.max_message_size, or cut by a gap): only its size and hash are reported",
+    "http_too_many_recipients": "a webmail send with more envelope recipients than limits.max_recipients "
+                                "(the rest are not listed)",
 }
 
 #: Per-session memory (blobs, drafts, compose uploads) is capped at this many
@@ -201,7 +203,18 @@ class WebmailContext:
             action = self._by_url(ex)
         if action == "read" and raw_action is None:
             self._html_view(ex, out)
+        self._cap_recipients(ex, out)
         return action, out
+
+    def _cap_recipients(self, ex, out: list) -> None:
+        """Hold every message's envelope to limits.max_recipients, as SMTP does for RCPT TO
+        (a JMAP rcptTo list or a form's To field is as long as the peer makes it)."""
+        cap = self.limits.max_recipients
+        for r in list(out):
+            if type(r) is Message and len(r.rcpt_to) > cap:
+                out.append(self.proc.anomaly(ex.request.ts, CLIENT, "http_too_many_recipients",
+                                             f"{len(r.rcpt_to)} recipients, {cap} listed"))
+                r.rcpt_to = r.rcpt_to[:cap]
 
     def wants_page(self, request) -> bool:
         """Keep the HTML answer to this request: it shows a message (a read page)."""
