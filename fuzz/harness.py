@@ -406,8 +406,8 @@ def target_decode(data: bytes) -> None:
                 raise Finding(f"decode: negative segment length {seglen}")
         if len(d._frags) > TIGHT.max_fragment_sets:
             raise Finding(f"decode: {len(d._frags)} datagrams in reassembly")
-        held = sum(len(c) for dg in d._frags.values() for _o, c in dg.parts)
-        if held > 4 * TIGHT.max_fragment_bytes * TIGHT.max_fragment_sets:
+        held = sum(len(p) for dg in d._frags.values() for p in dg.pieces)
+        if held > TIGHT.max_fragment_bytes * TIGHT.max_fragment_sets:
             raise Finding(f"decode: {held} fragment bytes held")
     d.finish()
     check_records(d.anomalies, TIGHT, "decode")

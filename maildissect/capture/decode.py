@@ -17,6 +17,7 @@ traces carry bad checksums on purpose.
 from __future__ import annotations
 
 import struct
+from bisect import bisect_left, bisect_right
 
 from ..model import Anomaly
 
@@ -27,6 +28,7 @@ ANOMALIES = {
     "ip_fragment_incomplete": "an IP datagram's fragments never all arrived (dropped at timeout or end)",
     "ip_fragment_too_large": "fragments describe a datagram beyond the reassembly limit; dropped",
     "ip_fragment_table_full": "too many datagrams in reassembly at once; the oldest was dropped",
+    "ip_fragment_flood": "more fragments for one datagram than it can have (max_fragment_bytes / 8, twice); dropped",
 }
 
 # Link types (https://www.tcpdump.org/linktypes.html)
@@ -74,6 +76,7 @@ class Decoder:
         self.max_fragment_sets = max_fragment_sets
         self.fragment_timeout = fragment_timeout
         self._frags: dict[tuple, _Datagram] = {}
+        self._frag_notes: dict[str, int] = {}  # fragment anomalies so far, by name
 
     # -- link layer ---------------------------------------------------------------
     def decode(self, ts: float, linktype: int, data: bytes, wirelen: int):
@@ -238,6 +241,12 @@ class Decoder:
         return None
 
     # -- fragments ---------------------------------------------------------------
+    def _note(self, ts, name, detail):
+        """A fragment anomaly; like _bad, the first 100 of a kind and every 1000th after."""
+        n = self._frag_notes[name] = self._frag_notes.get(name, 0) + 1
+        if n <= 100 or n % 1000 == 0:
+            self.anomalies.append(Anomaly(ts, None, "", name, detail if n <= 100 else f"{detail} ({n} so far)"))
+
     def _fragment(self, ts, key, offset, last, chunk):
         table = self._frags
         dg = table.get(key)
@@ -247,12 +256,16 @@ class Decoder:
             dg = table[key] = _Datagram(ts)
         if offset + len(chunk) > self.max_fragment_bytes:
             del table[key]
-            self.anomalies.append(Anomaly(ts, None, "", "ip_fragment_too_large",
-                                          f"fragment at offset {offset} of {len(chunk)} bytes"))
+            self._note(ts, "ip_fragment_too_large", f"fragment at offset {offset} of {len(chunk)} bytes")
+            return None
+        dg.received += 1
+        if dg.received > 2 * (self.max_fragment_bytes // 8 + 1):
+            # a datagram has at most one fragment per 8 bytes: this is a flood of copies
+            del table[key]
+            self._note(ts, "ip_fragment_flood", f"{dg.received} fragments for one datagram")
             return None
         if dg.add(offset, chunk, last):
-            self.anomalies.append(Anomaly(ts, None, "", "ip_fragment_overlap",
-                                          f"fragment at offset {offset} overlaps differing data"))
+            self._note(ts, "ip_fragment_overlap", f"fragment at offset {offset} overlaps differing data")
         if ts - dg.first > self.fragment_timeout:
             self._expire(ts)
         whole = dg.assemble()
@@ -263,13 +276,13 @@ class Decoder:
     def _expire(self, ts, force_one=False):
         table = self._frags
         if force_one and table:
-            oldest = min(table, key=lambda k: table[k].first)
-            del table[oldest]
-            self.anomalies.append(Anomaly(ts, None, "", "ip_fragment_table_full",
-                                          f"{len(table) + 1} datagrams in reassembly"))
+            # the first inserted is the oldest (but for unsorted captures): O(1), where a
+            # search for the minimum made every new datagram of a flood cost the whole table
+            del table[next(iter(table))]
+            self._note(ts, "ip_fragment_table_full", f"{len(table) + 1} datagrams in reassembly")
         for k in [k for k, d in table.items() if ts - d.first > self.fragment_timeout]:
             del table[k]
-            self.anomalies.append(Anomaly(ts, None, "", "ip_fragment_incomplete", "timed out"))
+            self._note(ts, "ip_fragment_incomplete", "timed out")
 
     def finish(self):
         """Report datagrams still incomplete at the end of input."""
@@ -280,43 +293,68 @@ class Decoder:
 
 
 class _Datagram:
-    """Fragments of one IP datagram; the first copy of every byte wins."""
+    """Fragments of one IP datagram; the first copy of every byte wins.
 
-    __slots__ = ("first", "parts", "total")
+    Only the bytes not seen before are kept, as disjoint pieces sorted by
+    offset, so a fragment is compared with the few pieces its range covers
+    (not with every fragment received: a flood of copies was quadratic), and
+    the datagram never holds more than its length. ``within`` counts the bytes
+    held below ``total``: the datagram is complete when it equals ``total``.
+    The first last-fragment fixes the length; a later one that disagrees is a
+    conflict (Linux drops such a datagram; here it is reported and ignored).
+    """
+
+    __slots__ = ("first", "starts", "pieces", "total", "within", "received")
 
     def __init__(self, ts):
         self.first = ts
-        self.parts: list[tuple[int, bytes]] = []
+        self.starts: list[int] = []
+        self.pieces: list[bytes] = []
         self.total: int | None = None
+        self.within = 0
+        self.received = 0
 
     def add(self, offset: int, chunk: bytes, last: bool) -> bool:
         """Store a fragment; True when it overlapped earlier data with different bytes."""
-        if last:
-            self.total = offset + len(chunk)
         conflict = False
-        for o, c in self.parts:
-            lo, hi = max(o, offset), min(o + len(c), offset + len(chunk))
-            if lo < hi and c[lo - o:hi - o] != chunk[lo - offset:hi - offset]:
+        if last:
+            if self.total is None:
+                self.total = offset + len(chunk)
+                self.within = sum(min(len(p), max(0, self.total - s)) for s, p in zip(self.starts, self.pieces))
+            elif self.total != offset + len(chunk):
                 conflict = True
-        self.parts.append((offset, chunk))
+        end = offset + len(chunk)
+        starts, pieces = self.starts, self.pieces
+        new = []
+        pos = offset
+        i = max(0, bisect_right(starts, offset) - 1)
+        while i < len(starts) and starts[i] < end:
+            s, p = starts[i], pieces[i]
+            e = s + len(p)
+            if e > pos:
+                if s > pos:
+                    new.append((pos, chunk[pos - offset:s - offset]))
+                lo, hi = max(s, pos), min(e, end)
+                if p[lo - s:hi - s] != chunk[lo - offset:hi - offset]:
+                    conflict = True
+                pos = max(pos, e)
+            i += 1
+        if pos < end:
+            new.append((pos, chunk[pos - offset:]))
+        for s, p in new:
+            k = bisect_left(starts, s)
+            starts.insert(k, s)
+            pieces.insert(k, p)
+            if self.total is not None:
+                self.within += min(len(p), max(0, self.total - s))
         return conflict
 
     def assemble(self) -> bytes | None:
-        if self.total is None:
+        if self.total is None or self.within < self.total:
             return None
         out = bytearray(self.total)
-        covered = 0
-        # earliest-received first wins: write in reverse arrival order
-        for o, c in reversed(self.parts):
-            if o < self.total:
-                seg = c[: self.total - o]
-                out[o:o + len(seg)] = seg
-        # check coverage
-        spans = sorted((o, min(o + len(c), self.total)) for o, c in self.parts)
-        for o, e in spans:
-            if o > covered:
-                return None
-            covered = max(covered, e)
-        if covered < self.total:
-            return None
-        return bytes(out[: self.total])
+        for s, p in zip(self.starts, self.pieces):
+            if s >= self.total:
+                break
+            out[s:s + len(p)] = p[: self.total - s]
+        return bytes(out)
