@@ -36,6 +36,7 @@ class Limits:
     max_nesting: int = 100  # IMAP parenthesis depth, JSON depth
     max_commands_in_flight: int = 1_000  # IMAP tagged commands awaiting completion
     max_mailbox_messages: int = 1_000_000  # IMAP sequence numbers mapped to UIDs per selected mailbox
+    max_records: int = 100_000  # records of one kind (commands, messages, anomalies...) listed per session; the rest are counted
     max_http_header_bytes: int = 1024 * 1024  # request/response header block
     max_http_body: int = 64 * 1024 * 1024  # HTTP body kept for parsing
     max_decompressed: int = 64 * 1024 * 1024  # body after Content-Encoding

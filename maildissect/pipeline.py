@@ -23,7 +23,12 @@ from .tcp import Reassembler
 
 ANOMALIES = {
     "dissector_error": "a dissector failed on this input (a bug: please report it); the rest of the session was skipped",
+    "session_records_capped": "a session produced more records of one kind than limits.max_records; the rest are "
+                              "counted (sessions table) but not listed",
 }
+
+#: record type -> the Collector list it goes to (the types emit() does not handle itself)
+_TABLES = {Anomaly: "anomalies", Credential: "credentials", HttpRequest: "http", MailboxEvent: "mailboxes"}
 
 #: segments at least this long are coalesced before dissection, up to BATCH bytes
 BULK = 512
@@ -227,6 +232,8 @@ class Pipeline:
         self.flow_hook = flow_hook  # called with each closed Connection (e.g. follow)
         self.decryption = None  # a maildissect.decrypt.Decryption when a key log decrypts TLS
         lim = self.config.limits
+        self._listed: dict[int, dict[str, int]] = {}  # session id -> records listed per table (see emit)
+        self._capped: set[tuple[int, str]] = set()
         self.decoder = Decoder(lim.max_fragment_bytes, lim.max_fragment_sets, lim.fragment_timeout)
         self.reassembler = Reassembler(lim, on_open=self._open, on_close=self._closed)
         self.readers: list[CaptureReader] = []
@@ -240,6 +247,8 @@ class Pipeline:
         flow = conn.flow
         self.collector.flows.append(flow)
         sess = router.session if router is not None else None
+        if sess is not None:
+            self._listed.pop(sess.session_id, None)  # closed: no more records come
         if sess is not None and not (flow.bytes_client or flow.bytes_server or flow.gaps or sess.commands):
             sess = None  # a refused or unanswered attempt is a flow, not a session
         if sess is not None:
@@ -256,11 +265,15 @@ class Pipeline:
     # -- records ------------------------------------------------------------------
     def emit(self, session: Session, records: Iterable) -> None:
         c = self.collector
+        cap = self.config.limits.max_records
         for r in records:
             t = type(r)
             if t is Command:
                 session.commands += 1
-                c.commands.append(r)
+                if session.commands <= cap:
+                    c.commands.append(r)
+                else:
+                    self._over(session, "commands", r.ts)
             elif t is Message:
                 session.messages += 1
                 r.message_index = session.messages
@@ -277,15 +290,35 @@ class Pipeline:
                     r.raw = None
                     for a in r.attachments:
                         a.data = None
-                c.messages.append(r)
-            elif t is Anomaly:
-                c.anomalies.append(r)
-            elif t is Credential:
-                c.credentials.append(r)
-            elif t is HttpRequest:
-                c.http.append(r)
-            elif t is MailboxEvent:
-                c.mailboxes.append(r)
+                if session.messages <= cap:
+                    c.messages.append(r)
+                else:
+                    self._over(session, "messages", r.ts)
+            else:
+                table = _TABLES.get(t)
+                if table is None:
+                    continue
+                listed = self._listed.get(session.session_id)
+                if listed is None:
+                    listed = self._listed[session.session_id] = {}
+                n = listed[table] = listed.get(table, 0) + 1
+                if n <= cap:
+                    getattr(c, table).append(r)
+                else:
+                    self._over(session, table, r.ts)
+
+    def _over(self, session: Session, table: str, ts) -> None:
+        """A session passed limits.max_records for ``table``: said once, then records are dropped.
+
+        Without the cap a flood of tiny commands (3 bytes each: "X\r\n") made a
+        record and an anomaly per line, some 150 times the capture's size in memory.
+        """
+        key = (session.session_id, table)
+        if key not in self._capped:
+            self._capped.add(key)
+            self.collector.anomalies.append(Anomaly(
+                ts, session.session_id, "", "session_records_capped",
+                f"more than {self.config.limits.max_records} {table}: the rest are counted, not listed"))
 
     # -- running ------------------------------------------------------------------
     def run(self, paths, progress: Callable[[int, int], None] | None = None,

@@ -242,3 +242,20 @@ def test_webmail_recipients_held_to_max_recipients():
     sent = [r for r in records if type(r).__name__ == "Message" and r.direction == "sent"]
     assert sent and all(len(m.rcpt_to) <= 8 for m in sent)
     assert "http_too_many_recipients" in [getattr(r, "name", "") for r in records]
+
+
+def test_command_flood_is_counted_not_listed():
+    """A client sending "X\\r\\n" a million times (3 MB) made a command and an anomaly record per
+    line: 455 MB for a 3 MB capture. Past limits.max_records a session's records are counted."""
+    from maildissect.config import Config, Limits
+    from maildissect.pipeline import Pipeline
+    from tests.malformed.packets import Capture, Conversation
+    cap = Capture()
+    Conversation(cap).open().dialogue(b"220 mx\r\n", b"EHLO x\r\n" + b"X\r\n" * 500, b"250 ok\r\n").close()
+    pipe = Pipeline(Config(limits=Limits(max_records=50)))
+    pipe.process(iter((ts, 1, f, w) for ts, f, w in cap.frames))
+    c = pipe.collector
+    assert len(c.commands) == 50 and c.sessions[0].commands == 502  # the greeting, EHLO, 500 X
+    names = [a.name for a in c.anomalies]
+    assert names.count("session_records_capped") == 2  # commands, anomalies
+    assert names.count("smtp_unknown_command") == 50
