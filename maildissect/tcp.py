@@ -523,4 +523,11 @@ class Reassembler:
 
     def _anomaly(self, conn, ts, side, name, detail):
         conn.anomalies += 1
-        self.anomalies.append(Anomaly(ts, conn.flow.flow_id, side, name, detail))
+        # as for the dissectors' records (pipeline.emit): a connection of a million
+        # conflicting retransmissions is counted, not listed a million times
+        cap = self.limits.max_records
+        if conn.anomalies <= cap:
+            self.anomalies.append(Anomaly(ts, conn.flow.flow_id, side, name, detail))
+        elif conn.anomalies == cap + 1:
+            self.anomalies.append(Anomaly(ts, conn.flow.flow_id, side, "session_records_capped",
+                                          f"more than {cap} TCP anomalies: the rest are counted, not listed"))

@@ -259,3 +259,23 @@ def test_command_flood_is_counted_not_listed():
     names = [a.name for a in c.anomalies]
     assert names.count("session_records_capped") == 2  # commands, anomalies
     assert names.count("smtp_unknown_command") == 50
+
+
+def test_conflicting_retransmission_flood_is_counted_not_listed():
+    """Every conflicting retransmission made a tcp_overlap_conflict record, without bound."""
+    from maildissect.config import Config, Limits
+    from maildissect.pipeline import Pipeline
+    from tests.malformed.packets import ACK, PSH, Capture, Conversation
+    cap = Capture()
+    conv = Conversation(cap).open()
+    conv.dialogue(b"220 mx\r\n", b"EHLO x\r\n", b"250 ok\r\n")
+    start = conv.seq[0]
+    conv.client(b"NOOP\r\n")
+    for k in range(300):
+        conv.send(0, PSH | ACK, b"RSET\r\n", seq=start)
+    conv.server(b"250 ok\r\n").close()
+    pipe = Pipeline(Config(limits=Limits(max_records=40)))
+    pipe.process(iter((ts, 1, f, w) for ts, f, w in cap.frames))
+    names = [a.name for a in pipe.collector.anomalies]
+    assert names.count("tcp_overlap_conflict") == 40 and "session_records_capped" in names
+    assert pipe.collector.sessions[0].anomalies >= 300
