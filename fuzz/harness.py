@@ -375,7 +375,8 @@ def target_forms(data: bytes) -> None:
     if len(parts) > TIGHT.max_mime_parts * (TIGHT.max_mime_depth + 1):
         raise Finding(f"forms: {len(parts)} multipart parts")
     for part in parts:
-        part.sha256()
+        if len(part.sha256) != 64 or len(part.md5) != 32:
+            raise Finding("forms: a part without its digests")
         part.text()
 
 
