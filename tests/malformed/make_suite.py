@@ -442,6 +442,22 @@ def tiny_flows():
     return cap.pcap()
 
 
+@case("retransmission-flood.pcap.gz", "20,000 retransmissions of one segment with other bytes, in a good "
+      "session", anomalies=["tcp_overlap_conflict", "session_records_capped"], limits={"max_records": "1000"},
+      **GOOD)
+def retransmission_flood():
+    cap = Capture(tick=0.00001)
+    conv = Conversation(cap).open()
+    smtp_prefix(conv)
+    start = conv.seq[0]
+    conv.client(b"NOOP\r\n")
+    frame = conv.frame(0, PSH | ACK, b"RSET\r\n", seq=start)
+    for _ in range(20_000):
+        cap.add(frame)
+    conv.server(b"250 ok\r\n").close()
+    return gz(cap.pcap())
+
+
 # -- dissectors ------------------------------------------------------------------------------
 @case("imap-literal-2gb.pcap.gz", "IMAP: FETCH and APPEND literals that declare 2 GB and 10^30 bytes "
       "and bring 200 KB before the connection ends", anomalies=["imap_literal_too_large"],
@@ -514,6 +530,17 @@ def _nested_multipart(depth: int) -> bytes:
     for k in reversed(range(depth)):
         tail += b"\r\n--b%d--\r\n" % k
     return bytes(head + tail)
+
+
+@case("command-flood.pcap.gz", "SMTP: 200,000 unknown 3-byte commands after a good message",
+      anomalies=["smtp_unknown_command", "session_records_capped"], limits={"max_records": "10000"}, **GOOD)
+def command_flood():
+    cap = Capture()
+    conv = Conversation(cap).open()
+    smtp_prefix(conv)
+    conv.client(b"X\r\n" * 200_000)
+    conv.server(b"500 what\r\n").close()
+    return gz(cap.pcap())
 
 
 @case("mime-nested.pcap.gz", "SMTP: a message of multiparts nested 10,000 deep, then one of "
