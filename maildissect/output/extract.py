@@ -5,14 +5,19 @@ no ``..``, no control characters, no Windows reserved names, bounded length)
 and every file is created relative to a directory descriptor with
 ``O_CREAT | O_EXCL | O_NOFOLLOW``: nothing is written outside the target
 directory, a symlink planted there is never followed, and an existing file is
-never overwritten unless ``overwrite`` is set. Identical attachments are
-written once (deduplicated by sha256).
+never overwritten unless ``overwrite`` is set. Even then an existing entry is
+not opened for writing but replaced by a rename: a hard link planted in the
+directory keeps its (outside) content, and a FIFO cannot block the run.
+Identical attachments are written once (deduplicated by sha256). The index
+is a CSV meant for spreadsheets: a cell that would start a formula (``=``,
+``+``, ``-``, ``@``) is prefixed with ``'`` (OWASP's advice on CSV injection).
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import os
 import re
 import stat
@@ -23,7 +28,8 @@ from ..model import Message
 
 MAX_NAME_BYTES = 120
 _RESERVED = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$",
-             *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10))}
+             *(f"COM{i}" for i in (*range(10), "¹", "²", "³")), *(f"LPT{i}" for i in (*range(10), "¹", "²", "³"))}
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _BAD_CHARS = re.compile(r'[<>:"/\\|?*\x00-\x1f\x7f]')
 
 
@@ -88,8 +94,18 @@ class Extractor:
         except OSError as e:
             raise ExtractError(f"cannot create {directory}: {e.strerror or e}") from None
         flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
-        self.root = os.open(directory, flags)
-        self.dirs = {sub: self._subdir(sub) for sub in ("messages", "attachments")}
+        try:
+            self.root = os.open(directory, flags)
+        except OSError as e:
+            raise ExtractError(f"cannot open {directory}: {e.strerror or e}") from None
+        self.dirs: dict[str, int] = {}
+        self._next: dict[tuple[str, str], int] = {}  # (sub, name) -> first variant number worth trying
+        try:
+            for sub in ("messages", "attachments"):
+                self.dirs[sub] = self._subdir(sub)
+        except BaseException:
+            self.close()
+            raise
 
     def _subdir(self, sub: str) -> int:
         try:
@@ -100,8 +116,12 @@ class Extractor:
         if not stat.S_ISDIR(st.st_mode):
             raise ExtractError(f"{os.path.join(self.directory, sub)} exists and is not a directory "
                                "(a symlink is refused)")
-        return os.open(sub, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0),
-                       dir_fd=self.root)
+        try:
+            return os.open(sub, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0),
+                           dir_fd=self.root)
+        except OSError as e:  # replaced by a symlink since the lstat (ELOOP)
+            raise ExtractError(f"{os.path.join(self.directory, sub)}: {e.strerror or e} "
+                               "(a symlink is refused)") from None
 
     def close(self) -> None:
         for fd in (*self.dirs.values(), self.root):
@@ -110,44 +130,88 @@ class Extractor:
             except OSError:
                 pass
 
-    def _write(self, sub: str, name: str, data: bytes, sha256: str | None) -> str | None:
-        """Write ``data`` as ``sub/name`` (or a variant); returns the relative path."""
-        if sha256 and sha256 in self.by_hash:
+    def _write(self, sub: str, name: str, data: bytes, sha256: str | None, dedupe: bool = True) -> str | None:
+        """Write ``data`` as ``sub/name`` (or a variant); returns the relative path.
+
+        ``dedupe``: data already written under another name is not written again.
+        """
+        if dedupe and sha256 and sha256 in self.by_hash:
             return self.by_hash[sha256]
-        dfd = self.dirs[sub]
+        dfd = self.dirs[sub] if sub else self.root
+        prefix = f"{sub}/" if sub else ""
         stem, dot, ext = name.rpartition(".")
         if not dot or not stem:
             stem, ext = name, ""
-        for attempt in range(1000):
+        # variants already found taken are not tried again (10,000 attachments of one
+        # name would otherwise cost 1,000 failed opens each)
+        first = self._next.get((sub, name), 0)
+        for attempt in range(first, first + 1000):
             candidate = name if attempt == 0 else (f"{stem}-{attempt}.{ext}" if ext else f"{stem}-{attempt}")
-            flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
-            flags |= os.O_TRUNC if self.overwrite and attempt == 0 else os.O_EXCL
+            if self.overwrite and attempt == 0:
+                error = self._replace(dfd, candidate, data)
+                if error is None:
+                    return self._written(prefix + candidate, sha256 if dedupe else None)
+                self.skipped.append(f"{prefix}{candidate}: {error}")
+                continue
             try:
-                fd = os.open(candidate, flags, 0o644, dir_fd=dfd)
+                fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
+                             0o644, dir_fd=dfd)
             except FileExistsError:
                 if sha256 and self._same_file(dfd, candidate, data, sha256):
-                    rel = f"{sub}/{candidate}"  # already there from an earlier run
-                    self.by_hash[sha256] = rel
+                    rel = prefix + candidate  # already there from an earlier run
+                    if dedupe:
+                        self.by_hash[sha256] = rel
                     return rel
+                self._next[(sub, name)] = attempt + 1
                 continue
-            except OSError as e:  # e.g. ELOOP: a symlink with that name
-                self.skipped.append(f"{sub}/{candidate}: {e.strerror or e}")
+            except OSError as e:  # e.g. a name the file system refuses
+                self.skipped.append(f"{prefix}{candidate}: {e.strerror or e}")
                 continue
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-            rel = f"{sub}/{candidate}"
-            if sha256:
-                self.by_hash[sha256] = rel
-            self.written += 1
-            return rel
-        self.skipped.append(f"{sub}/{name}: too many files with this name")
+            self._next[(sub, name)] = attempt + 1
+            return self._written(prefix + candidate, sha256 if dedupe else None)
+        self.skipped.append(f"{prefix}{name}: too many files with this name")
+        return None
+
+    def _written(self, rel: str, sha256: str | None) -> str:
+        if sha256:
+            self.by_hash[sha256] = rel
+        self.written += 1
+        return rel
+
+    @staticmethod
+    def _replace(dfd: int, name: str, data: bytes) -> str | None:
+        """Put ``data`` at ``name`` by writing a new file and renaming it over the old entry.
+
+        Opening the existing entry would write through a hard link planted there
+        (into a file outside the directory) or block on a FIFO; a rename only
+        changes the directory entry. Returns an error text, or None.
+        """
+        tmp = f".{name[:100]}.{os.getpid()}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644,
+                         dir_fd=dfd)
+        except OSError as e:
+            return e.strerror or str(e)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except OSError as e:  # e.g. a directory with that name
+            try:
+                os.unlink(tmp, dir_fd=dfd)
+            except OSError:
+                pass
+            return e.strerror or str(e)
         return None
 
     @staticmethod
     def _same_file(dfd: int, name: str, data: bytes, sha256: str) -> bool:
         """True when ``name`` is a regular file (not a link) holding exactly ``data``."""
         try:
-            fd = os.open(name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0), dir_fd=dfd)
+            # O_NONBLOCK: a FIFO with that name must not stop the run waiting for a writer
+            fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0), dir_fd=dfd)
         except OSError:
             return False
         with os.fdopen(fd, "rb") as f:
@@ -177,13 +241,27 @@ class Extractor:
         })
 
     def write_index(self) -> str:
-        """Write index.csv (one row per message) and return its path."""
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
-        fd = os.open("index.csv", flags, 0o644, dir_fd=self.root)
+        """Write index.csv (one row per message) and return its path.
+
+        Like every other file it never replaces an existing one unless
+        ``overwrite`` (a second run into the same directory writes
+        index-1.csv, unless the index is the same).
+        """
         fields = ["session_id", "message_index", "protocol", "direction", "ts", "from", "to", "subject",
                   "message_id", "sha256", "complete", "eml", "attachments"]
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=fields)
-            w.writeheader()
-            w.writerows(self.rows)
-        return os.path.join(self.directory, "index.csv")
+        text = io.StringIO(newline="")
+        w = csv.DictWriter(text, fieldnames=fields)
+        w.writeheader()
+        w.writerows({k: _cell(v) for k, v in row.items()} for row in self.rows)
+        data = text.getvalue().encode("utf-8")
+        rel = self._write("", "index.csv", data, hashlib.sha256(data).hexdigest(), dedupe=False)
+        if rel is None:
+            raise ExtractError(f"cannot write the index in {self.directory}: {'; '.join(self.skipped[-1:])}")
+        return os.path.join(self.directory, rel)
+
+
+def _cell(value):
+    """A CSV cell a spreadsheet will not run: text starting a formula gets a leading quote."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
