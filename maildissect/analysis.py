@@ -30,6 +30,11 @@ class Analysis:
     """
 
     def __init__(self, collector: Collector, config: Config, stats: dict):
+        if config.redact:
+            # masked in the records themselves, so that every table, export, log and
+            # report made from them is masked alike (maildissect.redact)
+            from .redact import redact_collector
+            redact_collector(collector)
         self.records = collector
         self.config = config
         self.stats = stats

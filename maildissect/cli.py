@@ -653,8 +653,9 @@ def live(iface, bpf, extra_ports, duration, count, write, rotate_size, fmt, back
     rotate = _number(rotate_size) if rotate_size else None
 
     def on_record(table, record):
-        if redact and table == "credentials":
-            record.secret = "********"
+        if redact:
+            from .redact import redact_record
+            record = redact_record(record)
         line = _record_json(table, record) if fmt == "jsonl" else _record_line(table, record)
         click.echo(line)
     if not quiet:

@@ -577,6 +577,15 @@ def render_report(result, *, captures=None, show_secrets: bool = False, max_ladd
 
     from ..timeline import EVENTS, flow_packets
     from ..correlate import ROLES
+    if not show_secrets and not result.config.redact:
+        # the report masks by default: a masked copy of the records (tokens in URLs too,
+        # in the timeline and the ladders as well as in the tables)
+        import dataclasses
+
+        from ..analysis import Analysis
+        from ..redact import redact_collector
+        result = Analysis(redact_collector(result.records, copy=True),
+                          dataclasses.replace(result.config, redact=True), result.stats)
     records = result.records
     events = result.event_records
     jr = result.journey_records
