@@ -53,10 +53,27 @@ class Limits:
         return [f.name for f in fields(cls)]
 
     def updated(self, **changes) -> "Limits":
+        """A copy with ``changes``; unknown names, non-numbers, fractions for whole-number
+        limits and negative values raise ValueError (a limit of -5 bytes, or 1.5 lines
+        of 1.5 bytes, would reach the parsers as nonsense)."""
         unknown = set(changes) - set(self.names())
         if unknown:
             raise ValueError(f"unknown limit(s): {', '.join(sorted(unknown))}")
-        return replace(self, **changes)
+        checked = {}
+        for name, value in changes.items():
+            whole = isinstance(getattr(self, name), int)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name} takes a number, not {value!r}")
+            if whole:
+                if isinstance(value, float) and not value.is_integer():
+                    raise ValueError(f"{name} takes a whole number, not {value!r}")
+                value = int(value)
+            else:
+                value = float(value)
+            if value < 0:
+                raise ValueError(f"{name} cannot be negative ({value!r})")
+            checked[name] = value
+        return replace(self, **checked)
 
 
 def limits_markdown() -> str:
