@@ -177,7 +177,7 @@ def run_analysis(captures, *, quiet=False, redact=False, limits=(), ports=(), ke
     lim = _parse_pairs(limits, "--limit", _number)
     port_map = {}
     for k, v in _parse_pairs(ports, "--port").items():
-        if not k.isdigit() or not 0 < int(k) < 65536:
+        if not (k.isascii() and k.isdigit()) or not 0 < int(k) < 65536:  # (isdigit alone accepts '²')
             raise click.BadParameter(f"bad port {k!r}", param_hint="--port")
         from .protocols.detect import parse_name
         if parse_name(v)[0] not in ("smtp", "imap", "pop3", "http", "tls"):

@@ -109,3 +109,10 @@ def test_updated_accepts_sizes_and_floats():
     lim = Limits().updated(max_line=1.5 * 1024 * 1024, fragment_timeout=2)
     assert lim.max_line == 1572864 and isinstance(lim.max_line, int)
     assert lim.fragment_timeout == 2.0 and isinstance(lim.fragment_timeout, float)
+
+
+def test_superscript_port_is_a_usage_error():
+    """--port ²=smtp passed str.isdigit() and int() raised: an internal error instead of exit 2."""
+    res = subprocess.run([sys.executable, "-m", "maildissect.cli", "analyze", str(SMTP), "-q", "--port", "²=smtp"],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "bad port" in res.stderr
