@@ -586,7 +586,9 @@ def _webmail_reads(records, ix: _Index, covered: set) -> list[tuple[str, Hop]]:
             q = parse_qs(urlsplit(r.uri).query)
         except ValueError:
             continue
-        uid = next((v[0] for k, v in q.items() if k.lower() in ("_uid", "uid") and v and v[0].isdigit()), None)
+        # isascii: str.isdigit() accepts '²' (from %C2%B2), which int() refuses
+        uid = next((v[0] for k, v in q.items() if k.lower() in ("_uid", "uid") and v and v[0].isascii()
+                    and v[0].isdigit()), None)
         if uid is None:
             continue
         mbox = next((v[0] for k, v in q.items() if k.lower() in ("_mbox", "mbox", "mailbox") and v), "INBOX")

@@ -279,3 +279,21 @@ def test_conflicting_retransmission_flood_is_counted_not_listed():
     names = [a.name for a in pipe.collector.anomalies]
     assert names.count("tcp_overlap_conflict") == 40 and "session_records_capped" in names
     assert pipe.collector.sessions[0].anomalies >= 300
+
+
+def test_webmail_uid_with_a_superscript_digit():
+    """A webmail read page at ?_uid=%C2%B2 (a superscript two passes str.isdigit) made int()
+    raise while building journeys: the timeline, journeys, summary and report failed."""
+    from maildissect.correlate import correlate
+    from maildissect.model import HttpRequest, MailboxEvent, Message, Session
+    from maildissect.pipeline import Collector
+    c = Collector()
+    c.sessions = [Session(1, "imap", "10.0.0.1", 40000, "10.0.0.2", 143, 0.0, 1.0, auth_user="bob"),
+                  Session(2, "http", "10.0.0.1", 40001, "10.0.0.2", 80, 2.0, 3.0, auth_user="bob")]
+    c.messages = [Message(protocol="imap", session_id=1, ts=0.5, direction="retrieved", message_id="<m@x>",
+                          sha256="a" * 64)]
+    c.mailboxes = [MailboxEvent(1, 0.5, "imap", "bob", "INBOX", "fetch", uid=2, message_id="<m@x>")]
+    c.http = [HttpRequest(2, 2.5, "GET", f"/?_task=mail&_action=show&_uid={uid}&_mbox=INBOX", mail_action="read")
+              for uid in ("%C2%B2", "2")]
+    journeys = correlate(c)
+    assert any(h.match == "mailbox_uid" for h in journeys.hops)  # the ASCII one still matches
