@@ -61,8 +61,8 @@ GAP = 0x0E
 DISSECTORS = ("smtp", "imap", "pop3", "http", "tls")
 
 #: Anomalies that a catch-all records when code under test raised (see the module docstring).
-BUG_ANOMALIES = {"dissector_error", "http_internal_error", "http_webmail_error", "mime_parser_error",
-                 "imap_message_parse_error", "pop3_message_parse_error"}
+BUG_ANOMALIES = {"dissector_error", "http_internal_error", "http2_internal_error", "http_webmail_error",
+                 "mime_parser_error", "imap_message_parse_error", "pop3_message_parse_error"}
 KNOWN = set(_registry.registry())
 
 

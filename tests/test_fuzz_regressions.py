@@ -297,3 +297,28 @@ def test_webmail_uid_with_a_superscript_digit():
               for uid in ("%C2%B2", "2")]
     journeys = correlate(c)
     assert any(h.match == "mailbox_uid" for h in journeys.hops)  # the ASCII one still matches
+
+
+def test_http2_status_with_a_superscript_digit():
+    """An HTTP/2 :status of "2²0" (HPACK values are decoded as Latin-1 when not UTF-8) passed
+    str.isdigit() and made int() raise: the connection was no longer parsed."""
+    from hpack import Encoder
+    from hyperframe.frame import HeadersFrame, SettingsFrame
+
+    from maildissect.config import Config
+    from maildissect.protocols.http2 import PREFACE
+
+    def headers(sid, block):
+        f = HeadersFrame(sid)
+        f.data = block
+        f.flags.add("END_HEADERS")
+        f.flags.add("END_STREAM")
+        return f.serialize()
+    cenc, senc = Encoder(), Encoder()
+    request = [(":method", "GET"), (":scheme", "https"), (":authority", "x"), (":path", "/a")]
+    items = [(0, PREFACE + SettingsFrame(0).serialize() + headers(1, cenc.encode(request))
+              + headers(3, cenc.encode(request[:3] + [(":path", "/b")]))),
+             (1, SettingsFrame(0).serialize() + headers(1, senc.encode([(b":status", b"2\xb20")]))
+              + headers(3, senc.encode([(b":status", b"200")])))]
+    records = harness.run_dissector("http", items, Config())
+    assert [(r.uri, r.status) for r in records if type(r).__name__ == "HttpRequest"] == [("/a", None), ("/b", 200)]

@@ -556,7 +556,7 @@ class Http2Dissector(Dissector):
             status = None
             pseudo, headers = self._split(fields) if fields is not None else ({}, Headers())
             text = pseudo.get(":status", "")
-            if text.isdigit() and len(text) == 3:
+            if text.isascii() and text.isdigit() and len(text) == 3:  # (isdigit alone accepts '²')
                 status = int(text)
             if msg is None:
                 if status is not None and 100 <= status < 200:
