@@ -322,6 +322,11 @@ def target_webmail(data: bytes) -> None:
     run_dissector("http", decode_transcript(data))
 
 
+def target_http2(data: bytes) -> None:
+    """HTTP/2 conversations (prior knowledge, h2c upgrade, after TLS ALPN) through the HTTP dissector."""
+    run_dissector("http", decode_transcript(data))
+
+
 def target_mime(data: bytes) -> None:
     """One message through the MIME parser, with tight and with default limits."""
     from maildissect import mime
@@ -519,14 +524,14 @@ def target_capture(data: bytes) -> None:
 
 
 TARGETS = {name: target_dissector(name) for name in DISSECTORS}
-TARGETS.update(webmail=target_webmail, mime=target_mime, sasl=target_sasl, forms=target_forms,
+TARGETS.update(webmail=target_webmail, http2=target_http2, mime=target_mime, sasl=target_sasl, forms=target_forms,
                decode=target_decode, tcp=target_tcp, capture=target_capture)
 
 
 def preload() -> None:
     """Import every module a target reaches (atheris instruments what is imported in its block)."""
     import importlib
-    for mod in ("maildissect.protocols.http", "maildissect.protocols.imap", "maildissect.protocols.pop3",
+    for mod in ("maildissect.protocols.http", "maildissect.protocols.http2", "maildissect.protocols.imap", "maildissect.protocols.pop3",
                 "maildissect.protocols.smtp", "maildissect.protocols.tls", "maildissect.protocols.webmail",
                 "maildissect.protocols.forms", "maildissect.protocols.sasl", "maildissect.protocols.detect",
                 "maildissect.capture.decode", "maildissect.capture.files", "maildissect.mime",

@@ -97,6 +97,62 @@ def tcp() -> None:
                                             for k in range(20)))
 
 
+def http2() -> None:
+    """HTTP/2 conversations built with hpack and hyperframe (the captures hold none in clear)."""
+    from hpack import Encoder
+    from hyperframe.frame import (ContinuationFrame, DataFrame, GoAwayFrame, HeadersFrame, PingFrame,
+                                  RstStreamFrame, SettingsFrame, WindowUpdateFrame)
+
+    from maildissect.protocols.http2 import PREFACE
+
+    def headers(sid, block, end=False, split=0):
+        pieces = [block[i:i + split] for i in range(0, len(block), split)] if split else [block]
+        f = HeadersFrame(sid)
+        f.data = pieces[0]
+        if end:
+            f.flags.add("END_STREAM")
+        if len(pieces) == 1:
+            f.flags.add("END_HEADERS")
+            return f.serialize()
+        out = f.serialize()
+        for i, piece in enumerate(pieces[1:], 1):
+            c = ContinuationFrame(sid)
+            c.data = piece
+            if i == len(pieces) - 1:
+                c.flags.add("END_HEADERS")
+            out += c.serialize()
+        return out
+
+    def data(sid, payload, end=True):
+        f = DataFrame(sid)
+        f.data = payload
+        if end:
+            f.flags.add("END_STREAM")
+        return f.serialize()
+    c, s = Encoder(), Encoder()
+    form = b"_user=alice&_pass=secret&_task=login"
+    body = b'{"using":["urn:ietf:params:jmap:core"],"methodCalls":[["Email/get",{"ids":["m1"]},"0"]]}'
+    client = (PREFACE + SettingsFrame(0).serialize()
+              + headers(1, c.encode([(":method", "POST"), (":scheme", "https"), (":authority", "mail.example"),
+                                     (":path", "/?_task=login"),
+                                     ("content-type", "application/x-www-form-urlencoded")]))
+              + data(1, form)
+              + headers(3, c.encode([(":method", "POST"), (":scheme", "https"), (":authority", "mail.example"),
+                                     (":path", "/jmap/api/"), ("content-type", "application/json"),
+                                     ("authorization", "Bearer tok")]), split=7)
+              + data(3, body) + PingFrame(0).serialize() + WindowUpdateFrame(0).serialize())
+    server = (SettingsFrame(0).serialize()
+              + headers(1, s.encode([(":status", "302"), ("location", "/?_task=mail")]), end=True)
+              + headers(3, s.encode([(":status", "200"), ("content-type", "application/json")]))
+              + data(3, b'{"methodResponses":[["Email/get",{"list":[{"id":"m1","subject":"hi"}]},"0"]]}')
+              + RstStreamFrame(5).serialize() + GoAwayFrame(0).serialize())
+    write("http2", "prior-knowledge", harness.encode_transcript([(0, client[:60]), (0, client[60:]), (1, server)]))
+    upgrade = (b"GET / HTTP/1.1\r\nHost: mail.example\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+               b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n")
+    switched = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+    write("http2", "h2c-upgrade", harness.encode_transcript([(0, upgrade), (1, switched + server), (0, client)]))
+
+
 def sasl() -> None:
     b = base64.b64encode
     seeds = {
@@ -138,6 +194,8 @@ def main(argv) -> int:
         tcp()
     if "sasl" in targets:
         sasl()
+    if "http2" in targets:
+        http2()
     if "forms" in targets:
         forms_seeds()
     for t in sorted(targets):
