@@ -242,3 +242,28 @@ def test_mutated_suite_captures_run_clean(tmp_path):
         assert rss < 400, (path.name, rss)
         anomalies = read_jsonl(tmp_path / (path.name + ".out") / "anomalies.jsonl")
         assert not [a for a in anomalies if a["name"] in BUG_ANOMALIES], (path.name, anomalies)
+
+
+@pytest.mark.parametrize("name", ["invalid-utf8.pcap.gz", "nul-bytes.pcap.gz"])
+def test_hostile_text_in_every_output_format(name, tmp_path):
+    """Invalid UTF-8 and NUL bytes reach every writer: each export format, every listing in
+    every format, the timeline, the journeys and the HTML report (in-process, for speed)."""
+    from click.testing import CliRunner
+
+    from maildissect.cli import TABLE_HELP, cli
+    path = str(SUITE / name)
+
+    def ok(*args):
+        res = CliRunner().invoke(cli, [*args, "-q", "-j", "1"], catch_exceptions=False)
+        assert res.exit_code == 0, (args, res.output)
+        return res.output
+    for fmt in ("jsonl", "csv", "parquet", "zeek", "zeek-json"):
+        ok("export", path, "-f", fmt, "-o", str(tmp_path / fmt))
+    for table in TABLE_HELP:
+        for fmt in ("table", "jsonl", "csv"):
+            ok(table, path, "-f", fmt, "-o", str(tmp_path / f"{table}.{fmt}"))
+    ok("timeline", path)
+    ok("journeys", path)
+    ok("report", path, "-o", str(tmp_path / "report.html"))
+    import pandas as pd
+    assert len(pd.read_parquet(tmp_path / "parquet" / "commands.parquet"))
