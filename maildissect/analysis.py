@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
-import pandas as pd
+if TYPE_CHECKING:  # imported when a table is first built
+    import pandas as pd
 
 from . import frames, parallel
 from .config import Config, Limits
@@ -65,6 +66,7 @@ class Analysis:
             df["secret"] = df["secret"].where(df["secret"].isna(), frames.MASK)
         elif name == "commands" and len(df):
             recs = self._records("commands")
+            import pandas as pd
             df["argument"] = pd.array([frames.redact_command(c) for c in recs], dtype="string")
         return df
 

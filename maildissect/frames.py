@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas is imported when a table is built: the pipeline does not need it
+    import pandas as pd
 
 MASK = "********"
 
@@ -374,6 +376,7 @@ def _plain(value):
 
 
 def _column(kind: str, values: list):
+    import pandas as pd
     if kind == "int":
         try:
             return pd.array(values, dtype="Int64")
@@ -402,6 +405,7 @@ def _column(kind: str, values: list):
 
 
 def frame(table: str, records: list) -> pd.DataFrame:
+    import pandas as pd
     """Build one table's DataFrame from its records (column by column, once)."""
     cols = {}
     for spec in SCHEMAS[table]:

@@ -69,6 +69,8 @@ def run_parallel(paths: list[str], config: Config, jobs: int,
     tasks = [(paths, config, k, jobs, value) for k in range(jobs)]
     with ctx.Pool(jobs) as pool:
         pending = pool.map_async(_worker, tasks)
+        # The tables need pandas; importing it here overlaps with the workers' reading.
+        import pandas  # noqa: F401
         while not pending.ready():
             pending.wait(0.2)
             if progress is not None:
