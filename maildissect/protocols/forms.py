@@ -284,6 +284,9 @@ class FormPart:
         return decode_text(bytes(self.data)) if self.data is not None else ""
 
 
+_BLANK_LINE = re.compile(rb"\r\n\r\n|\n\n")
+
+
 class MultipartParser:
     """Incremental multipart body parser (RFC 2046 / RFC 7578).
 
@@ -362,10 +365,12 @@ class MultipartParser:
                 self._pos = lf + 1
                 self.state = self.HEADERS
             elif st == self.HEADERS:
-                end, skip = buf.find(b"\r\n\r\n", self._pos), 4
-                lf_end = buf.find(b"\n\n", self._pos)
-                if lf_end >= 0 and (end < 0 or lf_end < end):
-                    end, skip = lf_end, 2
+                # One search for the first blank line of either kind, stopping at it: two
+                # searches (CRLF CRLF, then LF LF) each ran to the end of the body when one
+                # kind was absent, for every part (9 s for 20,000 CRLF parts). A block longer
+                # than max_header_bytes fails below, so the search stops there too.
+                m = _BLANK_LINE.search(buf, self._pos, self._pos + self.max_header_bytes + 4)
+                end, skip = (m.start(), m.end() - m.start()) if m else (-1, 4)
                 if self._pos < len(buf) and buf[self._pos] in (0x0A, 0x0D):
                     # no header fields at all: the blank line comes first
                     nl = buf.find(b"\n", self._pos)
