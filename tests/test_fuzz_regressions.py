@@ -337,3 +337,16 @@ def test_multipart_form_with_many_parts_is_linear():
     parser.close()
     assert len(parser.parts) == 40_000
     assert time.process_time() - start < 5
+
+
+def test_imap_fetch_of_sequence_number_zero():
+    """"* 0 FETCH (UID 7)" wrote uids[-1]: an IndexError on an empty mailbox (the session was
+    no longer parsed), and otherwise the UID of the last message silently replaced."""
+    from maildissect.config import Config
+    items = [(1, b"* OK ready\r\n"), (0, b"a1 SELECT INBOX\r\n"),
+             (1, b"* 2 EXISTS\r\n* OK [UIDVALIDITY 9] x\r\na1 OK done\r\n"), (0, b"a2 FETCH 1:2 (UID)\r\n"),
+             (1, b"* 1 FETCH (UID 10)\r\n* 2 FETCH (UID 20)\r\n* 0 FETCH (UID 7)\r\na2 OK done\r\n"),
+             (0, b"a3 SELECT Empty\r\n"), (1, b"* 0 EXISTS\r\na3 OK\r\n* 0 FETCH (UID 5)\r\n"),
+             (0, b"a4 FETCH 2 (FLAGS)\r\n"), (1, b"* 2 FETCH (FLAGS (\\Seen))\r\na4 OK\r\n")]
+    records = harness.run_dissector("imap", items, Config())
+    assert not [r for r in records if getattr(r, "name", "") == "imap_syntax_error" and "internal" in r.detail]

@@ -1868,7 +1868,7 @@ class ImapDissector(Dissector):
             uid = self._uid_of(seq)
         elif seq <= self.limits.max_mailbox_messages:
             self._grow(seq)
-            if seq <= len(self.uids):
+            if 0 < seq <= len(self.uids):  # ("* 0 FETCH" would write the last entry, or raise)
                 self.uids[seq - 1] = uid
         key = (self.mailbox, self.uidvalidity, ("uid", uid) if uid is not None else ("seq", seq))
         known = self._known.get(key)
