@@ -1,15 +1,22 @@
 #!/usr/bin/env python3
 """Time maildissect against tshark on the same capture, in one run, as ratios.
 
-    python benchmarks/bench.py CAPTURE [--suite flows|analyze|all] [--repeat N] [--markdown]
+    python benchmarks/bench.py CAPTURE [--suite flows|analyze|all] [--jobs 1,2] [--repeat N]
+                               [--markdown] [--json FILE]
 
-Each command runs ``--repeat`` times (best wall time kept); peak memory is the
-child's maximum resident set size from ``wait4``. Pairs:
+Each command runs ``--repeat`` times (best wall time kept). Memory: the
+largest process's maximum resident set size (``wait4``), and the whole process
+tree's resident memory sampled every 20 ms (with ``--jobs`` the workers add
+up). Pairs:
 
 - flows:   ``maildissect flows CAPTURE -f jsonl``  vs  ``tshark -r CAPTURE -q -z conv,tcp``
-- analyze: ``maildissect export CAPTURE -f parquet`` (every table, attachment
-  hashes included)  vs  ``tshark -r CAPTURE -q --export-objects imf,DIR
-  --export-objects http,DIR``
+- analyze: ``maildissect export CAPTURE -f parquet --jobs J`` (every table,
+  attachment hashes included) for each J of ``--jobs`` (default 1,2)  vs
+  ``tshark -r CAPTURE -q --export-objects imf,DIR --export-objects http,DIR``
+
+When the capture has a manifest beside it (CAPTURE.json, as mkcorpus.py and
+make_corpus.py write), the analyze rows also say how many of its messages were
+recovered with every attachment's sha256.
 
 A capture for this: ``python3 ../shared/bench/mkcorpus.py big.pcap --sessions
 1000 --attach-kb 128`` (about 280 MB), or ``python benchmarks/make_corpus.py``.
@@ -27,24 +34,49 @@ import tempfile
 import time
 
 
-def measure(args: list[str]) -> tuple[float, int, int]:
-    """(wall seconds, peak RSS in KiB, exit status) of one command."""
+def _tree_rss_kib(pid: int) -> int:
+    """Resident memory of a process and all its descendants, from /proc (Linux)."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+                        break
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo += [int(c) for c in f.read().split()]
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def measure(args: list[str]) -> tuple[float, int, int, int]:
+    """(wall seconds, peak RSS of the largest process in KiB, peak RSS of the whole
+    process tree in KiB (sampled every 20 ms), exit status) of one command."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _pid, status, usage = os.wait4(proc.pid, 0)
+    tree_peak = 0
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        tree_peak = max(tree_peak, _tree_rss_kib(proc.pid))  # worker processes add up
+        time.sleep(0.02)
     wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     if proc.returncode:
         print(f"  ! {' '.join(args[:4])}... exited {proc.returncode}: {err.strip()[:300]}", file=sys.stderr)
-    return wall, usage.ru_maxrss, proc.returncode
+    return wall, usage.ru_maxrss, max(tree_peak, usage.ru_maxrss), proc.returncode
 
 
 def best(args, repeat):
+    """Best wall time over ``repeat`` runs, and the largest memory figures seen."""
     runs = [measure(args) for _ in range(repeat)]
-    wall = min(r[0] for r in runs)
-    rss = max(r[1] for r in runs)
-    return wall, rss, max(r[2] for r in runs)
+    return (min(r[0] for r in runs), max(r[1] for r in runs), max(r[2] for r in runs),
+            max(r[3] for r in runs))
 
 
 def maildissect_cmd():
@@ -52,20 +84,18 @@ def maildissect_cmd():
     return [exe] if exe else [sys.executable, "-m", "maildissect.cli"]
 
 
-def suites(capture: str, workdir: str, jobs: int | None):
-    md = maildissect_cmd()
-    jobs_opt = ["--jobs", str(jobs)] if jobs else []
-    tshark = shutil.which("tshark")
-    yield ("flows",
-           md + ["flows", capture, "-f", "jsonl", "-o", os.path.join(workdir, "flows.jsonl"), "-q"],
-           [tshark, "-r", capture, "-q", "-z", "conv,tcp"] if tshark else None)
-    export_dir = os.path.join(workdir, "export")
-    tshark_dir = os.path.join(workdir, "tshark-objects")
-    os.makedirs(tshark_dir, exist_ok=True)
-    yield ("analyze",
-           md + ["export", capture, "-o", export_dir, "-f", "parquet", "-q"] + jobs_opt,
-           [tshark, "-r", capture, "-q", "--export-objects", f"imf,{tshark_dir}",
-            "--export-objects", f"http,{tshark_dir}"] if tshark else None)
+def recovered(manifest_path: str, export_dir: str) -> tuple[int, int] | None:
+    """(messages found with every attachment sha256, messages in the manifest)."""
+    if not os.path.exists(manifest_path):
+        return None
+    import pandas as pd
+    want = json.load(open(manifest_path))["messages"]
+    msgs = pd.read_parquet(os.path.join(export_dir, "messages.parquet"))
+    seen: dict[str, set] = {}
+    for mid, atts in zip(msgs["message_id"], msgs["attachments"]):
+        seen.setdefault(str(mid), set()).update(a["sha256"] for a in atts)
+    ok = sum(1 for m in want if {a["sha256"] for a in m["attachments"]} <= seen.get(m["message_id"], set()))
+    return ok, len(want)
 
 
 def main():
@@ -73,35 +103,66 @@ def main():
     ap.add_argument("capture")
     ap.add_argument("--suite", choices=["flows", "analyze", "all"], default="all")
     ap.add_argument("--repeat", type=int, default=1)
-    ap.add_argument("--jobs", type=int, default=None, help="pass --jobs N to maildissect analyze")
+    ap.add_argument("--jobs", default="1,2", help="comma-separated --jobs values for the analyze suite")
     ap.add_argument("--markdown", action="store_true", help="print a Markdown table for docs/performance.md")
     ap.add_argument("--json", dest="json_out", help="write the results as JSON to this file")
     a = ap.parse_args()
     size = os.path.getsize(a.capture)
+    md = maildissect_cmd()
+    tshark = shutil.which("tshark")
+    manifest = a.capture + ".json"
     results = []
     with tempfile.TemporaryDirectory(prefix="maildissect-bench-") as work:
-        for name, ours, theirs in suites(a.capture, work, a.jobs):
-            if a.suite not in ("all", name):
-                continue
+        plan = []
+        if a.suite in ("flows", "all"):
+            plan.append(("flows", "flows",
+                         md + ["flows", a.capture, "-f", "jsonl", "-o", os.path.join(work, "flows.jsonl"), "-q"],
+                         [tshark, "-r", a.capture, "-q", "-z", "conv,tcp"] if tshark else None, None))
+        if a.suite in ("analyze", "all"):
+            tshark_dir = os.path.join(work, "tshark-objects")
+            os.makedirs(tshark_dir, exist_ok=True)
+            theirs = [tshark, "-r", a.capture, "-q", "--export-objects", f"imf,{tshark_dir}",
+                      "--export-objects", f"http,{tshark_dir}"] if tshark else None
+            for j in [int(x) for x in a.jobs.split(",") if x.strip()]:
+                export_dir = os.path.join(work, f"export-j{j}")
+                plan.append(("analyze", f"analyze -j{j}",
+                             md + ["export", a.capture, "-o", export_dir, "-f", "parquet", "-q", "--jobs", str(j)],
+                             theirs, export_dir))
+        tshark_cache: dict = {}
+        for suite, label, ours, theirs, export_dir in plan:
             o = best(ours, a.repeat)
-            t = best(theirs, a.repeat) if theirs else None
-            row = {"suite": name, "capture_mb": round(size / 1e6, 1),
+            key = tuple(theirs) if theirs else None
+            if theirs and key not in tshark_cache:
+                tshark_cache[key] = best(theirs, a.repeat)
+            t = tshark_cache.get(key)
+            row = {"suite": suite, "label": label, "capture_mb": round(size / 1e6, 1),
                    "maildissect_s": round(o[0], 2), "maildissect_rss_mb": round(o[1] / 1024, 1),
+                   "maildissect_tree_rss_mb": round(o[2] / 1024, 1),
                    "tshark_s": round(t[0], 2) if t else None,
                    "tshark_rss_mb": round(t[1] / 1024, 1) if t else None,
                    "ratio": round(o[0] / t[0], 3) if t else None,
                    "maildissect_mb_s": round(size / 1e6 / o[0], 1)}
+            if export_dir:
+                found = recovered(manifest, export_dir)
+                if found:
+                    row["messages_recovered"] = f"{found[0]}/{found[1]}"
+                if suite == "analyze" and t:
+                    row["tshark_imf_files"] = len([n for n in os.listdir(os.path.join(work, "tshark-objects"))
+                                                   if n.lower().endswith(".eml")])
             results.append(row)
-            print(f"{name:8s} maildissect {row['maildissect_s']:7.2f} s {row['maildissect_rss_mb']:7.1f} MB | "
-                  f"tshark {row['tshark_s'] or float('nan'):7.2f} s {row['tshark_rss_mb'] or float('nan'):7.1f} MB"
-                  f" | ratio {row['ratio']}", flush=True)
+            print(f"{label:13s} maildissect {row['maildissect_s']:6.2f} s, peak RSS {row['maildissect_rss_mb']:6.1f} MB"
+                  f" (all processes {row['maildissect_tree_rss_mb']:6.1f} MB) | tshark "
+                  f"{row['tshark_s'] or float('nan'):6.2f} s {row['tshark_rss_mb'] or float('nan'):6.1f} MB"
+                  f" | ratio {row['ratio']}" + (f" | recovered {row['messages_recovered']}"
+                                                if "messages_recovered" in row else ""), flush=True)
     if a.markdown:
-        print("\n| suite | capture MB | maildissect s | peak RSS MB | tshark s | tshark peak RSS MB | "
-              "time ratio (maildissect / tshark) |")
-        print("|---|---|---|---|---|---|---|")
+        print("\n| run | capture MB | maildissect s | peak RSS MB (largest process / all) | tshark s | "
+              "tshark peak RSS MB | time ratio | messages recovered |")
+        print("|---|---|---|---|---|---|---|---|")
         for r in results:
-            print(f"| {r['suite']} | {r['capture_mb']} | {r['maildissect_s']} | {r['maildissect_rss_mb']} | "
-                  f"{r['tshark_s']} | {r['tshark_rss_mb']} | {r['ratio']} |")
+            print(f"| {r['label']} | {r['capture_mb']} | {r['maildissect_s']} | {r['maildissect_rss_mb']} / "
+                  f"{r['maildissect_tree_rss_mb']} | {r['tshark_s']} | {r['tshark_rss_mb']} | {r['ratio']} | "
+                  f"{r.get('messages_recovered', '')} |")
     if a.json_out:
         with open(a.json_out, "w") as f:
             json.dump(results, f, indent=1)
