@@ -408,7 +408,7 @@ def tcp_holes_and_wrap():
 
 
 @case("syn-flood.pcap", "60,000 half-open connections (SYN only, zero checksums) around one good session",
-      large=True, max_rss_mb=700, **GOOD)
+      large=True, max_rss_mb=500, **GOOD)
 def syn_flood():
     cap = Capture(tick=0.00001)
     dst = addr("10.0.0.2")
@@ -425,7 +425,7 @@ def syn_flood():
 
 
 @case("tiny-flows.pcap", "100,000 tiny connections (SYN, SYN-ACK, a greeting, RST; zero checksums) "
-      "after one good session", large=True, max_rss_mb=1200, **GOOD)
+      "after one good session", large=True, max_rss_mb=900, **GOOD)
 def tiny_flows():
     cap = Capture(tick=0.00001)
     smtp_session(cap)
