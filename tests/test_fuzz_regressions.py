@@ -350,3 +350,34 @@ def test_imap_fetch_of_sequence_number_zero():
              (0, b"a4 FETCH 2 (FLAGS)\r\n"), (1, b"* 2 FETCH (FLAGS (\\Seen))\r\na4 OK\r\n")]
     records = harness.run_dissector("imap", items, Config())
     assert not [r for r in records if getattr(r, "name", "") == "imap_syntax_error" and "internal" in r.detail]
+
+
+def test_text_writers_convert_in_chunks(monkeypatch, tmp_path):
+    """jsonl and csv writers turned a whole table into Python dicts at once (export of 100,000
+    connections peaked at 975 MiB); they convert a chunk of rows at a time, same output."""
+    import io
+
+    import pandas as pd
+
+    from maildissect import analyze
+    from maildissect.output import files
+    from tests.malformed.packets import Capture, Conversation
+    cap = Capture()
+    for k in range(30):
+        Conversation(cap, cport=40000 + k).open().dialogue(b"220 mx\r\n", b"EHLO x\r\n", b"250 ok\r\n").close()
+    (tmp_path / "c.pcap").write_bytes(cap.pcap())
+    df = analyze(str(tmp_path / "c.pcap")).table("commands")
+    whole = {}
+    for fmt, writer in (("jsonl", files.write_jsonl), ("csv", files.write_csv)):
+        out = io.StringIO()
+        writer(df, out)
+        whole[fmt] = out.getvalue()
+    monkeypatch.setattr(files, "CHUNK_ROWS", 7)
+    for fmt, writer in (("jsonl", files.write_jsonl), ("csv", files.write_csv)):
+        out = io.StringIO()
+        writer(df, out)
+        assert out.getvalue() == whole[fmt]
+    assert len(whole["jsonl"].splitlines()) == len(df) == 60  # greeting and EHLO of 30 sessions
+    empty = io.StringIO()
+    files.write_csv(df.iloc[:0], empty)
+    assert empty.getvalue().startswith("session_id,") and len(pd.read_csv(io.StringIO(empty.getvalue()))) == 0

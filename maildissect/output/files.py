@@ -37,18 +37,26 @@ def json_ready(df: pd.DataFrame) -> list[dict]:
     return [dict(zip(names, row)) for row in zip(*(cols[n] for n in names))] if names else []
 
 
+#: Rows converted at a time by the text writers: a table of a million rows turned into
+#: Python dicts all at once needed several times the table's own memory.
+CHUNK_ROWS = 20_000
+
+
 def write_jsonl(df: pd.DataFrame, out) -> None:
-    for row in json_ready(df):
-        out.write(json.dumps(row, ensure_ascii=False, default=str))
-        out.write("\n")
+    for start in range(0, len(df), CHUNK_ROWS):
+        for row in json_ready(df.iloc[start:start + CHUNK_ROWS]):
+            out.write(json.dumps(row, ensure_ascii=False, default=str))
+            out.write("\n")
 
 
 def write_csv(df: pd.DataFrame, out) -> None:
-    flat = pd.DataFrame(json_ready(df), columns=df.columns)
-    for name in flat.columns:
-        if df[name].dtype == object:
-            flat[name] = [json.dumps(v, ensure_ascii=False, default=str) for v in flat[name]]
-    flat.to_csv(out, index=False, lineterminator="\n")
+    for start in range(0, max(len(df), 1), CHUNK_ROWS):
+        part = df.iloc[start:start + CHUNK_ROWS]
+        flat = pd.DataFrame(json_ready(part), columns=df.columns)
+        for name in flat.columns:
+            if df[name].dtype == object:
+                flat[name] = [json.dumps(v, ensure_ascii=False, default=str) for v in flat[name]]
+        flat.to_csv(out, index=False, lineterminator="\n", header=start == 0)
 
 
 def write_parquet(df: pd.DataFrame, path_or_buffer) -> None:
