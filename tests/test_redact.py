@@ -13,7 +13,6 @@ same way with the secrets they carry.
 from __future__ import annotations
 
 import base64
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -21,7 +20,6 @@ import pytest
 from click.testing import CliRunner
 
 from maildissect import analyze
-from maildissect.analysis import TABLES
 from maildissect.cli import cli
 from maildissect.redact import is_secret_name, redact_text
 from tests.malformed.packets import Capture, Conversation
