@@ -9,6 +9,7 @@ turns them into DataFrames once, at the end.
 
 from __future__ import annotations
 
+import gc
 from typing import Callable, Iterable
 
 from . import anomalies as anomaly_registry
@@ -346,6 +347,11 @@ class Pipeline:
         last_ts = None
         k, nshards = shard if shard else (0, 1)
         others = 0  # TCP frames of other shards, skipped before decoding
+        # Hundreds of thousands of small objects (connections, records) make CPython's
+        # cyclic collector rescan the same survivors over and over; collect less often
+        # while reading (cycles are rare here: a connection's are broken at its close).
+        thresholds = gc.get_threshold()
+        gc.set_threshold(max(thresholds[0], 50_000), max(thresholds[1], 50), max(thresholds[2], 50))
         for ts, linktype, data, wirelen in frames:
             n += 1
             last_ts = ts
@@ -367,6 +373,7 @@ class Pipeline:
                     packet(ts, seg)
             if progress is not None and not n & 0x3FFF:
                 progress(sum(r.position() for r in self.readers), total)
+        gc.set_threshold(*thresholds)
         self.frames += n
         self.decoder.frames += others
         self.decoder.tcp += others

@@ -104,7 +104,7 @@ class Connection:
     """State of one TCP connection; ``flow`` is its summary record."""
 
     __slots__ = ("flow", "halves", "listener", "closed", "keys", "syn_ts", "synack_ts",
-                 "server_isn", "anomalies", "fins", "rst", "established")
+                 "server_isn", "client_isn", "anomalies", "fins", "rst", "established")
 
     def __init__(self, flow: Flow, keys: tuple[bytes, bytes]):
         self.flow = flow
@@ -115,6 +115,7 @@ class Connection:
         self.syn_ts = None
         self.synack_ts = None
         self.server_isn = None
+        self.client_isn = None
         self.anomalies = 0
         self.fins = 0
         self.rst = False
@@ -154,12 +155,12 @@ class Reassembler:
         else:
             conn, side = entry
             if flags & SYN and not flags & (ACK | RST) and side == CLIENT:
-                h = conn.halves[CLIENT]
                 # A retried SYN with the same ISN after a refusal is the same attempt (as
                 # Wireshark counts streams); a new ISN, or a SYN after a real
                 # connection ended, starts a new connection.
-                same_isn = h.syn_seq is not None and seq == h.syn_seq
-                if (not same_isn or conn.established) if conn.closed else (h.syn_seq is not None and not same_isn):
+                isn = conn.client_isn
+                same_isn = isn is not None and seq == isn
+                if (not same_isn or conn.established) if conn.closed else (isn is not None and not same_isn):
                     if not conn.closed:
                         self._anomaly(conn, ts, "", "tcp_port_reuse", f"new ISN {seq}")
                         self._close(conn, ts, "reused")
@@ -253,6 +254,8 @@ class Reassembler:
                 h.next = 0
         if side == CLIENT and not flags & ACK:
             conn.flow.syn_seen = True
+            if conn.client_isn is None:
+                conn.client_isn = seq
             if conn.syn_ts is None:
                 conn.syn_ts = ts
         elif side == SERVER and flags & ACK:
@@ -330,15 +333,15 @@ class Reassembler:
             flow.close = "unanswered"
         else:
             flow.close = "open"
-        # release buffers early; the stub stays in the table to absorb trailing packets
-        for h in conn.halves:
-            h.recent.clear()
         listener = conn.listener
         conn.listener = None
         if listener is not None:
             listener.close(ts, reason)
         if self.on_close is not None:
             self.on_close(conn, listener)
+        # what stays in the table until the next sweep is a stub that absorbs trailing
+        # packets: the per-direction state (hashes, buffers) is released now
+        conn.halves = None
 
     def _drop(self, conn):
         for k in conn.keys:

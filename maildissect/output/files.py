@@ -17,9 +17,16 @@ import pandas as pd
 FORMATS = ("table", "jsonl", "csv", "parquet")
 
 
-def _iso_series(s: pd.Series) -> pd.Series:
-    out = s.dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return out.astype(object).where(s.notna(), None)
+def _iso_series(s: pd.Series) -> list:
+    """ISO 8601 UTC strings with microseconds ("...T12:00:00.000001Z"), None for missing.
+
+    numpy formats datetimes in C; pandas' strftime goes through Python per value.
+    """
+    import numpy as np
+    values = s.dt.tz_convert("UTC").dt.tz_localize(None) if isinstance(s.dtype, pd.DatetimeTZDtype) else s
+    text = np.datetime_as_string(values.to_numpy(dtype="datetime64[us]"), unit="us")
+    missing = s.isna().to_numpy()
+    return [None if m else t + "Z" for t, m in zip(text.tolist(), missing.tolist())]
 
 
 def json_ready(df: pd.DataFrame) -> list[dict]:
@@ -28,7 +35,7 @@ def json_ready(df: pd.DataFrame) -> list[dict]:
     for name in df.columns:
         s = df[name]
         if isinstance(s.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_any_dtype(s.dtype):
-            cols[name] = _iso_series(s).tolist()
+            cols[name] = _iso_series(s)
         elif s.dtype == object:
             cols[name] = s.tolist()
         else:
