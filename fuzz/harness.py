@@ -1,11 +1,13 @@
 """What every fuzz target shares: the input encodings, the targets and their checks.
 
 A *target* is a function of one ``bytes`` input that runs a part of
-maildissect on it and raises when it finds a bug. The same functions serve
-atheris (``fuzz/fuzz_<name>.py``, coverage-guided, run for a set time by
-``make -C fuzz fuzz``) and the test suite, which replays the committed
-crashers under ``fuzz/regressions/<target>/`` and the seed corpus through
-them (tests/test_fuzz_regressions.py).
+maildissect on it and raises when it finds a bug (:data:`TARGETS`: one per
+dissector — smtp, imap, pop3, http, http2, tls, webmail — then mime, sasl,
+forms, decode, tcp and capture). The same functions serve atheris
+(``fuzz/fuzz_<name>.py``, coverage-guided, run for a set time by ``make -C
+fuzz fuzz``) and the test suite, which replays the committed crashers under
+``fuzz/regressions/<target>/`` (tests/test_fuzz_regressions.py) and applies
+the same checks in its property tests (tests/test_fuzz_*.py).
 
 What counts as a bug:
 
