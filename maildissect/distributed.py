@@ -25,7 +25,7 @@ from .capture.decode import Decoder
 from .capture.files import CaptureReader
 from .config import Config
 from .parallel import merge
-from .pipeline import Collector, Pipeline
+from .pipeline import Collector, Pipeline, shard_of
 
 
 def decode_file(path: str, file_index: int, buckets: int, config: Config) -> dict:
@@ -47,7 +47,8 @@ def decode_file(path: str, file_index: int, buckets: int, config: Config) -> dic
             first_ts = ts
         seg = decode(ts, linktype, data, wirelen)
         if seg is not None:
-            out[(seg[3] + seg[4] + seg[1][-1] + seg[2][-1]) % buckets].append((ts, file_index, n, seg))
+            out[shard_of((seg[1][-1] << 16) | seg[3], (seg[2][-1] << 16) | seg[4], buckets)].append(
+                (ts, file_index, n, seg))
     decoder.finish()
     return {"buckets": out, "frames": n, "first_ts": first_ts, "anomalies": reader.anomalies + decoder.anomalies,
             "linktypes": sorted(reader.linktypes),

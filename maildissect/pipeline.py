@@ -10,11 +10,12 @@ turns them into DataFrames once, at the end.
 from __future__ import annotations
 
 import gc
+import itertools
 from typing import Callable, Iterable
 
 from . import anomalies as anomaly_registry
 from .capture.decode import Decoder
-from .capture.files import CaptureReader, read_frames
+from .capture.files import CaptureReader, read_batches
 from .config import Config
 from .model import (CLIENT, SIDE_NAMES, Anomaly, Command, Credential, Flow, HttpRequest,
                     MailboxEvent, Message, Session)
@@ -37,6 +38,17 @@ BATCH = 65536
 
 #: implicit-TLS flows are labelled like this in the flows table
 TLS_LABELS = {"smtp": "smtps", "imap": "imaps", "pop3": "pop3s", "http": "https"}
+
+
+def shard_of(a: int, b: int, n: int) -> int:
+    """The shard (0..n-1) of a connection from its two endpoints, the same both ways.
+
+    ``a`` and ``b`` are (last address byte << 16 | port) of each side. XOR makes
+    it symmetric; the multiplication (Fibonacci hashing) spreads connections whose
+    ports differ in a regular pattern, which a plain sum would send to the same
+    shard by protocol.
+    """
+    return (((a ^ b) * 0x9E3779B1) >> 13 & 0xFFFFF) % n
 
 
 class Collector:
@@ -328,12 +340,12 @@ class Pipeline:
 
         ``progress(done_bytes, total_bytes)`` is called now and then.
         """
-        frames = read_frames(paths, self.config.limits.max_frame, self.readers)
-        self.process(frames, progress, shard)
+        batches = read_batches(paths, self.config.limits.max_frame, self.readers)
+        self.process(batches, progress, shard)
         return self.collector
 
-    def process(self, frames, progress=None, shard: tuple[int, int] | None = None) -> None:
-        """Decode, reassemble and dissect ``frames``.
+    def process(self, batches, progress=None, shard: tuple[int, int] | None = None) -> None:
+        """Decode, reassemble and dissect frames, given in lists (``batches``).
 
         ``shard=(k, n)``: handle only the connections whose endpoint hash is
         ``k`` modulo ``n`` (every frame is still read and counted, so frame
@@ -352,7 +364,7 @@ class Pipeline:
         # while reading (cycles are rare here: a connection's are broken at its close).
         thresholds = gc.get_threshold()
         gc.set_threshold(max(thresholds[0], 50_000), max(thresholds[1], 50), max(thresholds[2], 50))
-        for ts, linktype, data, wirelen in frames:
+        for ts, linktype, data, wirelen in itertools.chain.from_iterable(batches):
             n += 1
             last_ts = ts
             if nshards > 1 and linktype == 1 and len(data) >= 54 and data[12] == 8 and data[13] == 0 \
@@ -361,14 +373,13 @@ class Pipeline:
                 # Ethernet, IPv4 without options, TCP, not a fragment, sane header
                 # lengths (what the decoder's fast path accepts without a word): the
                 # shard is known from fixed offsets, so other shards' frames skip decoding
-                if (((data[34] << 8) | data[35]) + ((data[36] << 8) | data[37]) + data[29] + data[33]) \
-                        % nshards != k:
+                if shard_of((data[29] << 16) | (data[34] << 8) | data[35],
+                            (data[33] << 16) | (data[36] << 8) | data[37], nshards) != k:
                     others += 1
                     continue
             seg = decode(ts, linktype, data, wirelen)
             if seg is not None:
-                # the same hash for both directions: port sum plus last address bytes
-                if nshards == 1 or (seg[3] + seg[4] + seg[1][-1] + seg[2][-1]) % nshards == k:
+                if nshards == 1 or shard_of((seg[1][-1] << 16) | seg[3], (seg[2][-1] << 16) | seg[4], nshards) == k:
                     reasm.frame = n
                     packet(ts, seg)
             if progress is not None and not n & 0x3FFF:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import gzip
 import heapq
 import io
+import itertools
 import os
 import struct
 import sys
@@ -187,6 +188,11 @@ class CaptureReader:
         self._src.close()
 
     def __iter__(self) -> Iterator[Frame]:
+        for batch in self.batches():
+            yield from batch
+
+    def batches(self) -> Iterator[list]:
+        """Frames in lists (one per block read): the fast way to consume a file."""
         try:
             yield from self._iter
         except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
@@ -214,6 +220,8 @@ class CaptureReader:
         try:
             while True:
                 n = len(buf)
+                batch = []
+                add = batch.append
                 while pos + 16 <= n:  # every complete record in the block
                     sec, frac, incl, orig = unpack(buf, pos)
                     end = pos + 16 + incl
@@ -225,9 +233,11 @@ class CaptureReader:
                     last_ts = ts
                     if incl < orig:
                         cut += 1
-                    count += 1
-                    yield (ts, linktype, buf[pos + 16:end], orig)
+                    add((ts, linktype, buf[pos + 16:end], orig))
                     pos = end
+                if batch:
+                    count += len(batch)
+                    yield batch
                 if pos + 16 <= n:
                     incl = unpack(buf, pos)[2]
                     if incl > limit:
@@ -256,7 +266,15 @@ class CaptureReader:
             self.unsorted += unsorted
 
     # -- pcapng --------------------------------------------------------------------
-    def _pcapng(self, magic_bytes: bytes) -> Iterator[Frame]:
+    def _pcapng(self, magic_bytes: bytes) -> Iterator[list]:
+        frames = self._pcapng_frames(magic_bytes)
+        while True:
+            batch = list(itertools.islice(frames, 1024))
+            if not batch:
+                return
+            yield batch
+
+    def _pcapng_frames(self, magic_bytes: bytes) -> Iterator[Frame]:
         read = self._read
         buf = magic_bytes + (read(BLOCK) or b"")
         pos = 0
@@ -375,13 +393,23 @@ def _reader(stream):
     return read1 if read1 is not None else stream.read
 
 
-def read_frames(paths, max_frame: int = 262_144, readers: list | None = None) -> Iterator[Frame]:
-    """Frames of several capture files merged in time order.
+def read_batches(paths, max_frame: int = 262_144, readers: list | None = None) -> Iterator[list]:
+    """Like :func:`read_frames`, in lists of frames (cheaper to consume one by one)."""
+    opened = _open_all(paths, max_frame)
+    if readers is not None:
+        readers.extend(opened)
+    if len(opened) == 1:
+        yield from opened[0].batches()
+    else:
+        merged = heapq.merge(*opened, key=lambda f: f[0])
+        while True:
+            batch = list(itertools.islice(merged, 1024))
+            if not batch:
+                return
+            yield batch
 
-    Each file is opened at once (so a bad file fails before any work);
-    ``readers`` (a list) receives the CaptureReader objects for statistics
-    and anomalies.
-    """
+
+def _open_all(paths, max_frame: int) -> list:
     opened = []
     try:
         for p in paths:
@@ -390,6 +418,17 @@ def read_frames(paths, max_frame: int = 262_144, readers: list | None = None) ->
         for r in opened:
             r.close()
         raise
+    return opened
+
+
+def read_frames(paths, max_frame: int = 262_144, readers: list | None = None) -> Iterator[Frame]:
+    """Frames of several capture files merged in time order.
+
+    Each file is opened at once (so a bad file fails before any work);
+    ``readers`` (a list) receives the CaptureReader objects for statistics
+    and anomalies.
+    """
+    opened = _open_all(paths, max_frame)
     if readers is not None:
         readers.extend(opened)
     if len(opened) == 1:
