@@ -486,7 +486,7 @@ def target_tcp(data: bytes) -> None:
         key = src + dst + struct.pack("!HH", sp, dp)
         ra.packet(i / 10.0, (key, src, dst, sp, dp, seq, ack, flags & 0x1F, payload, seglen))
         for conn, _lst in listeners:
-            for h in conn.halves:
+            for h in conn.halves or ():  # a closed connection keeps no per-direction state
                 if h.ooo_bytes > TIGHT.max_ooo_bytes + 97 or len(h.starts) > TIGHT.max_ooo_segments + 1:
                     raise Finding(f"tcp: {h.ooo_bytes} bytes / {len(h.starts)} segments buffered")
                 if h.ooo_bytes != sum(len(v) for v in h.segs.values()) or len(h.segs) != len(h.starts):
@@ -495,13 +495,13 @@ def target_tcp(data: bytes) -> None:
     for conn, lst in listeners:
         if not lst.closed:
             raise Finding("tcp: a connection was never closed")
-        for side in (CLIENT, SERVER):
-            h = conn.halves[side]
-            if lst.data[side] + lst.gaps[side] != h.next:
-                raise Finding(f"tcp: side {side} delivered {lst.data[side]} + gaps {lst.gaps[side]} "
-                              f"!= stream offset {h.next}")
-            if lst.data[side] != h.delivered:
-                raise Finding("tcp: delivered count differs from the data events")
+        flow = conn.flow
+        for side, delivered in ((CLIENT, flow.bytes_client), (SERVER, flow.bytes_server)):
+            if lst.data[side] != delivered:
+                raise Finding(f"tcp: side {side} delivered {lst.data[side]} bytes in data events, "
+                              f"the flow says {delivered}")
+        if lst.gaps[CLIENT] + lst.gaps[SERVER] != flow.gap_bytes:
+            raise Finding(f"tcp: gap events {lst.gaps} != the flow's gap bytes {flow.gap_bytes}")
     check_records(ra.anomalies, TIGHT, "tcp")
 
 

@@ -341,11 +341,12 @@ class Pipeline:
         ``progress(done_bytes, total_bytes)`` is called now and then.
         """
         batches = read_batches(paths, self.config.limits.max_frame, self.readers)
-        self.process(batches, progress, shard)
+        # frames come in per-block lists; chaining them costs no Python step per frame
+        self.process(itertools.chain.from_iterable(batches), progress, shard)
         return self.collector
 
-    def process(self, batches, progress=None, shard: tuple[int, int] | None = None) -> None:
-        """Decode, reassemble and dissect frames, given in lists (``batches``).
+    def process(self, frames, progress=None, shard: tuple[int, int] | None = None) -> None:
+        """Decode, reassemble and dissect ``frames`` (``(ts, linktype, data, wirelen)``).
 
         ``shard=(k, n)``: handle only the connections whose endpoint hash is
         ``k`` modulo ``n`` (every frame is still read and counted, so frame
@@ -364,7 +365,7 @@ class Pipeline:
         # while reading (cycles are rare here: a connection's are broken at its close).
         thresholds = gc.get_threshold()
         gc.set_threshold(max(thresholds[0], 50_000), max(thresholds[1], 50), max(thresholds[2], 50))
-        for ts, linktype, data, wirelen in itertools.chain.from_iterable(batches):
+        for ts, linktype, data, wirelen in frames:
             n += 1
             last_ts = ts
             if nshards > 1 and linktype == 1 and len(data) >= 54 and data[12] == 8 and data[13] == 0 \

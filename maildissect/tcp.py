@@ -299,6 +299,8 @@ class Reassembler:
             self._skip_hole(conn, 1 - side, other, ts)
 
     def _maybe_finish(self, conn, ts):
+        if conn.closed:
+            return
         c, s = conn.halves
         if conn.fins == 2 and c.next >= (c.fin or 0) and s.next >= (s.fin or 0):
             self._close(conn, ts, "fin")
