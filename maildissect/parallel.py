@@ -64,6 +64,8 @@ def run_parallel(paths: list[str], config: Config, jobs: int,
                  progress: Callable[[int, int], None] | None = None) -> tuple[Collector, dict]:
     """Analyse ``paths`` with ``jobs`` processes; returns (merged collector, stats)."""
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+    if ctx.get_start_method() == "fork":
+        _preload(config)
     total = sum(os.path.getsize(p) for p in paths)
     value = ctx.Value("q", 0) if progress is not None else None
     tasks = [(paths, config, k, jobs, value) for k in range(jobs)]
@@ -79,6 +81,16 @@ def run_parallel(paths: list[str], config: Config, jobs: int,
     if progress is not None:
         progress(total, total)
     return merge([r[1] for r in results]), results[0][2]
+
+
+def _preload(config: Config) -> None:
+    """Import every dissector (and what they import) before forking, so the workers
+    inherit them instead of each importing the same modules while they run."""
+    from . import mime  # noqa: F401
+    from .protocols import DISSECTORS, dissector_class, detect
+    for name in DISSECTORS:
+        dissector_class(name)
+    detect._load_sniffers()
 
 
 def merge(collectors: list[Collector]) -> Collector:
