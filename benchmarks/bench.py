@@ -147,8 +147,9 @@ def main():
                 if found:
                     row["messages_recovered"] = f"{found[0]}/{found[1]}"
                 if suite == "analyze" and t:
+                    # every repeat writes the same objects again under new names
                     row["tshark_imf_files"] = len([n for n in os.listdir(os.path.join(work, "tshark-objects"))
-                                                   if n.lower().endswith(".eml")])
+                                                   if n.lower().endswith(".eml")]) // a.repeat
             results.append(row)
             print(f"{label:13s} maildissect {row['maildissect_s']:6.2f} s, peak RSS {row['maildissect_rss_mb']:6.1f} MB"
                   f" (all processes {row['maildissect_tree_rss_mb']:6.1f} MB) | tshark "
