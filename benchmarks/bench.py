@@ -7,7 +7,8 @@
 Each command runs ``--repeat`` times (best wall time kept). Memory: the
 largest process's maximum resident set size (``wait4``), and the whole process
 tree's resident memory sampled every 20 ms (with ``--jobs`` the workers add
-up). Pairs:
+up), both as RSS (pages shared copy-on-write by forked workers counted once per
+process) and as PSS (shared pages divided among their sharers). Pairs:
 
 - flows:   ``maildissect flows CAPTURE -f jsonl``  vs  ``tshark -r CAPTURE -q -z conv,tcp``
 - analyze: ``maildissect export CAPTURE -f parquet --jobs J`` (every table,
@@ -34,49 +35,59 @@ import tempfile
 import time
 
 
-def _tree_rss_kib(pid: int) -> int:
-    """Resident memory of a process and all its descendants, from /proc (Linux)."""
-    total, todo = 0, [pid]
+def _tree_memory_kib(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) of a process and all its descendants, from /proc (Linux).
+
+    RSS counts a page in every process that maps it, so forked workers, which
+    share their parent's pages copy-on-write, are counted twice; PSS divides each
+    shared page among the processes that share it, so the tree's PSS is the
+    memory the run really occupies."""
+    rss = pss = 0
+    todo = [pid]
     while todo:
         p = todo.pop()
         try:
-            with open(f"/proc/{p}/status") as f:
+            with open(f"/proc/{p}/smaps_rollup") as f:
                 for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
+                    if line.startswith("Rss:"):
+                        rss += int(line.split()[1])
+                    elif line.startswith("Pss:"):
+                        pss += int(line.split()[1])
                         break
             with open(f"/proc/{p}/task/{p}/children") as f:
                 todo += [int(c) for c in f.read().split()]
         except (OSError, ValueError):
             continue
-    return total
+    return rss, pss
 
 
-def measure(args: list[str]) -> tuple[float, int, int, int]:
-    """(wall seconds, peak RSS of the largest process in KiB, peak RSS of the whole
-    process tree in KiB (sampled every 20 ms), exit status) of one command."""
+def measure(args: list[str]) -> tuple[float, int, int, int, int]:
+    """(wall seconds, peak RSS of the largest process in KiB, peak RSS and peak PSS of
+    the whole process tree in KiB (sampled every 20 ms), exit status) of one command."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    tree_peak = 0
+    tree_rss = tree_pss = 0
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
-        tree_peak = max(tree_peak, _tree_rss_kib(proc.pid))  # worker processes add up
+        rss, pss = _tree_memory_kib(proc.pid)  # worker processes add up
+        tree_rss, tree_pss = max(tree_rss, rss), max(tree_pss, pss)
         time.sleep(0.02)
     wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     if proc.returncode:
         print(f"  ! {' '.join(args[:4])}... exited {proc.returncode}: {err.strip()[:300]}", file=sys.stderr)
-    return wall, usage.ru_maxrss, max(tree_peak, usage.ru_maxrss), proc.returncode
+    return (wall, usage.ru_maxrss, max(tree_rss, usage.ru_maxrss), max(tree_pss, usage.ru_maxrss),
+            proc.returncode)
 
 
 def best(args, repeat):
     """Best wall time over ``repeat`` runs, and the largest memory figures seen."""
     runs = [measure(args) for _ in range(repeat)]
     return (min(r[0] for r in runs), max(r[1] for r in runs), max(r[2] for r in runs),
-            max(r[3] for r in runs))
+            max(r[3] for r in runs), max(r[4] for r in runs))
 
 
 def maildissect_cmd():
@@ -138,6 +149,7 @@ def main():
             row = {"suite": suite, "label": label, "capture_mb": round(size / 1e6, 1),
                    "maildissect_s": round(o[0], 2), "maildissect_rss_mb": round(o[1] / 1024, 1),
                    "maildissect_tree_rss_mb": round(o[2] / 1024, 1),
+                   "maildissect_tree_pss_mb": round(o[3] / 1024, 1),
                    "tshark_s": round(t[0], 2) if t else None,
                    "tshark_rss_mb": round(t[1] / 1024, 1) if t else None,
                    "ratio": round(o[0] / t[0], 3) if t else None,
@@ -152,17 +164,18 @@ def main():
                                                    if n.lower().endswith(".eml")]) // a.repeat
             results.append(row)
             print(f"{label:13s} maildissect {row['maildissect_s']:6.2f} s, peak RSS {row['maildissect_rss_mb']:6.1f} MB"
-                  f" (all processes {row['maildissect_tree_rss_mb']:6.1f} MB) | tshark "
+                  f" (all processes: RSS {row['maildissect_tree_rss_mb']:6.1f} MB, PSS "
+                  f"{row['maildissect_tree_pss_mb']:6.1f} MB) | tshark "
                   f"{row['tshark_s'] or float('nan'):6.2f} s {row['tshark_rss_mb'] or float('nan'):6.1f} MB"
                   f" | ratio {row['ratio']}" + (f" | recovered {row['messages_recovered']}"
                                                 if "messages_recovered" in row else ""), flush=True)
     if a.markdown:
-        print("\n| run | capture MB | maildissect s | peak RSS MB (largest process / all) | tshark s | "
+        print("\n| run | capture MB | maildissect s | peak MB (largest process RSS / all RSS / all PSS) | tshark s | "
               "tshark peak RSS MB | time ratio | messages recovered |")
         print("|---|---|---|---|---|---|---|---|")
         for r in results:
             print(f"| {r['label']} | {r['capture_mb']} | {r['maildissect_s']} | {r['maildissect_rss_mb']} / "
-                  f"{r['maildissect_tree_rss_mb']} | {r['tshark_s']} | {r['tshark_rss_mb']} | {r['ratio']} | "
+                  f"{r['maildissect_tree_rss_mb']} / {r['maildissect_tree_pss_mb']} | {r['tshark_s']} | {r['tshark_rss_mb']} | {r['ratio']} | "
                   f"{r.get('messages_recovered', '')} |")
     if a.json_out:
         with open(a.json_out, "w") as f:

@@ -16,6 +16,7 @@ from typing import Callable, Iterable
 from . import anomalies as anomaly_registry
 from .capture.decode import Decoder
 from .capture.files import CaptureReader, read_batches
+from .capture.sharding import MIN_FIXED, frame_shard, shard_of  # noqa: F401 (shard_of: re-exported)
 from .config import Config
 from .model import (CLIENT, SIDE_NAMES, Anomaly, Command, Credential, Flow, HttpRequest,
                     MailboxEvent, Message, Session)
@@ -38,17 +39,6 @@ BATCH = 65536
 
 #: implicit-TLS flows are labelled like this in the flows table
 TLS_LABELS = {"smtp": "smtps", "imap": "imaps", "pop3": "pop3s", "http": "https"}
-
-
-def shard_of(a: int, b: int, n: int) -> int:
-    """The shard (0..n-1) of a connection from its two endpoints, the same both ways.
-
-    ``a`` and ``b`` are (last address byte << 16 | port) of each side. XOR makes
-    it symmetric; the multiplication (Fibonacci hashing) spreads connections whose
-    ports differ in a regular pattern, which a plain sum would send to the same
-    shard by protocol.
-    """
-    return (((a ^ b) * 0x9E3779B1) >> 13 & 0xFFFFF) % n
 
 
 class Collector:
@@ -340,13 +330,14 @@ class Pipeline:
 
         ``progress(done_bytes, total_bytes)`` is called now and then.
         """
-        batches = read_batches(paths, self.config.limits.max_frame, self.readers)
+        batches = read_batches(paths, self.config.limits.max_frame, self.readers, shard)
         # frames come in per-block lists; chaining them costs no Python step per frame
         self.process(itertools.chain.from_iterable(batches), progress, shard)
         return self.collector
 
     def process(self, frames, progress=None, shard: tuple[int, int] | None = None) -> None:
-        """Decode, reassemble and dissect ``frames`` (``(ts, linktype, data, wirelen)``).
+        """Decode, reassemble and dissect ``frames`` (``(ts, linktype, data, wirelen)``,
+        or None for a frame the reader skipped as another shard's).
 
         ``shard=(k, n)``: handle only the connections whose endpoint hash is
         ``k`` modulo ``n`` (every frame is still read and counted, so frame
@@ -360,22 +351,22 @@ class Pipeline:
         last_ts = None
         k, nshards = shard if shard else (0, 1)
         others = 0  # TCP frames of other shards, skipped before decoding
+        skipped = 0  # ... of which the reader skipped without making a frame
         # Hundreds of thousands of small objects (connections, records) make CPython's
         # cyclic collector rescan the same survivors over and over; collect less often
         # while reading (cycles are rare here: a connection's are broken at its close).
         thresholds = gc.get_threshold()
         gc.set_threshold(max(thresholds[0], 50_000), max(thresholds[1], 50), max(thresholds[2], 50))
-        for ts, linktype, data, wirelen in frames:
+        for frame in frames:
             n += 1
+            if frame is None:  # another shard's frame, skipped by the reader
+                skipped += 1
+                continue
+            ts, linktype, data, wirelen = frame
             last_ts = ts
-            if nshards > 1 and linktype == 1 and len(data) >= 54 and data[12] == 8 and data[13] == 0 \
-                    and data[14] == 0x45 and data[23] == 6 and not (data[20] & 0x3F or data[21]) \
-                    and 20 <= (data[46] >> 4) * 4 <= ((data[16] << 8) | data[17]) - 20:
-                # Ethernet, IPv4 without options, TCP, not a fragment, sane header
-                # lengths (what the decoder's fast path accepts without a word): the
-                # shard is known from fixed offsets, so other shards' frames skip decoding
-                if shard_of((data[29] << 16) | (data[34] << 8) | data[35],
-                            (data[33] << 16) | (data[36] << 8) | data[37], nshards) != k:
+            if nshards > 1 and linktype == 1 and len(data) >= MIN_FIXED:
+                s = frame_shard(data, 0, nshards)
+                if s >= 0 and s != k:
                     others += 1
                     continue
             seg = decode(ts, linktype, data, wirelen)
@@ -386,6 +377,9 @@ class Pipeline:
             if progress is not None and not n & 0x3FFF:
                 progress(sum(r.position() for r in self.readers), total)
         gc.set_threshold(*thresholds)
+        if skipped:
+            others += skipped
+            last_ts = self.readers[0].last_ts  # the capture's last frame may have been skipped
         self.frames += n
         self.decoder.frames += others
         self.decoder.tcp += others

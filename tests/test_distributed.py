@@ -99,3 +99,36 @@ def test_dask_local_cluster_on_rotated_files(capture, tmp_path):
     spanning = [f for f in whole.records.flows if f.first_frame <= len(list(CaptureReader(rotated[0])))
                 and f.end > min(fr[0] for fr in CaptureReader(rotated[1]))]
     assert spanning, "the split should cut through connections"
+
+
+@pytest.mark.parametrize("name", ["journey-impaired.pcap", "webmail.pcap", "relay.pcap"])
+@pytest.mark.parametrize("jobs", [2, 3])
+def test_jobs_identical_on_bundled_captures(name, jobs, monkeypatch):
+    """Workers skip other shards' frames in the reader; tables, frame counts and the
+    capture's end (which closes open connections) are those of one process."""
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_BYTES", 0)
+    path = str(parallel.__file__).rsplit("/maildissect/", 1)[0] + "/captures/" + name
+    one = maildissect.analyze(path, jobs=1)
+    many = maildissect.analyze(path, jobs=jobs)
+    assert many.stats["jobs"] == jobs
+    assert many.stats["frames"] == one.stats["frames"]
+    assert_same_tables(one, many)
+
+
+def test_reader_skips_other_shards_as_none(capture):
+    """A sharded reader yields None for other shards' frames: every frame is still
+    counted, and the shards partition the TCP frames."""
+    from maildissect.capture.files import read_batches
+    from maildissect.capture.sharding import frame_shard
+    whole = [f for b in read_batches([str(capture)]) for f in b]
+    kept = []
+    for k in range(3):
+        frames = [f for b in read_batches([str(capture)], shard=(k, 3)) for f in b]
+        assert len(frames) == len(whole)
+        for f, w in zip(frames, whole):
+            if f is not None:
+                s = frame_shard(f[2], 0, 3)
+                assert f == w and s in (k, -1)
+                if s == k or k == 0:  # frames the reader cannot place come to every shard
+                    kept.append(f)
+    assert sorted(kept) == sorted(whole)

@@ -26,6 +26,7 @@ import zlib
 from typing import BinaryIO, Iterator
 
 from ..model import Anomaly
+from .sharding import MIN_FIXED, frame_shard
 
 ANOMALIES = {
     "capture_truncated_record": "the file ends inside a record header or packet; the partial record is dropped",
@@ -123,6 +124,10 @@ class CaptureReader:
         self.frames = 0
         self.snaplen_cut = 0
         self.unsorted = 0
+        #: (k, n): frames of connections outside shard k of n are yielded as None (pcap only)
+        self.shard: tuple[int, int] | None = None
+        #: timestamp of the last frame read
+        self.last_ts: float | None = None
         if stream is None:
             self._src = _open(path)
             # Regular files are read in whole blocks; pipes as data arrives. A gzip
@@ -217,6 +222,8 @@ class CaptureReader:
         last_ts = 0.0
         # counters live in locals on the per-frame path and are stored on exit
         count = cut = unsorted = 0
+        k, nshards = self.shard or (0, 1)
+        skip = nshards > 1 and linktype == 1
         try:
             while True:
                 n = len(buf)
@@ -233,6 +240,12 @@ class CaptureReader:
                     last_ts = ts
                     if incl < orig:
                         cut += 1
+                    if skip and incl >= MIN_FIXED:
+                        shard = frame_shard(buf, pos + 16, nshards)
+                        if shard >= 0 and shard != k:
+                            add(None)
+                            pos = end
+                            continue
                     add((ts, linktype, buf[pos + 16:end], orig))
                     pos = end
                 if batch:
@@ -264,6 +277,8 @@ class CaptureReader:
             self.frames += count
             self.snaplen_cut += cut
             self.unsorted += unsorted
+            if count:
+                self.last_ts = last_ts
 
     # -- pcapng --------------------------------------------------------------------
     def _pcapng(self, magic_bytes: bytes) -> Iterator[list]:
@@ -393,12 +408,18 @@ def _reader(stream):
     return read1 if read1 is not None else stream.read
 
 
-def read_batches(paths, max_frame: int = 262_144, readers: list | None = None) -> Iterator[list]:
-    """Like :func:`read_frames`, in lists of frames (cheaper to consume one by one)."""
+def read_batches(paths, max_frame: int = 262_144, readers: list | None = None,
+                 shard: tuple[int, int] | None = None) -> Iterator[list]:
+    """Like :func:`read_frames`, in lists of frames (cheaper to consume one by one).
+
+    ``shard=(k, n)``: a single pcap file's plain Ethernet/IPv4/TCP frames of
+    connections outside shard ``k`` of ``n`` come as None (counted, not copied).
+    """
     opened = _open_all(paths, max_frame)
     if readers is not None:
         readers.extend(opened)
     if len(opened) == 1:
+        opened[0].shard = shard
         yield from opened[0].batches()
     else:
         merged = heapq.merge(*opened, key=lambda f: f[0])
