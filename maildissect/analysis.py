@@ -176,7 +176,7 @@ def analyze(paths: str | Iterable[str], *, limits: dict | Limits | None = None,
     if keylog is not None and config.dissect:  # (the flows table reads no content: nothing to decrypt)
         if scheduler is not None:
             raise AnalysisError("TLS decryption (--keylog) runs on one machine; drop --scheduler")
-        return _analyze_decrypted(paths, str(keylog), config, progress, message_hook)
+        return analyze_decrypted(paths, str(keylog), config, progress, message_hook)
     if scheduler is not None:
         if message_hook is not None:
             raise AnalysisError("extraction runs on one machine; drop --scheduler")
@@ -200,8 +200,8 @@ def analyze(paths: str | Iterable[str], *, limits: dict | Limits | None = None,
     return Analysis(collector, config, pipeline_stats(pipe, paths))
 
 
-def _analyze_decrypted(paths: list[str], keylog: str, config: Config, progress, message_hook) -> Analysis:
-    """One process with tshark's decryption spliced in (maildissect.decrypt)."""
+def analyze_decrypted(paths: list[str], keylog: str, config: Config, progress=None, message_hook=None) -> Analysis:
+    """Analyse with tshark's decryption spliced in (maildissect.decrypt), in one process."""
     import os
     import shutil
     import sys

@@ -27,6 +27,7 @@ MODULES = (
     "maildissect.protocols.webmail",
     "maildissect.mime",
     "maildissect.pipeline",
+    "maildissect.live_decrypt",
 )
 
 

@@ -101,8 +101,7 @@ def _remember_keylog(ctx, param, value):
 def analysis_options(fn):
     """Options shared by every command that analyses captures."""
     from .parallel import default_jobs
-    if fn.__name__ != "live":
-        # (live capture cannot decrypt: tshark needs the file; record with -w, then analyse it)
+    if fn.__name__ != "live":  # (live has its own --keylog: the file may not exist yet)
         fn = click.option("--keylog", type=click.Path(exists=True, dir_okay=False), default=None, metavar="FILE",
                           expose_value=False, callback=_remember_keylog,
                           help="Decrypt TLS with this NSS key log (SSLKEYLOGFILE format) through tshark: mail "
@@ -625,15 +624,20 @@ def _record_line(table: str, r) -> str:
               show_default=True, help="Capture with scapy's packet socket, a tcpdump pipe, or pyshark/tshark.")
 @click.option("--idle-timeout", type=float, default=300.0, show_default=True,
               help="Seconds of silence after which a connection is closed and reported.")
+@click.option("--keylog", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="Decrypt TLS sessions with this NSS key log (SSLKEYLOGFILE) through tshark as each one ends; "
+                   "the file may be written while the capture runs (docs/protocols/tls.md).")
 @analysis_options
 @handle_errors
-def live(iface, bpf, extra_ports, duration, count, write, rotate_size, fmt, backend, idle_timeout, quiet, redact,
-         limits, ports, jobs):
+def live(iface, bpf, extra_ports, duration, count, write, rotate_size, fmt, backend, idle_timeout, keylog, quiet,
+         redact, limits, ports, jobs):
     """Capture on an interface and print each session and message as it completes.
 
     Memory stays bounded: finished sessions are printed and forgotten, idle
     connections time out. Stop with Ctrl-C, --duration or --count; a summary
     (with kernel drop counts) goes to stderr. Needs root or CAP_NET_RAW.
+    With --keylog, a TLS session is printed decrypted, with the messages it
+    carried, once it ends.
     """
     from .capture.live import LiveError, default_filter
     from .config import Config, Limits
@@ -651,6 +655,10 @@ def live(iface, bpf, extra_ports, duration, count, write, rotate_size, fmt, back
     port_map = {int(k): v for k, v in _parse_pairs(ports, "--port").items()}
     config = Config(limits=lim, redact=redact, ports=port_map)
     rotate = _number(rotate_size) if rotate_size else None
+    if keylog is not None:
+        from .decrypt import MISSING_TSHARK, find_tshark
+        if find_tshark() is None:
+            raise UserError(MISSING_TSHARK)
 
     def on_record(table, record):
         if redact:
@@ -663,13 +671,14 @@ def live(iface, bpf, extra_ports, duration, count, write, rotate_size, fmt, back
     try:
         summary = run_live(iface, bpf=bpf or default_filter(extra + list(port_map)), backend=backend,
                            config=config, on_record=on_record, duration=duration, count=count, write=write,
-                           rotate_size=rotate)
+                           rotate_size=rotate, keylog=keylog)
     except LiveError as e:
         raise UserError(str(e)) from None
     if not quiet:
         drops = summary.get("kernel_drops")
         click.echo(f"{summary['frames']} packets, {summary['flows']} connections, {summary['sessions']} sessions, "
                    f"{summary['messages']} messages in {summary['seconds']} s"
+                   + (f", {summary['tls_decrypted']} TLS sessions decrypted" if keylog is not None else "")
                    + (f"; kernel dropped {drops}" if drops is not None else ""), err=True)
 
 

@@ -25,6 +25,8 @@ class Limits:
     max_ooo_bytes: int = 4 * 1024 * 1024  # out-of-order bytes buffered per direction
     max_ooo_segments: int = 4_096  # out-of-order segments buffered per direction
     idle_timeout: float = 3600.0  # seconds of silence before a flow is closed (live mode)
+    max_live_tls_bytes: int = 64 * 1024 * 1024  # live --keylog: frames kept per connection until it is decrypted
+    max_live_tls_total: int = 256 * 1024 * 1024  # live --keylog: frames kept for all open connections together
     # protocol detection
     max_detect_bytes: int = 4_096  # bytes buffered per side while the protocol is unknown
     # dissectors

@@ -21,16 +21,27 @@ from .pipeline import Collector, Pipeline
 
 
 class _Sink:
-    """A list stand-in that forwards records instead of keeping them."""
+    """A list stand-in that forwards records instead of keeping them.
 
-    __slots__ = ("table", "callback", "count")
+    ``hold(table, record)``, when set, sees each record first and may keep it
+    back (live TLS decryption replaces encrypted sessions); :meth:`put` passes
+    a record on without asking.
+    """
+
+    __slots__ = ("table", "callback", "count", "hold")
 
     def __init__(self, table: str, callback):
         self.table = table
         self.callback = callback
         self.count = 0
+        self.hold = None
 
     def append(self, record):
+        if self.hold is not None and self.hold(self.table, record):
+            return
+        self.put(record)
+
+    def put(self, record):
         self.count += 1
         if self.callback is not None:
             self.callback(self.table, record)
@@ -43,13 +54,15 @@ class _Sink:
         return self.count
 
 
+_TABLE_NAMES = ("flows", "sessions", "commands", "messages", "credentials", "anomalies", "http", "mailboxes")
+
+
 class StreamingCollector(Collector):
     """Collector whose tables are sinks calling ``on_record(table, record)``."""
 
     def __init__(self, on_record: Callable, tables=("sessions", "messages")):
         super().__init__()
-        for name in ("flows", "sessions", "commands", "messages", "credentials", "anomalies", "http",
-                     "mailboxes"):
+        for name in _TABLE_NAMES:
             setattr(self, name, _Sink(name, on_record if name in tables else None))
 
 
@@ -66,17 +79,29 @@ def _stop_on_sigterm():
 def run_live(iface: str, *, bpf: str | None, backend: str = "scapy", config: Config | None = None,
              on_record: Callable | None = None, tables=("sessions", "messages"), duration: float | None = None,
              count: int | None = None, write: str | None = None, rotate_size: int | None = None,
-             should_stop: Callable[[], bool] | None = None) -> dict:
-    """Capture on ``iface`` until ``duration``/``count``/Ctrl-C; returns summary counters."""
+             should_stop: Callable[[], bool] | None = None, keylog: str | None = None) -> dict:
+    """Capture on ``iface`` until ``duration``/``count``/Ctrl-C; returns summary counters.
+
+    ``keylog``: decrypt each TLS session through tshark when it ends
+    (:mod:`maildissect.live_decrypt`).
+    """
     config = config or Config()
     collector = StreamingCollector(on_record, tables)
     pipe = Pipeline(config)
     pipe.collector = collector
+    decryptor = None
+    if keylog is not None:
+        from .live_decrypt import LiveDecryptor
+        decryptor = LiveDecryptor(keylog, config, lambda table, record: getattr(collector, table).put(record))
+        for name in _TABLE_NAMES:
+            getattr(collector, name).hold = decryptor.take
+        pipe.flow_hook = decryptor.closed
     source = open_live(iface, bpf, backend)
     writer = PcapWriter(write, getattr(source, "linktype", 1), rotate_size) if write else None
     decode = pipe.decoder.decode
     reasm = pipe.reassembler
     packet = reasm.packet
+    conns = reasm.table
     started = time.time()
     deadline = started + duration if duration else None
     frames = 0
@@ -93,7 +118,21 @@ def run_live(iface: str, *, bpf: str | None, backend: str = "scapy", config: Con
                     writer.write(ts, data, wirelen)
                 seg = decode(ts, linktype, data, wirelen)
                 if seg is not None:
-                    packet(ts, seg)
+                    if decryptor is None:
+                        packet(ts, seg)
+                    else:
+                        # keep the frame with its connection; a first frame makes the connection
+                        entry = conns.get(seg[0])
+                        if entry is not None and not entry[0].closed:
+                            decryptor.frame(entry[0], ts, linktype, data, wirelen)
+                            packet(ts, seg)
+                        else:
+                            packet(ts, seg)
+                            entry = conns.get(seg[0])
+                            if entry is not None and not entry[0].closed:
+                                decryptor.frame(entry[0], ts, linktype, data, wirelen)
+            if decryptor is not None:
+                decryptor.poll()
             if now - last_sweep >= sweep_every:
                 reasm.sweep(now)
                 last_sweep = now
@@ -113,11 +152,14 @@ def run_live(iface: str, *, bpf: str | None, backend: str = "scapy", config: Con
             writer.close()
     pipe.frames = frames
     pipe.finish(time.time())
+    if decryptor is not None:
+        decryptor.close()
     return {
         "interface": iface, "backend": source.name, "filter": bpf or "", "seconds": round(time.time() - started, 3),
         "frames": frames, "tcp_segments": pipe.decoder.tcp, "flows": len(collector.flows),
         "sessions": len(collector.sessions), "messages": len(collector.messages),
         "credentials": len(collector.credentials), "anomalies": len(collector.anomalies),
         "loopback_duplicates_dropped": getattr(source, "dropped_outgoing", 0),
-        "interrupted": interrupted, "files_written": writer.files if writer else [], **stats,
+        "interrupted": interrupted, "files_written": writer.files if writer else [],
+        "tls_decrypted": decryptor.decrypted if decryptor is not None else None, **stats,
     }

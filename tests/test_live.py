@@ -6,6 +6,7 @@ reason otherwise. CI runs as root.
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -90,3 +91,93 @@ def test_without_permission_says_how_to_get_it(monkeypatch):
     with pytest.raises(live.LiveError) as e:
         live.open_live("lo", None, "scapy")
     assert "root" in str(e.value) and "setcap cap_net_raw" in str(e.value)
+
+
+# -- TLS decryption while capturing (--keylog) ---------------------------------------------------
+CAPTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "captures")
+needs_tshark = pytest.mark.skipif(shutil.which("tshark") is None, reason="needs tshark to decrypt TLS")
+
+
+class ReplaySource:
+    """A live source that plays a capture file's frames (no packet socket needed)."""
+
+    name = "replay"
+    linktype = 1
+
+    def __init__(self, path):
+        from maildissect.capture.files import CaptureReader
+        self.frames_ = list(CaptureReader(path))
+
+    def frames(self):
+        for ts, linktype, data, wirelen in self.frames_:
+            yield ts, linktype, data, wirelen
+        yield 0.0, None, b"", 0  # a tick, as the real sources give while idle
+
+    def stats(self):
+        return {}
+
+    def close(self):
+        pass
+
+
+def replay_live(monkeypatch, path, **kw):
+    from maildissect import live as live_mod
+    monkeypatch.setattr(live_mod, "open_live", lambda iface, bpf, backend: ReplaySource(path))
+    out = []
+    summary = live_mod.run_live("replay", bpf=None, on_record=lambda t, r: out.append((t, r)),
+                                tables=("sessions", "messages", "credentials", "anomalies"), **kw)
+    return out, summary
+
+
+@needs_tshark
+def test_live_keylog_prints_tls_sessions_decrypted(monkeypatch):
+    """Every message of the generator's tls scenario (STARTTLS SMTP/IMAP, implicit TLS on
+    465/993, HTTPS webmail) is printed, as analyze --keylog finds it, and no record of a
+    plaintext part before STARTTLS is printed twice."""
+    pcap, keys = os.path.join(CAPTURES, "tls.pcap"), os.path.join(CAPTURES, "tls.keys")
+    out, summary = replay_live(monkeypatch, pcap, keylog=keys)
+    offline = maildissect.analyze(pcap, keylog=keys).records
+    msgs = [r for t, r in out if t == "messages"]
+    assert sorted(m.sha256 or "" for m in msgs) == sorted(m.sha256 or "" for m in offline.messages)
+    assert len(msgs) == 12 and all(m.decrypted for m in msgs)
+    sessions = [r for t, r in out if t == "sessions"]
+    assert sorted((s.session_id, s.decrypted, s.auth_user or "") for s in sessions) == \
+        sorted((s.session_id, s.decrypted, s.auth_user or "") for s in offline.sessions)
+    creds = [r for t, r in out if t == "credentials"]
+    assert sorted((c.session_id, c.user) for c in creds) == sorted((c.session_id, c.user) for c in offline.credentials)
+    assert summary["tls_decrypted"] == sum(s.decrypted for s in offline.sessions) > 0
+
+
+@needs_tshark
+def test_live_keylog_limit_leaves_sessions_encrypted(monkeypatch):
+    from maildissect.config import Config, Limits
+    pcap, keys = os.path.join(CAPTURES, "tls.pcap"), os.path.join(CAPTURES, "tls.keys")
+    config = Config(limits=Limits().updated(max_live_tls_bytes=2000))
+    out, summary = replay_live(monkeypatch, pcap, keylog=keys, config=config)
+    sessions = [r for t, r in out if t == "sessions"]
+    assert sessions and not any(s.decrypted for s in sessions)
+    assert any(t == "anomalies" and r.name == "live_tls_not_kept" for t, r in out)
+    assert summary["tls_decrypted"] == 0
+
+
+@needs_capture
+@needs_tshark
+def test_live_keylog_during_generated_tls_traffic(tmp_path):
+    """The acceptance run in small: `live --keylog` while the generator's tls scenario
+    writes its key log; every manifest message is printed, the TLS ones decrypted."""
+    keys = tmp_path / "tls.keys"
+    proc = start_live("--format", "jsonl", "--keylog", str(keys))
+    try:
+        doc = generate("tls", str(tmp_path / "tls.pcap"), capture="live", seed=5, keylog=str(keys))
+        time.sleep(1.5)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    rows = [json.loads(line) for line in out.splitlines() if line.strip()]
+    printed = {r["sha256"] for r in rows if r["record"] == "message"}
+    wanted = [m for m in doc["messages"] if m["sha256"] and m["direction"] != "uploaded"]
+    assert any(m["tls"] for m in wanted)
+    missing = [m["message_id"] for m in wanted if m["sha256"] not in printed]
+    assert not missing, f"not printed live: {missing}"
+    assert "TLS sessions decrypted" in err
