@@ -4,7 +4,10 @@
     python benchmarks/bench.py CAPTURE [--suite flows|analyze|all] [--jobs 1,2] [--repeat N]
                                [--markdown] [--json FILE]
 
-Each command runs ``--repeat`` times (best wall time kept). Memory: the
+Each command runs ``--repeat`` times (best wall time kept), in rounds that
+interleave maildissect's and tshark's commands so that both meet the same
+machine; maildissect's modules are compiled to bytecode first, as a regular
+install has them. Memory: the
 largest process's maximum resident set size (``wait4``), and the whole process
 tree's resident memory sampled every 20 ms (with ``--jobs`` the workers add
 up), both as RSS (pages shared copy-on-write by forked workers counted once per
@@ -83,9 +86,8 @@ def measure(args: list[str]) -> tuple[float, int, int, int, int]:
             proc.returncode)
 
 
-def best(args, repeat):
-    """Best wall time over ``repeat`` runs, and the largest memory figures seen."""
-    runs = [measure(args) for _ in range(repeat)]
+def best(runs):
+    """Best wall time over several runs, and the largest memory figures seen."""
     return (min(r[0] for r in runs), max(r[1] for r in runs), max(r[2] for r in runs),
             max(r[3] for r in runs), max(r[4] for r in runs))
 
@@ -120,6 +122,11 @@ def main():
     a = ap.parse_args()
     size = os.path.getsize(a.capture)
     md = maildissect_cmd()
+    # A regular install compiles maildissect's modules to bytecode; an editable one
+    # under PYTHONDONTWRITEBYTECODE=1 would compile them again on every run.
+    import compileall
+    import maildissect
+    compileall.compile_dir(os.path.dirname(maildissect.__file__), quiet=1)
     tshark = shutil.which("tshark")
     manifest = a.capture + ".json"
     results = []
@@ -139,13 +146,20 @@ def main():
                 plan.append(("analyze", f"analyze -j{j}",
                              md + ["export", a.capture, "-o", export_dir, "-f", "parquet", "-q", "--jobs", str(j)],
                              theirs, export_dir))
-        tshark_cache: dict = {}
+        # Rounds interleave every command (ours and tshark's), so that a change in the
+        # machine's speed during the run (shared virtual machines have them) hits both.
+        commands = []
+        for _suite, _label, ours, theirs, _dir in plan:
+            for cmd in (ours, theirs):
+                if cmd and tuple(cmd) not in commands:
+                    commands.append(tuple(cmd))
+        runs: dict = {c: [] for c in commands}
+        for _ in range(a.repeat):
+            for c in commands:
+                runs[c].append(measure(list(c)))
         for suite, label, ours, theirs, export_dir in plan:
-            o = best(ours, a.repeat)
-            key = tuple(theirs) if theirs else None
-            if theirs and key not in tshark_cache:
-                tshark_cache[key] = best(theirs, a.repeat)
-            t = tshark_cache.get(key)
+            o = best(runs[tuple(ours)])
+            t = best(runs[tuple(theirs)]) if theirs else None
             row = {"suite": suite, "label": label, "capture_mb": round(size / 1e6, 1),
                    "maildissect_s": round(o[0], 2), "maildissect_rss_mb": round(o[1] / 1024, 1),
                    "maildissect_tree_rss_mb": round(o[2] / 1024, 1),
