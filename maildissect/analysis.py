@@ -40,10 +40,14 @@ class Analysis:
         self.config = config
         self.stats = stats
 
-    def table(self, name: str) -> pd.DataFrame:
-        """A table by name (``Analysis.table("messages")``)."""
+    def table(self, name: str, keep: bool = True) -> pd.DataFrame:
+        """A table by name (``Analysis.table("messages")``). ``keep=False`` builds it
+        without keeping it on the Analysis (exports write tables one at a time, so
+        only one is in memory at once)."""
         if name not in TABLES:
             raise KeyError(f"unknown table {name!r}; tables: {', '.join(TABLES)}")
+        if not keep and name not in self.__dict__:
+            return self._frame(name)
         return getattr(self, name)
 
     def _records(self, name: str) -> list:

@@ -582,7 +582,7 @@ def write_tables(result, directory: str, fmt: str) -> int:
     except OSError as e:
         raise UserError(f"cannot create {directory}: {e.strerror or e}") from None
     for table in TABLES:
-        files.write(result.table(table), fmt, os.path.join(directory, table + files.EXTENSIONS[fmt]))
+        files.write(result.table(table, keep=False), fmt, os.path.join(directory, table + files.EXTENSIONS[fmt]))
     return len(TABLES)
 
 

@@ -1,8 +1,9 @@
 """Several processes on one analysis: connections sharded by a hash of their endpoints.
 
-Every worker reads all frames (reading and header decoding are cheap) but
-reassembles and dissects only the connections of its shard, so each
-connection is handled whole by one worker. Results are merged so that they are
+Every process reads all frames (reading is cheap, and other shards' frames are
+skipped before they are decoded) but reassembles and dissects only the
+connections of its share of the hash buckets, so each connection is handled
+whole by one process. Results are merged so that they are
 identical to a single-process run: connections are numbered by the frame
 number of their first packet, exactly as one process numbers them, and every
 record's ``session_id`` is renumbered accordingly.
@@ -42,16 +43,35 @@ def worth_parallel(paths, jobs: int) -> bool:
     return total >= MIN_PARALLEL_BYTES
 
 
-def _worker(args):
-    paths, config, k, n, progress_value = args
-    pipe = Pipeline(config)
+#: Connections are hashed into this many buckets, shared out between the processes.
+BUCKETS = 4096
 
-    def progress(done, total):
-        if progress_value is not None:
-            progress_value.value = done
-    pipe.run(paths, progress if k == 0 else None, shard=(k, n))
-    return k, pipe.collector, {"frames": pipe.frames, "decoder": _decoder_stats(pipe),
-                               "linktypes": sorted({lt for r in pipe.readers for lt in r.linktypes})}
+#: The main process's share of the work, relative to a worker's: it also imports
+#: pandas for the tables and unpickles the workers' results.
+MAIN_WEIGHT = 0.85
+
+
+def bucket_ranges(jobs: int) -> list[tuple[int, int]]:
+    """Bucket ranges ``[lo, hi)`` for the main process (first) and each worker."""
+    weights = [MAIN_WEIGHT] + [1.0] * (jobs - 1)
+    total = sum(weights)
+    bounds, acc = [0], 0.0
+    for w in weights:
+        acc += w
+        bounds.append(round(BUCKETS * acc / total))
+    return [(bounds[i], bounds[i + 1]) for i in range(jobs)]
+
+
+def _run_share(paths, config, lo, hi, progress=None):
+    pipe = Pipeline(config)
+    pipe.run(paths, progress, shard=(lo, hi, BUCKETS))
+    return pipe.collector, {"frames": pipe.frames, "decoder": _decoder_stats(pipe),
+                            "linktypes": sorted({lt for r in pipe.readers for lt in r.linktypes})}
+
+
+def _worker(args):
+    paths, config, lo, hi = args
+    return _run_share(paths, config, lo, hi)
 
 
 def _decoder_stats(pipe):
@@ -62,25 +82,24 @@ def _decoder_stats(pipe):
 
 def run_parallel(paths: list[str], config: Config, jobs: int,
                  progress: Callable[[int, int], None] | None = None) -> tuple[Collector, dict]:
-    """Analyse ``paths`` with ``jobs`` processes; returns (merged collector, stats)."""
+    """Analyse ``paths`` with ``jobs`` processes; returns (merged collector, stats).
+
+    The main process is one of them: it forks ``jobs - 1`` workers, analyses its
+    own (slightly smaller) share of the connections, then imports pandas for the
+    tables while the workers finish. No process sits idle, and only the workers'
+    results cross a pipe.
+    """
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
     if ctx.get_start_method() == "fork":
         _preload(config)
-    total = sum(os.path.getsize(p) for p in paths)
-    value = ctx.Value("q", 0) if progress is not None else None
-    tasks = [(paths, config, k, jobs, value) for k in range(jobs)]
-    with ctx.Pool(jobs) as pool:
-        pending = pool.map_async(_worker, tasks)
-        # The tables need pandas; importing it here overlaps with the workers' reading.
+    ranges = bucket_ranges(jobs)
+    with ctx.Pool(jobs - 1) as pool:
+        pending = pool.map_async(_worker, [(paths, config, lo, hi) for lo, hi in ranges[1:]])
+        mine, stats = _run_share(paths, config, *ranges[0], progress)
+        # The tables need pandas; importing it here overlaps with the workers' last work.
         import pandas  # noqa: F401
-        while not pending.ready():
-            pending.wait(0.2)
-            if progress is not None:
-                progress(value.value, total)
-        results = sorted(pending.get(), key=lambda r: r[0])
-    if progress is not None:
-        progress(total, total)
-    return merge([r[1] for r in results]), results[0][2]
+        results = pending.get()
+    return merge([mine] + [r[0] for r in results]), stats
 
 
 def _preload(config: Config) -> None:

@@ -325,7 +325,7 @@ class Pipeline:
 
     # -- running ------------------------------------------------------------------
     def run(self, paths, progress: Callable[[int, int], None] | None = None,
-            shard: tuple[int, int] | None = None) -> Collector:
+            shard: tuple[int, int, int] | None = None) -> Collector:
         """Process capture files (merged in time order); returns the collector.
 
         ``progress(done_bytes, total_bytes)`` is called now and then.
@@ -335,12 +335,13 @@ class Pipeline:
         self.process(itertools.chain.from_iterable(batches), progress, shard)
         return self.collector
 
-    def process(self, frames, progress=None, shard: tuple[int, int] | None = None) -> None:
+    def process(self, frames, progress=None, shard: tuple[int, int, int] | None = None) -> None:
         """Decode, reassemble and dissect ``frames`` (``(ts, linktype, data, wirelen)``,
         or None for a frame the reader skipped as another shard's).
 
-        ``shard=(k, n)``: handle only the connections whose endpoint hash is
-        ``k`` modulo ``n`` (every frame is still read and counted, so frame
+        ``shard=(lo, hi, n)``: handle only the connections whose bucket (their
+        endpoint hash modulo ``n``, maildissect.capture.sharding) is in
+        ``lo``..``hi - 1`` (every frame is still read and counted, so frame
         numbers and capture-level anomalies are the same in every shard).
         """
         decode = self.decoder.decode
@@ -349,7 +350,7 @@ class Pipeline:
         n = 0
         total = sum(r.size or 0 for r in self.readers)
         last_ts = None
-        k, nshards = shard if shard else (0, 1)
+        lo, hi, nshards = shard if shard else (0, 1, 1)
         others = 0  # TCP frames of other shards, skipped before decoding
         skipped = 0  # ... of which the reader skipped without making a frame
         # Hundreds of thousands of small objects (connections, records) make CPython's
@@ -366,12 +367,13 @@ class Pipeline:
             last_ts = ts
             if nshards > 1 and linktype == 1 and len(data) >= MIN_FIXED:
                 s = frame_shard(data, 0, nshards)
-                if s >= 0 and s != k:
+                if s >= 0 and not lo <= s < hi:
                     others += 1
                     continue
             seg = decode(ts, linktype, data, wirelen)
             if seg is not None:
-                if nshards == 1 or shard_of((seg[1][-1] << 16) | seg[3], (seg[2][-1] << 16) | seg[4], nshards) == k:
+                if nshards == 1 or \
+                        lo <= shard_of((seg[1][-1] << 16) | seg[3], (seg[2][-1] << 16) | seg[4], nshards) < hi:
                     reasm.frame = n
                     packet(ts, seg)
             if progress is not None and not n & 0x3FFF:

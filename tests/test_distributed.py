@@ -123,7 +123,7 @@ def test_reader_skips_other_shards_as_none(capture):
     whole = [f for b in read_batches([str(capture)]) for f in b]
     kept = []
     for k in range(3):
-        frames = [f for b in read_batches([str(capture)], shard=(k, 3)) for f in b]
+        frames = [f for b in read_batches([str(capture)], shard=(k, k + 1, 3)) for f in b]
         assert len(frames) == len(whole)
         for f, w in zip(frames, whole):
             if f is not None:

@@ -124,8 +124,8 @@ class CaptureReader:
         self.frames = 0
         self.snaplen_cut = 0
         self.unsorted = 0
-        #: (k, n): frames of connections outside shard k of n are yielded as None (pcap only)
-        self.shard: tuple[int, int] | None = None
+        #: (lo, hi, n): frames of connections outside buckets lo..hi-1 of n are yielded as None (pcap only)
+        self.shard: tuple[int, int, int] | None = None
         #: timestamp of the last frame read
         self.last_ts: float | None = None
         if stream is None:
@@ -222,7 +222,7 @@ class CaptureReader:
         last_ts = 0.0
         # counters live in locals on the per-frame path and are stored on exit
         count = cut = unsorted = 0
-        k, nshards = self.shard or (0, 1)
+        lo, hi, nshards = self.shard or (0, 1, 1)
         skip = nshards > 1 and linktype == 1
         try:
             while True:
@@ -242,7 +242,7 @@ class CaptureReader:
                         cut += 1
                     if skip and incl >= MIN_FIXED:
                         shard = frame_shard(buf, pos + 16, nshards)
-                        if shard >= 0 and shard != k:
+                        if shard >= 0 and not lo <= shard < hi:
                             add(None)
                             pos = end
                             continue
@@ -409,11 +409,12 @@ def _reader(stream):
 
 
 def read_batches(paths, max_frame: int = 262_144, readers: list | None = None,
-                 shard: tuple[int, int] | None = None) -> Iterator[list]:
+                 shard: tuple[int, int, int] | None = None) -> Iterator[list]:
     """Like :func:`read_frames`, in lists of frames (cheaper to consume one by one).
 
-    ``shard=(k, n)``: a single pcap file's plain Ethernet/IPv4/TCP frames of
-    connections outside shard ``k`` of ``n`` come as None (counted, not copied).
+    ``shard=(lo, hi, n)``: a single pcap file's plain Ethernet/IPv4/TCP frames of
+    connections outside buckets ``lo``..``hi - 1`` of ``n`` (maildissect.capture.sharding)
+    come as None (counted, not copied).
     """
     opened = _open_all(paths, max_frame)
     if readers is not None:
