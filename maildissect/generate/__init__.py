@@ -262,7 +262,7 @@ ports whatever ports were really used.
 
 
 @click.command("generate", help=_HELP)
-@click.argument("scenario", type=click.Choice(SCENARIO_NAMES), default="journey")
+@click.argument("scenario", type=click.Choice(SCENARIO_NAMES), default="journey", metavar="[SCENARIO]")
 @click.option("-o", "--out", "out", default=None, metavar="OUT",
               help="Output pcap path; the manifest is written next to it as .json "
                    "[default: ./SCENARIO.pcap].")
