@@ -166,15 +166,15 @@ class LiveDecryptor:
             return [("sessions", session), ("anomalies", Anomaly(
                 session.end, fid, "", "live_tls_decrypt_failed", "no session in the decrypted connection"))]
         out = []
-        found = c.sessions[0]
-        found.session_id = fid
-        out.append(("sessions", found))
         for table in _TABLES:
             records = getattr(c, table)[printed[table]:]  # the plaintext part was printed already
             for r in records:
                 if getattr(r, "session_id", None) is not None:
                     r.session_id = fid
                 out.append((table, r))
+        found = c.sessions[0]
+        found.session_id = fid
+        out.append(("sessions", found))  # last, as a plaintext session's record comes at its close
         return out
 
     # -- results ----------------------------------------------------------------------
