@@ -421,3 +421,23 @@ def test_scenario_timeout_is_enforced(monkeypatch, tmp_path):
     with pytest.raises(TimeoutError):
         generate("imap", str(tmp_path / "stuck.pcap"), capture="synthetic", timeout=2)
     _assert_released(seen["ports"])
+
+
+def test_every_server_kind_goes_down_and_up_in_live_mode():
+    """A live-mode lab (real servers on their ports, no recording relay) can take any
+    server down, so the kernel refuses connections, and bring it back."""
+    import socket
+    from maildissect.generate.lab import Lab
+    seen = set()
+    with Lab(synthetic=False, tls=True) as lab:
+        for (ip, name), svc in lab.services.items():
+            if svc.kind in seen:
+                continue
+            seen.add(svc.kind)
+            port = svc.public_port
+            svc.down()
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection((ip, port), timeout=2).close()
+            svc.up()
+            socket.create_connection((ip, port), timeout=2).close()
+    assert seen == {"asyncio", "twisted", "uvicorn", "hypercorn"}

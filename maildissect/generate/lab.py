@@ -115,7 +115,7 @@ class Service:
         if self._server is None:
             return
         if self.kind == "asyncio":
-            lab.loop.call(self._server.close)
+            lab.loop.run(_close_server(self._server))  # closed when this returns
         elif self.kind == "twisted":
             reactor_call(self._server.stopListening)
         elif self.kind == "uvicorn":
@@ -174,11 +174,8 @@ class Service:
         if self.lab.synthetic:
             self.lab.loop.run(self._relay.stop())
             self._relay = None
-        elif self.kind == "asyncio":
-            self.lab.loop.run(_close_server(self._server))
-            self._server = None
         else:
-            raise NotImplementedError(f"{self.name} cannot be taken down in live mode")
+            self._stop_server()  # (waits until the listening socket is closed)
         self._hold = hold_port(self.ip, self.public_port)
 
     def up(self):

@@ -945,6 +945,8 @@ def make_portal(store):
                 return imap4.IAccount, account, account.logout
             if pop3.IMailbox in interfaces:
                 return pop3.IMailbox, Pop3Mailbox(store.mailbox(avatar_id)), lambda: None
+            # twisted.cred's contract for an interface this realm does not serve
+            # (IRealm.requestAvatar); the portal turns it into a failed login
             raise NotImplementedError(interfaces)
 
     return portal.Portal(Realm(), [StoreChecker()])
