@@ -545,6 +545,25 @@ class HttpMessage:
         self.complete = True
         self.trailers: Headers | None = None
 
+    def settle(self, report) -> None:
+        """At the end of a message whose body is finished: the body's problems go to
+        ``report(name, detail)``, an incomplete body makes the message incomplete,
+        and the trailer fields join the header fields."""
+        body = self.body
+        for name, detail in body.issues:
+            report(name, detail)
+        body.issues.clear()
+        if not body.complete:
+            self.complete = False
+        self.merge_trailers()
+
+    def merge_trailers(self) -> None:
+        """Trailer fields join the header fields (once)."""
+        if self.trailers:
+            for k, v in self.trailers.items:
+                self.headers.add(k, v)
+        self.trailers = None
+
 
 class Exchange:
     """One request and its final response (either may be missing).
@@ -1399,16 +1418,8 @@ class HttpDissector(Dissector):
         if msg is None:
             return
         msg.end_ts = ts
-        body = msg.body
-        body.finish()
-        for name, detail in body.issues:
-            self._issue(st, ts, name, detail)
-        body.issues.clear()
-        if not body.complete:
-            msg.complete = False
-        if msg.trailers:
-            for k, v in msg.trailers.items:
-                msg.headers.add(k, v)
+        msg.body.finish()
+        msg.settle(lambda name, detail: self._issue(st, ts, name, detail))
         if st.side == CLIENT:
             ex.req_done = True
             if ex.want_upgrade is not None and ex.response is None and st.state == _LINE:

@@ -668,20 +668,11 @@ class Http2Dissector(Dissector):
             msg.end_ts = ts
             if not complete:
                 msg.complete = False
-            body = msg.body
-            if body is None:
-                body = msg.body = self.proc.new_body(msg, st.ex.request if side == SERVER else None)
+            if msg.body is None:
+                msg.body = self.proc.new_body(msg, st.ex.request if side == SERVER else None)
             else:
-                body.finish()
-            for name, detail in body.issues:
-                self._issue_at(ts, side, name, detail)
-            body.issues.clear()
-            if not body.complete:
-                msg.complete = False
-            if msg.trailers:
-                for k, v in msg.trailers.items:
-                    msg.headers.add(k, v)
-                msg.trailers = None
+                msg.body.finish()
+            msg.settle(lambda name, detail: self._issue_at(ts, side, name, detail))
         if side == CLIENT:
             st.ex.req_done = True
         else:
@@ -719,10 +710,7 @@ class Http2Dissector(Dissector):
             msg.body.complete = False
             msg.body.finish()
             msg.body.issues.clear()
-        if msg.trailers:
-            for k, v in msg.trailers.items:
-                msg.headers.add(k, v)
-            msg.trailers = None
+        msg.merge_trailers()
 
     def _remember(self, sid: int, reset: bool) -> None:
         self.closed[sid] = reset

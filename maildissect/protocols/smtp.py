@@ -711,6 +711,21 @@ class SmtpDissector(Dissector):
             out.append(self.anomaly(ts, CLIENT, "smtp_message_too_large",
                                     f"over {self.limits.max_message_size} bytes: kept for hashing only"))
 
+    def _end_data_on_reply(self, txn, code: str, lines, ts: float, out: list) -> None:
+        """The data of ``txn`` ends at a reply that did not follow a terminator the
+        dissector could read again: keep what was held as the message, record the
+        reply, and find the commands after it (resynchronising)."""
+        self._commit_hold(ts, out)
+        self._data_txn = None
+        self._wire_head = None
+        if self._txn is txn:
+            self._txn = None
+        txn.body_done = True
+        txn.reply = (code, lines, ts)
+        txn.reply_seen = True
+        self._finalize(txn, ts, out)
+        self._cmode = _RESYNC
+
     def _commit_hold(self, ts: float, out: list) -> None:
         """Store the held bytes (end of data without terminator, or a gap)."""
         if self._data_txn is not None and len(self._hold) > self._virt:
@@ -755,15 +770,7 @@ class SmtpDissector(Dissector):
         if wire is None:
             # too much to read again as commands: keep what was sent as a
             # message the server refused, and find the commands after it
-            self._commit_hold(ts, out)
-            self._data_txn = None
-            if self._txn is txn:
-                self._txn = None
-            txn.body_done = True
-            txn.reply = (code, lines, ts)
-            txn.reply_seen = True
-            self._finalize(txn, ts, out)
-            self._cmode = _RESYNC
+            self._end_data_on_reply(txn, code, lines, ts, out)
             return
         self._data_txn = None
         self._hold = b""
@@ -1120,16 +1127,7 @@ class SmtpDissector(Dissector):
             txn = self._data_txn
             if not txn.gap:
                 out.append(self.anomaly(ts, SERVER, "smtp_reply_during_data", f"{code} {text[:60]}"))
-            self._commit_hold(ts, out)
-            self._data_txn = None
-            self._wire_head = None
-            if self._txn is txn:
-                self._txn = None
-            txn.body_done = True
-            txn.reply = (code, lines, ts)
-            txn.reply_seen = True
-            self._finalize(txn, ts, out)
-            self._cmode = _RESYNC
+            self._end_data_on_reply(txn, code, lines, ts, out)
             return
         if code == "354" and self._cmode == _RESYNC:
             # a DATA lost in a client gap was accepted: what follows is data
