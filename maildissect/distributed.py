@@ -23,9 +23,10 @@ from typing import Iterable
 
 from .capture.decode import Decoder
 from .capture.files import CaptureReader
+from .capture.sharding import shard_of
 from .config import Config
 from .parallel import merge
-from .pipeline import Collector, Pipeline, shard_of
+from .pipeline import Collector, Pipeline
 
 
 def decode_file(path: str, file_index: int, buckets: int, config: Config) -> dict:

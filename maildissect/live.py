@@ -101,7 +101,6 @@ def run_live(iface: str, *, bpf: str | None, backend: str = "scapy", config: Con
     decode = pipe.decoder.decode
     reasm = pipe.reassembler
     packet = reasm.packet
-    conns = reasm.table
     started = time.time()
     deadline = started + duration if duration else None
     frames = 0
@@ -121,16 +120,7 @@ def run_live(iface: str, *, bpf: str | None, backend: str = "scapy", config: Con
                     if decryptor is None:
                         packet(ts, seg)
                     else:
-                        # keep the frame with its connection; a first frame makes the connection
-                        entry = conns.get(seg[0])
-                        if entry is not None and not entry[0].closed:
-                            decryptor.frame(entry[0], ts, linktype, data, wirelen)
-                            packet(ts, seg)
-                        else:
-                            packet(ts, seg)
-                            entry = conns.get(seg[0])
-                            if entry is not None and not entry[0].closed:
-                                decryptor.frame(entry[0], ts, linktype, data, wirelen)
+                        decryptor.packet(reasm, ts, seg, linktype, data, wirelen)
             if decryptor is not None:
                 decryptor.poll()
             if now - last_sweep >= sweep_every:

@@ -81,6 +81,20 @@ class LiveDecryptor:
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="maildissect-decrypt")
 
     # -- frames ----------------------------------------------------------------------
+    def packet(self, reasm, ts: float, seg, linktype: int, data: bytes, wirelen: int) -> None:
+        """Hand a decoded segment to the reassembler and keep its frame with its connection."""
+        entry = reasm.table.get(seg[0])
+        if entry is None or entry[0].closed:
+            reasm.packet(ts, seg)  # a first frame makes the connection
+            entry = reasm.table.get(seg[0])
+            if entry is not None and not entry[0].closed:
+                self.frame(entry[0], ts, linktype, data, wirelen)
+        else:
+            # kept before the reassembler sees it: a frame that closes the connection
+            # must be in the pcap decrypted at the close
+            self.frame(entry[0], ts, linktype, data, wirelen)
+            reasm.packet(ts, seg)
+
     def frame(self, conn, ts: float, linktype: int, data: bytes, wirelen: int) -> None:
         """Keep one frame of ``conn`` (an open reassembler connection)."""
         fid = conn.flow.flow_id

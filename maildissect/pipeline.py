@@ -16,7 +16,7 @@ from typing import Callable, Iterable
 from . import anomalies as anomaly_registry
 from .capture.decode import Decoder
 from .capture.files import CaptureReader, read_batches
-from .capture.sharding import MIN_FIXED, frame_shard, shard_of  # noqa: F401 (shard_of: re-exported)
+from .capture.sharding import MIN_FIXED, frame_shard, shard_of
 from .config import Config
 from .model import (CLIENT, SIDE_NAMES, Anomaly, Command, Credential, Flow, HttpRequest,
                     MailboxEvent, Message, Session)
