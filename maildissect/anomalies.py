@@ -26,6 +26,7 @@ MODULES = (
     "maildissect.protocols.http2",
     "maildissect.protocols.webmail",
     "maildissect.mime",
+    "maildissect.text",
     "maildissect.pipeline",
     "maildissect.live_decrypt",
 )

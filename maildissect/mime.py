@@ -12,10 +12,11 @@ line by line. This walker finds boundaries with ``bytes.find`` over whole
 bodies, decodes with :mod:`binascii` and hashes with :mod:`hashlib`, which
 keeps large base64 attachments well above 100 MB/s
 (``benchmarks/bench_mime.py``). The stdlib ``email`` package still does what
-it does well: RFC 2047 encoded words (:func:`email.header.decode_header`),
-address lists (:func:`email.utils.getaddresses`), dates
-(:func:`email.utils.parsedate_to_datetime`) and RFC 2231 parameters
-(:func:`email.utils.decode_params`, :func:`email.utils.collapse_rfc2231_value`).
+it does well: address lists (:func:`email.utils.getaddresses`), dates
+(:func:`email.utils.parsedate_to_datetime`) and the assembly of RFC 2231
+parameter continuations (:func:`email.utils.decode_params`). Text is decoded by
+:mod:`maildissect.text` (charsets resolved as the WHATWG Encoding Standard
+does, RFC 2047 encoded words, the 8-bit rule for raw header bytes).
 
 Representation choices (docs/mime.md has the full story):
 
@@ -37,7 +38,6 @@ Representation choices (docs/mime.md has the full story):
 from __future__ import annotations
 
 import binascii
-import codecs
 import hashlib
 import html
 import os
@@ -48,13 +48,12 @@ try:  # optional accelerator; binascii does the same work more slowly
     from pybase64 import b64decode as _fast_b64decode
 except ImportError:  # pragma: no cover - depends on the installation
     _fast_b64decode = None
-from email.errors import HeaderParseError
-from email.header import decode_header
-from email.utils import collapse_rfc2231_value, decode_params, getaddresses, parsedate_to_datetime, unquote
+from email.utils import decode_params, getaddresses, parsedate_to_datetime, unquote
 
 from .anomalies import make as make_anomaly
 from .config import Config
 from .model import Anomaly, Attachment, Message, Received
+from .text import BAD_ENCODED_WORD, UNKNOWN_CHARSET, decode, decode_8bit, decode_words
 
 __all__ = ["fill_message", "ANOMALIES", "side_of"]
 
@@ -68,10 +67,11 @@ ANOMALIES = {
     "mime_multipart_without_boundary": "a multipart Content-Type without a boundary parameter (treated as text/plain)",
     "mime_bad_content_type": "a Content-Type that is not type/subtype (treated as the default type)",
     "mime_bad_parameter": "RFC 2231 parameter continuations that could not be assembled",
-    "mime_unknown_charset": "a charset that Python does not know (text decoded as UTF-8/Latin-1)",
+    "mime_unknown_charset": "a charset label that names no text encoding of the WHATWG Encoding Standard (utf-7, "
+                            "unicode_escape, an unknown name): the text was read as UTF-8 with replacement",
     "mime_charset_error": "text that is not valid in its declared charset (decoded with replacement)",
     "mime_bad_encoded_word": "an RFC 2047 encoded word that could not be decoded (kept as written)",
-    "mime_header_not_utf8": "8-bit header bytes that are not UTF-8 (decoded as Latin-1)",
+    "mime_header_not_utf8": "8-bit header bytes that are not UTF-8 (decoded as windows-1252)",
     "mime_missing_header_separator": "a header block that ends with a line that is not a header instead of an empty line",
     "mime_header_block_too_large": "a header block larger than max_header_bytes (the rest of the block is skipped)",
     "mime_too_many_headers": "more header fields than max_headers in one block (the rest are skipped)",
@@ -92,7 +92,6 @@ _B64_NOT_DATA = bytes(b for b in range(256) if b not in _B64_ALPHABET + b"=")
 _B64_PAD_RUNS = re.compile(rb"=+")
 _BAD_QP = re.compile(rb"=(?![0-9A-Fa-f]{2}|[ \t]*\r?\n|[ \t]*\Z)")
 _FIELD_NAME = re.compile(rb"[!-9;-~]+")
-_ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?(.*?)\?=")
 _MSGID = re.compile(r"<[^<>]*>")
 _WS = re.compile(r"\s+")
 _HTML_DROP = re.compile(r"(?is)<(script|style|head|title)\b.*?</\1\s*>|<!--.*?-->")
@@ -101,16 +100,11 @@ _SPECIALS = frozenset('()<>@,;:\\".[]')
 _TEXT_CTE = (None, "", "7bit", "8bit", "binary")
 _UU_ENCODINGS = ("x-uuencode", "uuencode", "x-uue", "uue")
 _MESSAGE_TYPES = ("message/rfc822", "message/global")
-# charsets that only say "some 8-bit text": decoded as UTF-8, else Latin-1, without complaint
-_VAGUE_CHARSETS = frozenset(("unknown-8bit", "x-unknown", "unknown", "8bit", "x-user-defined", "default"))
-_ASCII_CHARSETS = frozenset(("us-ascii", "ascii", "ansi_x3.4-1968", "iso646-us"))
 
 #: how much of a text part is looked at for the preview (bounds regex work)
 _PREVIEW_SCAN = 256 * 1024
 #: directions whose message bytes come from the client
 _OUTGOING_SIDES = {"sent": "client", "appended": "client", "uploaded": "client"}
-
-_codec_cache: dict[str, codecs.CodecInfo | None] = {}
 
 # Hashing large buffers on worker threads: hashlib releases the GIL while it
 # hashes, binascii does not while it decodes, so the digests of one
@@ -163,25 +157,20 @@ def _later(fn, data):
     return lambda: value
 
 
+def _param_bytes(value: str) -> bytes:
+    """The bytes of an RFC 2231 value as :func:`email.utils.decode_params` leaves
+    it: percent-escapes became Latin-1 characters; characters beyond Latin-1
+    (from an unescaped continuation of a UTF-8 header) are taken as UTF-8."""
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return b"".join(c.encode("latin-1") if ord(c) < 256 else c.encode("utf-8", "replace") for c in value)
+
+
 def side_of(direction: str) -> str:
     """The side whose bytes a message of ``direction`` is: client for sent,
     appended and uploaded messages, server for retrieved and downloaded ones."""
     return _OUTGOING_SIDES.get(direction, "server")
-
-
-def _codec(charset: str) -> codecs.CodecInfo | None:
-    """A text codec for a MIME charset label, or None when Python has none."""
-    info = _codec_cache.get(charset, False)
-    if info is False:
-        try:
-            info = codecs.lookup(charset)
-            if not getattr(info, "_is_text_encoding", True) or info.name == "undefined":
-                info = None
-        except (LookupError, ValueError):
-            info = None
-        if len(_codec_cache) < 1000:
-            _codec_cache[charset] = info
-    return info
 
 
 def _split_params(value: str) -> list[str]:
@@ -300,74 +289,43 @@ class _Parser:
     # -- text ------------------------------------------------------------------
 
     def text(self, data: bytes) -> str:
-        """Header bytes as text: UTF-8 (RFC 6532), else Latin-1 with a note."""
-        try:
-            return data.decode("utf-8")
-        except UnicodeDecodeError:
+        """Header bytes as text: UTF-8 (RFC 6532), else windows-1252 with a note."""
+        text, utf8 = decode_8bit(data)
+        if not utf8:
             self.note("mime_header_not_utf8", repr(data[:60]))
-            return data.decode("latin-1")
+        return text
 
     def decode_charset(self, data: bytes, charset: str | None, where: str) -> str:
-        """Bytes in a declared charset -> str, noting unknown charsets and bad bytes."""
-        cs = (charset or "us-ascii").strip().strip('"').lower()
-        if cs in _ASCII_CHARSETS or cs in _VAGUE_CHARSETS or not cs:
-            try:
-                return data.decode("utf-8")
-            except UnicodeDecodeError:
-                if cs in _ASCII_CHARSETS:
-                    self.note("mime_charset_error", f"{where}: 8-bit text declared {cs}")
-                return data.decode("latin-1")
-        info = _codec(cs)
-        if info is None:
-            self.note("mime_unknown_charset", f"{where}: {cs[:60]}")
-            try:
-                return data.decode("utf-8")
-            except UnicodeDecodeError:
-                return data.decode("latin-1")
-        try:
-            return data.decode(info.name)
-        except UnicodeError:
-            self.note("mime_charset_error", f"{where}: invalid {cs[:60]}")
-            try:
-                return data.decode(info.name, "replace")
-            except (UnicodeError, LookupError, TypeError, ValueError):
-                return data.decode("latin-1")
-        except (LookupError, TypeError, ValueError):
-            return data.decode("latin-1")
+        """Bytes in a declared charset -> str, noting unknown charsets and bad bytes.
 
-    def decode_words(self, value: str) -> str:
-        """Decode RFC 2047 encoded words in place; whitespace between adjacent
-        encoded words is dropped (RFC 2047 section 6.2), the rest is kept."""
+        An undeclared charset is us-ascii (RFC 2045), read by the 8-bit rule of
+        :func:`maildissect.text.decode` (UTF-8 when valid, else windows-1252).
+        """
+        text, problem = decode(data, charset or "us-ascii")
+        if problem is not None:
+            self.problem(problem, where, (charset or "us-ascii").strip().strip('"').lower())
+        return text
+
+    def problem(self, kind: str, where: str, label: str) -> None:
+        """Note a decoding problem of :mod:`maildissect.text` as a mime_* anomaly."""
+        label = label[:60]
+        if kind == UNKNOWN_CHARSET:
+            self.note("mime_unknown_charset", f"{where}: {label}")
+        elif kind == BAD_ENCODED_WORD:
+            self.note("mime_bad_encoded_word", f"{where}: {label}")
+        elif label in ("us-ascii", "ascii", "ansi_x3.4-1968"):
+            self.note("mime_charset_error", f"{where}: 8-bit text declared {label}")
+        else:
+            self.note("mime_charset_error", f"{where}: invalid {label}")
+
+    def decode_words(self, value: str, where: str = "encoded word") -> str:
+        """Decode RFC 2047 encoded words in place (:func:`maildissect.text.decode_words`)."""
         if "=?" not in value:
             return value
-        out: list[str] = []
-        last = 0
-        after_word = False
-        for m in _ENCODED_WORD.finditer(value):
-            between = value[last:m.start()]
-            if not (after_word and not between.strip()):
-                out.append(between)
-            decoded = self.decode_word(m.group(0), m.group(1))
-            out.append(decoded)
-            after_word = True
-            last = m.end()
-        out.append(value[last:])
-        return "".join(out)
-
-    def decode_word(self, word: str, charset: str) -> str:
-        try:
-            pieces = decode_header(word)
-        except (HeaderParseError, ValueError, binascii.Error, UnicodeError):
-            self.note("mime_bad_encoded_word", word[:80])
-            return word
-        out = []
-        for data, cs in pieces:
-            if isinstance(data, str):
-                out.append(data)
-                continue
-            cs = (cs or charset).split("*", 1)[0]
-            out.append(self.decode_charset(data, cs, "encoded word"))
-        return "".join(out)
+        text, problems = decode_words(value)
+        for kind, detail in problems:
+            self.problem(kind, where, detail)
+        return text
 
     # -- header blocks -----------------------------------------------------------
 
@@ -470,14 +428,13 @@ class _Parser:
             decoded = [(main, "")] + pairs
         out: dict[str, str] = {}
         for key, val in decoded[1:]:
-            try:
-                if isinstance(val, tuple):  # (charset, language, quoted value)
-                    val = (val[0], val[1], unquote(val[2]))
-                text = collapse_rfc2231_value(val)
-            except (TypeError, ValueError, LookupError, UnicodeError):
-                self.note("mime_bad_parameter", f"{where}: {key}")
-                text = val[2] if isinstance(val, tuple) else str(val)
-                text = text.strip('"')
+            if isinstance(val, tuple):  # (charset, language, quoted value): RFC 2231
+                label = val[0] or None
+                text, problem = decode(_param_bytes(unquote(val[2])), label)
+                if problem is not None:
+                    self.problem(problem, f"{where} {key}", label or "us-ascii")
+            else:
+                text = unquote(val)
             out.setdefault(key, text)
         return main, out
 
@@ -496,7 +453,7 @@ class _Parser:
         if name is None:
             return None
         # RFC 2047 inside parameters is not standard but is what many MUAs send
-        name = self.decode_words(name).strip()
+        name = self.decode_words(name, "file name").strip()
         return name or None
 
     # -- bodies ----------------------------------------------------------------------
@@ -735,7 +692,7 @@ class _Parser:
             value = value.strip()
             lname = name.lower()
             by_name.setdefault(lname, []).append(value)
-            headers.append((name, self.decode_words(value)))
+            headers.append((name, self.decode_words(value, name)))
         msg.headers = headers
 
         def first(key: str) -> str | None:
@@ -744,12 +701,12 @@ class _Parser:
 
         def decoded(key: str) -> str | None:
             value = first(key)
-            return None if value is None else self.decode_words(value)
+            return None if value is None else self.decode_words(value, key)
 
         msg.from_ = decoded("from")
-        msg.to = self.addresses(by_name.get("to"))
-        msg.cc = self.addresses(by_name.get("cc"))
-        msg.bcc = self.addresses(by_name.get("bcc"))
+        msg.to = self.addresses(by_name.get("to"), "to")
+        msg.cc = self.addresses(by_name.get("cc"), "cc")
+        msg.bcc = self.addresses(by_name.get("bcc"), "bcc")
         msg.reply_to = decoded("reply-to")
         msg.sender = decoded("sender")
         msg.subject = decoded("subject")
@@ -771,7 +728,7 @@ class _Parser:
         msg.dkim_signed = "dkim-signature" in by_name
         msg.authentication_results = decoded("authentication-results")
 
-    def addresses(self, values: list[str] | None) -> list[str]:
+    def addresses(self, values: list[str] | None, where: str) -> list[str]:
         """Address header values -> ``Name <addr>`` / ``addr`` strings."""
         if not values:
             return []
@@ -783,13 +740,13 @@ class _Parser:
         for name, addr in pairs:
             if not addr:
                 continue
-            name = self.decode_words(name).strip() if name else ""
+            name = self.decode_words(name, where).strip() if name else ""
             out.append(f"{_quote_name(name)} <{addr}>" if name else addr)
         return out
 
     def received(self, value: str) -> Received:
         """One Received: header -> Received (from, by, with, id, for, date)."""
-        text = _WS.sub(" ", self.decode_words(value)).strip()
+        text = _WS.sub(" ", self.decode_words(value, "received")).strip()
         head, sep, when = text.rpartition(";")
         if not sep:
             head, when = text, ""

@@ -472,8 +472,14 @@ def test_charsets():
     bad_utf8, found = parse(b"Content-Type: text/plain; charset=utf-8\r\n\r\nabc\xff\xfedef\r\n")
     assert names(found) == ["mime_charset_error"]
     assert bad_utf8.text_preview == "abc\ufffd\ufffddef"
+    # a label that names no text encoding: read as UTF-8 with replacement (WHATWG has no fallback guess)
     unknown, found = parse(b"Content-Type: text/plain; charset=x-klingon\r\n\r\nqapla\xe9\r\n")
-    assert names(found) == ["mime_unknown_charset"] and unknown.text_preview == "qapla\xe9"
+    assert names(found) == ["mime_unknown_charset"] and unknown.text_preview == "qapla\ufffd"
+    # labels resolve as the WHATWG Encoding Standard says: latin1 is windows-1252
+    latin1, found = parse(b"Content-Type: text/plain; charset=\"ISO-8859-1\"\r\n\r\nit\x92s\r\n")
+    assert found == [] and latin1.text_preview == "it\u2019s"
+    gb, found = parse(b"Content-Type: text/plain; charset=gb2312\r\n\r\n\xc4\xe3\xba\xc3\r\n")
+    assert found == [] and gb.text_preview == "\u4f60\u597d"
     latin, found = parse(b"Content-Type: text/plain; charset=windows-1252\r\n\r\n\x93quoted\x94\r\n")
     assert found == [] and latin.text_preview == "\u201cquoted\u201d"
     undeclared, found = parse(b"Content-Type: text/plain\r\n\r\nna\xc3\xafve\r\n")
@@ -484,6 +490,9 @@ def test_header_not_utf8():
     msg, found = parse(b"Subject: caf\xe9\r\n\r\n")
     assert msg.subject == "café"
     assert names(found) == ["mime_header_not_utf8"]
+    # raw 8-bit text that is not UTF-8 is windows-1252, as mail readers show it: 0x92 is a quote
+    quote, found = parse(b"Subject: it\x92s here\r\n\r\n")
+    assert quote.subject == "it\u2019s here" and names(found) == ["mime_header_not_utf8"]
     utf8, found = parse("Subject: café ✓\r\n\r\n".encode())
     assert utf8.subject == "café ✓" and found == []  # RFC 6532
 
@@ -645,3 +654,36 @@ def test_mutated_messages_never_raise(seed, mutations):
     for config in (TIGHT, Config()):
         msg, found = parse(raw, config)
         check_invariants(raw, msg, found, config)
+
+
+def test_hostile_charsets_give_writable_text():
+    """Labels that name Python codecs which are not character sets never decode anything."""
+    raw = crlf("""\
+From: =?utf-7?q?Eve+2D0-?= <eve@example.org>
+Subject: =?utf-7?q?hi+2D0-there?=
+Content-Type: multipart/mixed; boundary=b
+
+--b
+Content-Type: text/plain; charset=unicode_escape
+
+a\\ud800 body
+--b
+Content-Type: application/octet-stream
+Content-Disposition: attachment; filename*=unicode_escape''a%5Cud800.txt
+
+x
+--b
+Content-Type: application/octet-stream; name*=raw_unicode_escape''b%5Cudfff.bin
+
+y
+--b--
+""")
+    msg, found = parse(raw)
+    assert msg.subject == "hi+2D0-there" and msg.from_ == "Eve+2D0- <eve@example.org>"
+    assert [a.filename for a in msg.attachments] == ["a\\ud800.txt", "b\\udfff.bin"]
+    assert msg.text_preview == "a\\ud800 body"
+    assert names(found) == ["mime_unknown_charset"]
+    assert "(and " in found[0].detail  # one record per name, with the count of repeats
+    for value in [msg.subject, msg.from_, msg.text_preview] + [a.filename for a in msg.attachments] \
+            + [v for _, v in msg.headers]:
+        value.encode("utf-8")
