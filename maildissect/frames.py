@@ -91,6 +91,15 @@ SCHEMAS: dict[str, list[tuple]] = {
         ("reply_text", "str", "first line of the reply after the code"),
         ("reply_ts", "ts", "time of the reply"),
         ("latency", "float", "seconds between command and reply"),
+        ("seq", "int", "position of the command in its session: 0 for the server greeting, then 1, 2... in the "
+                       "order the client sent them (SMTP AUTH responses and the end of data \".\" count; "
+                       "HTTP: the exchange's http.seq). With session_id, the key other tables join on"),
+        ("transaction", "int", "SMTP: the mail transaction the command belongs to, 1 for the session's first "
+                               "(MAIL FROM, RCPT TO, DATA/BDAT and the end of data); empty outside one"),
+        ("user", "str", "user authenticated in the session when the server answered the command (an accepted "
+                        "LOGIN/AUTH/PASS names its own user)"),
+        ("mailbox", "str", "IMAP: the selected mailbox the command ran in (SELECT/EXAMINE: the one selected; "
+                           "CLOSE, UNSELECT, LOGOUT: the one closed); POP3: INBOX once the maildrop is open"),
     ],
     "messages": [
         ("protocol", "cat", "protocol that carried the message"),
@@ -143,6 +152,13 @@ SCHEMAS: dict[str, list[tuple]] = {
         ("source", "str", "the command or request that carried it (\"RETR 3\", \"POST /upload\")"),
         ("heuristic", "bool", "recognised by a heuristic (a generic web form) rather than a known format"),
         ("headers", "dicts", "every header, decoded, in order: name and value"),
+        ("command_seq", "int", "the command that carried it (commands.seq of the same session: SMTP DATA or "
+                               "first BDAT, IMAP FETCH or APPEND, POP3 RETR/TOP; HTTP: http.seq of the "
+                               "exchange)"),
+        ("transaction", "int", "SMTP: the mail transaction that carried it (commands.transaction)"),
+        ("user", "str", "user authenticated in the session when the message was transferred"),
+        ("mailbox", "str", "IMAP: the mailbox it was fetched from (the selected one) or appended to; POP3: "
+                           "INBOX"),
     ],
     "attachments": [
         ("session_id", "int", "session of the message"),
@@ -204,6 +220,8 @@ SCHEMAS: dict[str, list[tuple]] = {
         ("response_filename", "str", "file name from the response's Content-Disposition"),
         ("upgrade", "str", "the connection left HTTP/1 here: connect, websocket, h2c..."),
         ("complete", "bool", "false when a gap, a limit or a decoding error cut a body"),
+        ("seq", "int", "the exchange's number in its session (1, 2... in the order exchanges completed; the "
+                       "request order for HTTP/1), the same as its row's seq in commands"),
     ],
     "mailboxes": [
         ("session_id", "int", "session"),

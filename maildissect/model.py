@@ -115,6 +115,11 @@ class Command:
     reply_ts: float | None = None
     latency: float | None = None  # reply_ts - ts
     secret: bool = False  # argument carries a secret (masked under --redact)
+    # keys set by the dissector, on which downstream code joins records (never on time)
+    seq: int | None = None  # position in the session: 0 the greeting, 1, 2... in the order sent
+    transaction: int | None = None  # SMTP: mail transaction of the session (1, 2...) it belongs to
+    user: str | None = None  # user authenticated when the server answered it
+    mailbox: str | None = None  # IMAP: selected mailbox it ran in; POP3: INBOX once the maildrop is open
 
 
 @dataclass(slots=True)
@@ -219,6 +224,11 @@ class Message:
     source: str | None = None  # where in the exchange: "RETR 3", "UID FETCH 7 BODY[]", "POST /x"
     heuristic: bool = False  # recognised by a heuristic (generic web form)
     headers: list[tuple[str, str]] = field(default_factory=list)  # decoded, in order
+    # keys set by the dissector (see Command)
+    command_seq: int | None = None  # Command.seq (HTTP: HttpRequest.seq) of what carried it
+    transaction: int | None = None  # SMTP: the mail transaction that carried it
+    user: str | None = None  # user authenticated when it was transferred
+    mailbox: str | None = None  # IMAP: mailbox it was fetched from or appended to; POP3: INBOX
     raw: bytes | None = None  # exact bytes, only when extraction asks
 
 
@@ -250,6 +260,7 @@ class HttpRequest:
     response_filename: str | None = None  # Content-Disposition filename of the response
     upgrade: str | None = None  # connection left HTTP/1: "connect", "websocket", "h2c", "h2"...
     complete: bool = True  # False when a gap, a limit or a decoding error cut a body
+    seq: int | None = None  # the exchange's number in its session (1, 2...), as Command.seq
 
 
 @dataclass(slots=True)

@@ -31,6 +31,13 @@ class Dissector(ABC):
         self.session = session
         self.config = config or Config()
         self.limits = self.config.limits
+        self._seq = 0  # the last command's Command.seq in this session
+
+    def next_seq(self) -> int:
+        """The sequence number of the next client command of this session (1, 2...;
+        the server greeting is 0). Downstream code joins records on it, never on times."""
+        self._seq += 1
+        return self._seq
 
     @abstractmethod
     def feed(self, side: int, data: bytes, ts: float) -> list:

@@ -36,7 +36,7 @@ import zlib
 from collections import deque
 
 from ..anomalies import StrictError
-from ..model import Attachment, Command, Credential, HttpRequest
+from ..model import Attachment, Command, Credential, HttpRequest, Message
 from .base import CLIENT, OVERLONG, SERVER, Dissector, StreamBuffer
 from .forms import (MultipartParser, decode_text, header_params, is_message_type, load_json,
                     login_fields, parse_urlencoded, is_password_field)
@@ -713,6 +713,7 @@ class ExchangeProcessor:
         self.anomaly = anomaly
         self.webmail = WebmailContext(self)
         self._creds_seen: set = set()
+        self._seq = 0  # exchanges completed so far (HttpRequest.seq)
 
     # bodies --------------------------------------------------------------
     def new_body(self, msg: HttpMessage, request: HttpMessage | None = None) -> Body:
@@ -764,10 +765,19 @@ class ExchangeProcessor:
             msg = req if side == CLIENT else resp
             out.append(self.anomaly(msg.ts if msg else None, side, name, detail))
         ex.issues = []
-        out.append(self._http_record(ex, action))
+        self._seq += 1
+        record = self._http_record(ex, action)
+        record.seq = self._seq
+        out.append(record)
         if req is not None:
-            out.append(self._command(ex))
+            cmd = self._command(ex)
+            cmd.seq, cmd.user = self._seq, sess.auth_user
+            out.append(cmd)
         out.extend(creds)
+        for r in extra:  # the messages of this exchange are keyed to it
+            if type(r) is Message and r.command_seq is None:
+                r.command_seq = self._seq
+                r.user = sess.auth_user
         out.extend(extra)
         return out
 

@@ -1139,7 +1139,7 @@ class ImapDissector(Dissector):
         if verb not in KNOWN_COMMANDS and not verb.startswith("X"):
             out.append(self.anomaly(ts, CLIENT, "imap_unknown_command", verb[:80]))
         argtext = self._argtext(parts, markers, words)
-        cmd = Command(self.session.session_id, "imap", ts, verb[:200], argtext, tag=tag)
+        cmd = Command(self.session.session_id, "imap", ts, verb[:200], argtext, tag=tag, seq=self.next_seq())
         p = _Pending(cmd, verb, tag, args, argtext)
         handler = getattr(self, "_cmd_" + verb.replace(" ", "_").replace("-", "_"), None)
         if handler is not None:
@@ -1296,6 +1296,7 @@ class ImapDissector(Dissector):
 
     def _append_message(self, p, pieces, flags, date, ts, out, complete):
         msg = self._make_message("appended", ts, pieces, "body", f"APPEND {p.mailbox}", complete, out)
+        msg.command_seq, msg.user, msg.mailbox = p.cmd.seq, self.user, p.mailbox
         p.messages.append(msg)
         p.appends.append((msg, flags, date))
 
@@ -1360,7 +1361,8 @@ class ImapDissector(Dissector):
 
     def _greeting(self, status, rest, code, code_args, text, ts, out):
         sess = self.session
-        cmd = Command(sess.session_id, "imap", ts, "", "", None, status, rest.decode("utf-8", "replace"), ts, None)
+        cmd = Command(sess.session_id, "imap", ts, "", "", None, status, rest.decode("utf-8", "replace"), ts, None,
+                      seq=0)
         out.append(cmd)
         sess.banner = text
         if status == "PREAUTH":
@@ -1459,9 +1461,12 @@ class ImapDissector(Dissector):
         cmd.reply_ts = ts
         cmd.latency = ts - cmd.ts
         self._apply_code(code, code_args, p, ts, out)
+        selected = self.mailbox
         done = getattr(self, "_done_" + p.verb.replace(" ", "_"), None)
         if done is not None:
             done(p, status, ts, out)
+        # the mailbox the command ran in: the one it selected, else the one it closed
+        cmd.mailbox = self.mailbox if self.mailbox is not None else selected
         self._emit_pending(p, out)
         if p.verb in ("STARTTLS", "COMPRESS"):
             if status == "OK":
@@ -1472,6 +1477,9 @@ class ImapDissector(Dissector):
     def _emit_pending(self, p, out):
         """Emit a finished (or abandoned) command with what it gathered."""
         cmd = p.cmd
+        cmd.user = self.user
+        if cmd.mailbox is None:
+            cmd.mailbox = self.mailbox
         out.append(cmd)
         if p.sasl is not None and p.cred is None:
             sasl = p.sasl
@@ -1885,6 +1893,9 @@ class ImapDissector(Dissector):
         ident = uid if cmdname == "UID FETCH" and uid is not None else seq
         prefix = f"{cmdname} {ident}"
         msgs = self._fetch_messages(sections, p, key, known, prefix, item_ts, out) if sections else []
+        for msg in msgs:
+            msg.command_seq = p.cmd.seq if p is not None else None
+            msg.user, msg.mailbox = self.user, self.mailbox
         message_id = (envelope or {}).get("message_id")
         msg_size = size
         for msg in msgs:
@@ -2030,8 +2041,9 @@ class ImapDissector(Dissector):
         if asm is None:
             return
         self._partial_bytes -= sum(len(c) for c in asm.chunks)
-        out.append(self._make_message("retrieved", asm.ts, [b"".join(asm.chunks)], "partial", asm.source, False,
-                                      out))
+        msg = self._make_message("retrieved", asm.ts, [b"".join(asm.chunks)], "partial", asm.source, False, out)
+        msg.user, msg.mailbox = self.user, self.mailbox
+        out.append(msg)
 
     def _make_message(self, direction, ts, pieces, kind, source, complete, out, header=b"") -> Message:
         """A Message from literal/string pieces, filled by the MIME parser.

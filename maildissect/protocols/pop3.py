@@ -51,6 +51,8 @@ KNOWN_COMMANDS = frozenset(
     "XOAUTH2 RPOP".split())
 
 _KNOWN_BYTES = frozenset(w.encode() for w in KNOWN_COMMANDS)
+#: Commands of the TRANSACTION state: they act on the maildrop (the INBOX of mailbox events).
+_MAILDROP_VERBS = frozenset("STAT LIST UIDL RETR TOP DELE RSET LAST".split())
 _TERMINATOR = b"\r\n.\r\n"
 _STATUS = re.compile(rb"^([+-])(OK|ERR)\b ?(.*)$", re.I | re.S)
 _APOP_STAMP = re.compile(rb"<[^<>\s]+@[^<>\s]+>")
@@ -340,7 +342,7 @@ class Pop3Dissector(Dissector):
         arg = arg_b.decode("utf-8", "replace").strip()
         if verb not in KNOWN_COMMANDS and not verb.startswith("X"):
             out.append(self.anomaly(ts, CLIENT, "pop3_unknown_command", verb))
-        cmd = Command(self.session.session_id, "pop3", ts, verb, arg)
+        cmd = Command(self.session.session_id, "pop3", ts, verb, arg, seq=self.next_seq())
         p = _Pending(cmd, verb, arg)
         sid = self.session.session_id
         if verb == "USER":
@@ -457,7 +459,7 @@ class Pop3Dissector(Dissector):
 
     def _greeting(self, code, rest, raw_rest, ts, out):
         sess = self.session
-        out.append(Command(sess.session_id, "pop3", ts, "", "", None, code, rest, ts, None))
+        out.append(Command(sess.session_id, "pop3", ts, "", "", None, code, rest, ts, None, seq=0))
         sess.banner = rest
         stamp = _APOP_STAMP.search(raw_rest)
         if stamp:
@@ -515,6 +517,9 @@ class Pop3Dissector(Dissector):
 
     def _emit(self, p, out):
         cmd = p.cmd
+        cmd.user = self.user
+        if self.user is not None or p.verb in _MAILDROP_VERBS:
+            cmd.mailbox = "INBOX"  # the maildrop is open
         out.append(cmd)
         if p.sasl is not None and p.cred is None:
             sasl = p.sasl
@@ -629,7 +634,8 @@ class Pop3Dissector(Dissector):
         kind = "body" if verb == "RETR" else "top"
         msg = Message(protocol="pop3", session_id=self.session.session_id, ts=m.ts, direction="retrieved",
                       complete=complete and verb == "RETR", missing_bytes=m.missing, kind=kind,
-                      source=f"{verb} {p.arg}".strip()[:200])
+                      source=f"{verb} {p.arg}".strip()[:200], command_seq=p.cmd.seq, user=self.user,
+                      mailbox="INBOX")
         try:
             out.extend(_fill(msg, body, self.config))
         except StrictError:

@@ -270,10 +270,12 @@ class _Txn:
     """One mail transaction: envelope, recipients' outcomes, message body."""
 
     __slots__ = ("mail_from", "rcpts", "rcpt_overflow", "body", "data_ts", "source", "gap",
-                 "tls", "body_done", "reply", "reply_seen", "emitted")
+                 "tls", "body_done", "reply", "reply_seen", "emitted", "number", "data_seq")
 
-    def __init__(self, mail_from: str | None = None, gap: bool = False):
+    def __init__(self, mail_from: str | None = None, gap: bool = False, number: int = 0):
         self.mail_from = mail_from
+        self.number = number  # ordinal in the session (Command.transaction, Message.transaction)
+        self.data_seq: int | None = None  # Command.seq of the DATA / first BDAT carrying the message
         self.rcpts: list[list] = []  # [address, True accepted / False refused / None no reply]
         self.rcpt_overflow = False
         self.body: _Body | None = None
@@ -332,6 +334,7 @@ class SmtpDissector(Dissector):
         self._pending: deque[_Pending] = deque([_Pending("greeting")])
         self._pending_overflow = False
         self._txn: _Txn | None = None
+        self._txns = 0  # transactions begun so far
         self._auth: _Auth | None = None  # exchange whose responses the client may still send
         self._auths: list[_Auth] = []  # exchanges whose credential is not emitted yet
         self._closed = False
@@ -523,7 +526,7 @@ class SmtpDissector(Dissector):
             return
         verb = parts[0].upper()
         arg = parts[1].strip() if len(parts) > 1 else ""
-        cmd = Command(self.session.session_id, "smtp", ts, verb[:64], arg)
+        cmd = Command(self.session.session_id, "smtp", ts, verb[:64], arg, seq=self.next_seq())
         if verb in ("EHLO", "HELO", "LHLO"):
             self.session.helo = arg or None
             self._end_txn(ts, out)
@@ -533,7 +536,7 @@ class SmtpDissector(Dissector):
             if not ok:
                 out.append(self.anomaly(ts, CLIENT, "smtp_bad_address", f"MAIL {arg[:80]}"))
             self._end_txn(ts, out)
-            self._txn = _Txn(addr)
+            self._txn = self._new_txn(addr)
             self._push(_Pending("mail", cmd, self._txn), ts, out)
         elif verb == "RCPT":
             addr, ok = _parse_path(arg, "TO:")
@@ -554,6 +557,7 @@ class SmtpDissector(Dissector):
             txn = self._current_txn()
             self._close_open_body(txn, ts, out)
             self._begin_data(txn, ts)
+            txn.data_seq = cmd.seq
             self._push(_Pending("data", cmd, txn), ts, out)
         elif verb == "BDAT":
             self._bdat(cmd, arg, ts, out)
@@ -579,15 +583,21 @@ class SmtpDissector(Dissector):
                                         f"over {self.limits.max_pending_commands} commands without reply"))
             self._flush(pending.popleft(), ts, out)
         entry.epoch = self._epoch
+        if entry.txn is not None and entry.cmd is not None:
+            entry.cmd.transaction = entry.txn.number
         pending.append(entry)
 
     def _current_txn(self) -> _Txn:
         """The open transaction, or an implicit one when MAIL was not seen
         (lost in a gap, or a client that skipped it)."""
         if self._txn is None:
-            self._txn = _Txn(None, gap=self._recovering)
+            self._txn = self._new_txn(None, gap=self._recovering)
             self._txn.tls = self.session.tls
         return self._txn
+
+    def _new_txn(self, mail_from: str | None, gap: bool = False) -> _Txn:
+        self._txns += 1
+        return _Txn(mail_from, gap, self._txns)
 
     def _end_txn(self, ts: float, out: list) -> None:
         """A command that ends the transaction (MAIL, RSET, QUIT, EHLO)."""
@@ -615,6 +625,7 @@ class SmtpDissector(Dissector):
         txn.tls = self.session.tls
         txn.body_done = txn.reply_seen = txn.emitted = False
         txn.reply = None
+        txn.data_seq = None  # the DATA command sets it (a DATA lost in a gap leaves none)
         self._data_txn = txn
         self._hold = b"\r\n"  # the DATA line's CRLF: ".\r\n" right away is an empty message
         self._virt = 2
@@ -747,7 +758,8 @@ class SmtpDissector(Dissector):
         if txn.reply_seen:  # the server spoke first (a gap, or a reply during data)
             self._finalize(txn, ts, out)
         else:
-            self._push(_Pending("eod", Command(self.session.session_id, "smtp", ts, ".", ""), txn), ts, out)
+            self._push(_Pending("eod", Command(self.session.session_id, "smtp", ts, ".", "", seq=self.next_seq()),
+                                txn), ts, out)
 
     def _data_refused(self, txn: _Txn, code: str, lines: list[str], ts: float, out: list) -> None:
         """The server refused DATA: the bytes taken as data were commands."""
@@ -761,6 +773,7 @@ class SmtpDissector(Dissector):
                     if p.kind == "eod" and p.txn is txn:
                         del self._pending[i]
                         if p.cmd is not None:
+                            p.cmd.user = self.session.auth_user
                             out.append(p.cmd)
                         break
                 self._finalize(txn, ts, out)
@@ -798,6 +811,7 @@ class SmtpDissector(Dissector):
             txn.tls = self.session.tls
             txn.body_done = txn.reply_seen = txn.emitted = False
             txn.reply = None
+            txn.data_seq = cmd.seq
         self._push(_Pending("bdat", cmd, txn, last=last), ts, out)
         self._bdat_txn = txn
         self._bdat_left = size
@@ -897,7 +911,8 @@ class SmtpDissector(Dissector):
             auth.exchange.client(text)
         if auth.awaiting:
             auth.awaiting -= 1
-        cmd = Command(self.session.session_id, "smtp", ts, "AUTH-RESPONSE", text, secret=text != "*")
+        cmd = Command(self.session.session_id, "smtp", ts, "AUTH-RESPONSE", text, secret=text != "*",
+                      seq=self.next_seq())
         auth.outstanding += 1
         self._push(_Pending("authresp", cmd, auth=auth), ts, out)
 
@@ -968,6 +983,7 @@ class SmtpDissector(Dissector):
     def _flush(self, entry: _Pending, ts: float, out: list) -> None:
         """A waiting command that will get no reply (gap, overflow, close)."""
         if entry.cmd is not None:
+            entry.cmd.user = self.session.auth_user
             out.append(entry.cmd)
         kind = entry.kind
         txn = entry.txn
@@ -1068,7 +1084,7 @@ class SmtpDissector(Dissector):
             # is the server's greeting delay when the connection start is known
             start = self.session.start
             known = start is not None and start <= ts
-            entry.cmd = Command(self.session.session_id, "smtp", start if known else ts, "")
+            entry.cmd = Command(self.session.session_id, "smtp", start if known else ts, "", seq=0)
         cmd = entry.cmd
         if cmd is not None:
             cmd.reply_code = code
@@ -1117,6 +1133,8 @@ class SmtpDissector(Dissector):
                 auth.exchange.server(text)
             else:
                 self._emit_credential(auth, positive, ts, out)
+        if cmd is not None:  # after the reply's effect: an accepted AUTH names its user
+            cmd.user = self.session.auth_user
 
     def _unexpected_reply(self, code: str, lines: list[str], ts: float, out: list) -> None:
         """A reply no command waits for."""
@@ -1156,7 +1174,8 @@ class SmtpDissector(Dissector):
         msg = Message(protocol="smtp", session_id=self.session.session_id, ts=txn.data_ts,
                       direction="sent", mail_from=txn.mail_from, rcpt_to=accepted,
                       rcpt_rejected=refused, helo=self.session.helo, tls=txn.tls, source=txn.source,
-                      kind=txn.source.lower())
+                      kind=txn.source.lower(), command_seq=txn.data_seq, transaction=txn.number,
+                      user=self.session.auth_user)
         if txn.reply is not None:
             code, lines, _ = txn.reply
             msg.reply_code = code
