@@ -29,6 +29,7 @@ MODULES = (
     "maildissect.text",
     "maildissect.pipeline",
     "maildissect.live_decrypt",
+    "maildissect.output.livelines",
 )
 
 

@@ -6,6 +6,7 @@ No analysis logic lives here; every command is a thin layer over
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -36,7 +37,8 @@ class UserError(Exception):
 
 
 def _fail(message: str, status: int = 1):
-    click.echo(f"maildissect: error: {message}", err=True)
+    from .output.terminal import echo_err
+    echo_err(f"maildissect: error: {message}")  # (cleaned: the message may quote a file name or data)
     sys.exit(status)
 
 
@@ -121,6 +123,12 @@ def analysis_options(fn):
 
 
 def output_options(fn):
+    fn = click.option("--csv-raw", is_flag=True,
+                      help="CSV: write text cells as they are (by default a cell starting with = + - @ TAB or "
+                           "CR gets a leading ' so that spreadsheets do not run it).")(fn)
+    fn = click.option("--wide", is_flag=True,
+                      help="Table: every column with whole values, however wide (on a terminal the table is "
+                           "otherwise fitted to its width).")(fn)
     fn = click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default=None,
                       help="Write to FILE instead of standard output.")(fn)
     fn = click.option("-f", "--format", "fmt", type=FORMAT_CHOICE, default="table", show_default=True,
@@ -206,9 +214,10 @@ def run_analysis(captures, *, quiet=False, redact=False, limits=(), ports=(), ke
 
 def warn_capture_problems(result) -> None:
     """Capture-level damage (truncated files, cut packets) is said on stderr."""
+    from .output.terminal import warn
     for a in result.records.anomalies:
         if a.session_id is None and (a.name.startswith("capture_") or a.name.startswith("ip_fragment_table")):
-            click.echo(f"maildissect: warning: {a.name}: {a.detail}", err=True)
+            warn(f"{a.name}: {a.detail}")
 
 
 def apply_filters(df, protocol=None, from_=None, to_=None, subject=None, session_id=None):
@@ -245,18 +254,31 @@ def apply_filters(df, protocol=None, from_=None, to_=None, subject=None, session
     return df[mask].reset_index(drop=True)
 
 
-def emit_table(df, table: str, fmt: str, output: str | None, title: str | None = None) -> None:
-    """Write a table in the chosen format (rich table on a terminal by default)."""
+def emit_table(df, table: str, fmt: str, output: str | None, title: str | None = None, wide: bool = False,
+               csv_raw: bool = False) -> None:
+    """Write a table in the chosen format (a table fitted to the terminal by default)."""
     from .output import files
     if fmt == "table":
-        from .output.tables import console, render
-        if output and output != "-":
-            with open(output, "w", encoding="utf-8") as f:
-                render(df, table, console(f), title=title)
-        else:
-            render(df, table, console(), title=title)
+        with screen_for(output, wide) as screen:
+            from .output.tables import render
+            render(df, table, screen, title=title)
         return
-    files.write(df, fmt, output)
+    files.write(df, fmt, output, csv_raw=csv_raw)
+
+
+@contextlib.contextmanager
+def screen_for(output: str | None, wide: bool = False):
+    """The Screen that terminal output goes to: stdout, or the file ``output`` (whole values)."""
+    from .output.tables import Screen
+    if output and output != "-":
+        try:
+            f = open(output, "w", encoding="utf-8")
+        except OSError as e:
+            raise UserError(f"cannot write {output}: {e.strerror or e}") from None
+        with f:
+            yield Screen(f, wide=wide)
+    else:
+        yield Screen(wide=wide)
 
 
 # ---------------------------------------------------------------------------------
@@ -290,14 +312,14 @@ def _listing_command(table: str):
     @filter_options
     @analysis_options
     @handle_errors
-    def command(captures, fmt, output, protocol, from_, to_, subject, session_id, quiet, redact, limits, ports,
-                jobs):
+    def command(captures, fmt, output, wide, csv_raw, protocol, from_, to_, subject, session_id, quiet, redact,
+                limits, ports, jobs):
         if table == "flows" and click.get_current_context().get_parameter_source("jobs").name == "DEFAULT":
             jobs = 1  # without dissection, reading dominates and one process is fastest
         result = run_analysis(captures, quiet=quiet, redact=redact, limits=limits, ports=ports,
                               dissect=table != "flows", jobs=jobs)
         df = apply_filters(result.table(table), protocol, from_, to_, subject, session_id)
-        emit_table(df, table, fmt, output)
+        emit_table(df, table, fmt, output, wide=wide, csv_raw=csv_raw)
     command.__doc__ = TABLE_HELP[table] + "\n\nColumns are described in docs/data.md."
     return cli.command(table, help=command.__doc__)(command)
 
@@ -312,9 +334,11 @@ for _table in TABLE_HELP:
               help="Run on a Dask cluster (tcp://HOST:8786), or 'local' for a local one (docs/scale.md).")
 @click.option("--export-dir", type=click.Path(file_okay=False), default=None,
               help="Also write every table as Parquet into this directory.")
+@click.option("--wide", is_flag=True, help="Every column with whole values, however wide (on a terminal the "
+                                           "tables are otherwise fitted to its width).")
 @analysis_options
 @handle_errors
-def analyze(captures, scheduler, export_dir, quiet, redact, limits, ports, jobs):
+def analyze(captures, scheduler, export_dir, wide, quiet, redact, limits, ports, jobs):
     """A readable summary of captures: protocols, sessions, messages, credentials, anomalies.
 
     With no CAPTURE, analyses the bundled sample capture (captures/journey.pcap).
@@ -328,15 +352,16 @@ def analyze(captures, scheduler, export_dir, quiet, redact, limits, ports, jobs)
         if sample is None:
             raise UserError("no capture given and the bundled sample capture is missing")
         if not quiet:
-            click.echo(f"Analysing the bundled sample capture {sample}", err=True)
+            from .output.terminal import echo_err
+            echo_err(f"Analysing the bundled sample capture {sample}")
         captures = (sample,)
     result = run_analysis(captures, quiet=quiet, redact=redact, limits=limits, ports=ports, jobs=jobs,
                           scheduler=scheduler)
     if export_dir:
         write_tables(result, export_dir, "parquet")
     from .output.summary import print_summary
-    from .output.tables import console
-    print_summary(result, console())
+    from .output.tables import Screen
+    print_summary(result, Screen(wide=wide))
 
 
 @cli.command()
@@ -368,7 +393,8 @@ def follow(capture, flow_id, fmt, side, output, limits):
             binary = out.buffer if out is sys.stdout else out
             fmtr = Formatter("raw", side, write_bytes=binary.write)
         else:
-            fmtr = Formatter(fmt, side, write_text=out.write, color=out is sys.stdout and sys.stdout.isatty())
+            tty = out is sys.stdout and sys.stdout.isatty()
+            fmtr = Formatter(fmt, side, write_text=out.write, color=tty, terminal=tty)
         flow = follow_flow(list(capture), flow_id, fmtr.event, lim, on_flow=fmtr.header)
         if flow is None:
             raise UserError(f"no flow {flow_id} in the capture (see `maildissect flows`)")
@@ -385,11 +411,13 @@ def follow(capture, flow_id, fmt, side, output, limits):
 @click.option("--overwrite", is_flag=True, help="Replace files that already exist (default: keep them and "
                                                 "write a numbered variant).")
 @click.option("--no-attachments", is_flag=True, help="Write .eml files only.")
+@click.option("--csv-raw", is_flag=True, help="index.csv: write text cells as they are (by default a cell "
+                                              "starting with = + - @ TAB or CR gets a leading ').")
 @filter_options
 @analysis_options
 @handle_errors
-def extract(captures, directory, overwrite, no_attachments, protocol, from_, to_, subject, session_id, quiet,
-            redact, limits, ports, jobs):
+def extract(captures, directory, overwrite, no_attachments, csv_raw, protocol, from_, to_, subject, session_id,
+            quiet, redact, limits, ports, jobs):
     """Write every message as .eml (exact bytes as transferred) and its attachments.
 
     Layout: DIR/messages/*.eml, DIR/attachments/* (identical files written
@@ -397,7 +425,7 @@ def extract(captures, directory, overwrite, no_attachments, protocol, from_, to_
     DIR and existing files are not overwritten unless --overwrite.
     """
     from .output.extract import Extractor
-    ext = Extractor(directory, overwrite=overwrite, attachments=not no_attachments)
+    ext = Extractor(directory, overwrite=overwrite, attachments=not no_attachments, csv_raw=csv_raw)
 
     def hook(msg):
         if protocol and msg.protocol != protocol:
@@ -418,10 +446,10 @@ def extract(captures, directory, overwrite, no_attachments, protocol, from_, to_
     finally:
         ext.close()
     if not quiet:
-        click.echo(f"{len(ext.rows)} messages, {ext.written} files written to {directory} (index: {index})",
-                   err=True)
+        from .output.terminal import echo_err, warn
+        echo_err(f"{len(ext.rows)} messages, {ext.written} files written to {directory} (index: {index})")
         for s in ext.skipped:
-            click.echo(f"maildissect: warning: skipped {s}", err=True)
+            warn(f"skipped {s}")
 
 
 @cli.command()
@@ -432,9 +460,11 @@ def extract(captures, directory, overwrite, no_attachments, protocol, from_, to_
               default="parquet", show_default=True,
               help="File format of the tables; zeek/zeek-json write Zeek logs instead (conn.log, smtp.log, "
                    "files.log, pop3.log, imap.log; docs/report.md).")
+@click.option("--csv-raw", is_flag=True, help="CSV: write text cells as they are (by default a cell starting "
+                                              "with = + - @ TAB or CR gets a leading ').")
 @analysis_options
 @handle_errors
-def export(captures, directory, fmt, quiet, redact, limits, ports, jobs):
+def export(captures, directory, fmt, csv_raw, quiet, redact, limits, ports, jobs):
     """Write every table (flows, sessions, messages, ...) as files in a directory.
 
     With --format zeek the directory receives Zeek-compatible TSV logs that
@@ -449,11 +479,13 @@ def export(captures, directory, fmt, quiet, redact, limits, ports, jobs):
         except OSError as e:
             raise UserError(f"cannot write to {directory}: {e.strerror or e}") from None
         if not quiet:
-            click.echo(f"{len(paths)} Zeek logs written to {directory}", err=True)
+            from .output.terminal import echo_err
+            echo_err(f"{len(paths)} Zeek logs written to {directory}")
         return
-    n = write_tables(result, directory, fmt)
+    n = write_tables(result, directory, fmt, csv_raw=csv_raw)
     if not quiet:
-        click.echo(f"{n} tables written to {directory}", err=True)
+        from .output.terminal import echo_err
+        echo_err(f"{n} tables written to {directory}")
 
 
 @cli.command()
@@ -465,7 +497,7 @@ def export(captures, directory, fmt, quiet, redact, limits, ports, jobs):
 @output_options
 @analysis_options
 @handle_errors
-def timeline(captures, message_id, session_id, fmt, output, quiet, redact, limits, ports, jobs):
+def timeline(captures, message_id, session_id, fmt, output, wide, csv_raw, quiet, redact, limits, ports, jobs):
     """What happened when: one line per event across every protocol.
 
     Connection attempts (refused, unanswered), greetings, TLS, authentication,
@@ -486,7 +518,7 @@ def timeline(captures, message_id, session_id, fmt, output, quiet, redact, limit
             sessions = result.journey_records.sessions_of(j.journey_id for j in found)
         events = filter_events(events, message_id=message_id, session_id=session_id,
                                sessions_of_message=sessions)
-    emit_table(frames.frame("events", events), "events", fmt, output)
+    emit_table(frames.frame("events", events), "events", fmt, output, wide=wide, csv_raw=csv_raw)
 
 
 @cli.command()
@@ -498,7 +530,7 @@ def timeline(captures, message_id, session_id, fmt, output, quiet, redact, limit
 @output_options
 @analysis_options
 @handle_errors
-def journeys(captures, message_id, summary, fmt, output, quiet, redact, limits, ports, jobs):
+def journeys(captures, message_id, summary, fmt, output, wide, csv_raw, quiet, redact, limits, ports, jobs):
     """Follow each message across hops and protocols.
 
     Submission, relay and delivery (with refused or deferred attempts and the
@@ -520,26 +552,23 @@ def journeys(captures, message_id, summary, fmt, output, quiet, redact, limits, 
     if ids is not None:
         df = df[df["journey_id"].isin(ids)].reset_index(drop=True)
     if fmt != "table" or summary:
-        emit_table(df, table, fmt, output)
+        emit_table(df, table, fmt, output, wide=wide, csv_raw=csv_raw)
         return
-    from .correlate import journey_title
-    from .output.tables import console, render
+    from rich.text import Text
 
-    def show(con):
+    from .correlate import journey_title
+    from .output.tables import render
+    from .output.terminal import assemble
+    with screen_for(output, wide) as screen:
         shown = [j for j in jr.journeys if ids is None or j.journey_id in ids]
         groups = {int(k): g for k, g in df.groupby("journey_id", sort=False)} if len(df) else {}
         for j in shown:
-            render(groups.get(j.journey_id, df.iloc[0:0]).reset_index(drop=True), "hops", con,
+            render(groups.get(j.journey_id, df.iloc[0:0]).reset_index(drop=True), "hops", screen,
                    title=journey_title(j))
             for note in j.received_notes:
-                con.print(f"  [yellow]Received:[/yellow] {note}", highlight=False)
+                screen.line(assemble("  ", ("Received:", "yellow"), " ", note))
         if not shown:
-            con.print("[dim]no messages[/dim]")
-    if output and output != "-":
-        with open(output, "w", encoding="utf-8") as f:
-            show(console(f))
-    else:
-        show(console())
+            screen.line(Text("no messages", style="dim"))
 
 
 @cli.command()
@@ -569,11 +598,12 @@ def report(captures, output, show_secrets, max_ladders, title, quiet, redact, li
     except OSError as e:
         raise UserError(f"cannot write {output}: {e.strerror or e}") from None
     if not quiet:
-        click.echo(f"report written to {output} ({info['bytes'] // 1024} KiB, {info['sessions']} sessions, "
-                   f"{info['journeys']} journeys, {info['ladders']} ladder diagrams)", err=True)
+        from .output.terminal import echo_err
+        echo_err(f"report written to {output} ({info['bytes'] // 1024} KiB, {info['sessions']} sessions, "
+                 f"{info['journeys']} journeys, {info['ladders']} ladder diagrams)")
 
 
-def write_tables(result, directory: str, fmt: str) -> int:
+def write_tables(result, directory: str, fmt: str, csv_raw: bool = False) -> int:
     """Every table of an Analysis as files in ``directory``; returns how many."""
     from .analysis import TABLES
     from .output import files
@@ -582,29 +612,9 @@ def write_tables(result, directory: str, fmt: str) -> int:
     except OSError as e:
         raise UserError(f"cannot create {directory}: {e.strerror or e}") from None
     for table in TABLES:
-        files.write(result.table(table, keep=False), fmt, os.path.join(directory, table + files.EXTENSIONS[fmt]))
+        files.write(result.table(table, keep=False), fmt, os.path.join(directory, table + files.EXTENSIONS[fmt]),
+                    csv_raw=csv_raw)
     return len(TABLES)
-
-
-def _record_json(table: str, record) -> str:
-    import json
-    from . import frames
-    from .output.files import json_ready
-    row = json_ready(frames.frame(table, [record]))[0]
-    return json.dumps({"record": table[:-1] if table.endswith("s") else table, **row}, ensure_ascii=False,
-                      default=str)
-
-
-def _record_line(table: str, r) -> str:
-    from datetime import datetime
-    when = datetime.fromtimestamp(getattr(r, "end", None) or getattr(r, "ts", 0) or 0).strftime("%H:%M:%S")
-    if table == "messages":
-        atts = f", {len(r.attachments)} attachment(s)" if r.attachments else ""
-        return (f"{when} message  #{r.session_id} {r.protocol} {r.direction}: {r.from_ or r.mail_from or '?'} -> "
-                f"{', '.join(r.to or r.rcpt_to) or '?'} {r.subject!r}{atts}")
-    return (f"{when} session  #{r.session_id} {r.protocol} {r.client_ip}:{r.client_port} -> "
-            f"{r.server_ip}:{r.server_port} user={r.auth_user or '-'} tls={'yes' if r.tls else 'no'} "
-            f"commands={r.commands} messages={r.messages}")
 
 
 @cli.command()
@@ -660,14 +670,13 @@ def live(iface, bpf, extra_ports, duration, count, write, rotate_size, fmt, back
         if find_tshark() is None:
             raise UserError(MISSING_TSHARK)
 
-    def on_record(table, record):
-        if redact:
-            from .redact import redact_record
-            record = redact_record(record)
-        line = _record_json(table, record) if fmt == "jsonl" else _record_line(table, record)
-        click.echo(line)
+    from .output.livelines import LiveRenderer
+    from .redact import redact_record
+    on_record = LiveRenderer(fmt, click.echo, encoding=getattr(sys.stdout, "encoding", None) or "utf-8",
+                             prepare=redact_record if redact else None)
     if not quiet:
-        click.echo(f"capturing on {iface} ({backend}); Ctrl-C to stop", err=True)
+        from .output.terminal import echo_err
+        echo_err(f"capturing on {iface} ({backend}); Ctrl-C to stop")
     try:
         summary = run_live(iface, bpf=bpf or default_filter(extra + list(port_map)), backend=backend,
                            config=config, on_record=on_record, duration=duration, count=count, write=write,
@@ -703,7 +712,16 @@ def main():
     """
     code = 0
     try:
-        cli(prog_name="maildissect")
+        # not standalone: click's own errors (which quote the arguments as given) are shown cleaned
+        result = cli.main(prog_name="maildissect", standalone_mode=False)
+        code = result if type(result) is int else 0  # (click.exceptions.Exit returns its status)
+    except click.ClickException as e:
+        from .output.terminal import CleanWriter
+        e.show(file=CleanWriter(sys.stderr))
+        code = e.exit_code
+    except click.exceptions.Abort:
+        click.echo("Aborted!", err=True)
+        code = 1
     except SystemExit as e:
         code = e.code
     if isinstance(code, str):

@@ -64,16 +64,26 @@ def follow(paths, flow_id: int, on_event: Callable, limits: Limits | None = None
     return found[0] if found else None
 
 
-def _printable(data: bytes) -> str:
-    return "".join(chr(b) if 32 <= b < 127 or b in (9, 10, 13) else "." for b in data)
+def _printable(data: bytes, terminal: bool = False) -> str:
+    """tshark's ascii view: printable ASCII, TAB, LF and CR kept, any other byte shown as ``.``.
+
+    On a terminal (``terminal``) a CR that does not end a line is shown as ``.`` too: it
+    would move the cursor back and let the bytes after it overwrite the line.
+    """
+    text = "".join(chr(b) if 32 <= b < 127 or b in (9, 10, 13) else "." for b in data)
+    if terminal and "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", ".")
+    return text
 
 
 class Formatter:
     """Renders follow events as text (tshark's layout) or raw bytes."""
 
     def __init__(self, fmt: str = "ascii", side: str = "both", write_text=None, write_bytes=None,
-                 color: bool = False):
+                 color: bool = False, terminal: bool = False):
+        """``terminal``: the text is for a terminal (a CR that does not end a line is shown as ``.``)."""
         self.fmt = fmt
+        self.terminal = terminal
         self.side = side
         self.write_text = write_text
         self.write_bytes = write_bytes
@@ -110,7 +120,7 @@ class Formatter:
             self.write_bytes(value)
             return
         if self.fmt == "ascii":
-            text = _printable(value)
+            text = _printable(value, self.terminal)
             body = text if not indent else "\n".join(indent + line if line else line
                                                      for line in text.split("\n"))
             self.write_text(self._paint(f"{indent}{len(value)}\n{body}" + ("" if text.endswith("\n") else "\n"),

@@ -147,7 +147,7 @@ def test_api_records_are_masked(capture):
 
 def test_live_printer_masks(capture):
     """live prints records as they complete; with --redact they go through the same masking."""
-    from maildissect.cli import _record_json
+    from maildissect.output.livelines import record_json as _record_json
     from maildissect.redact import redact_record
     result = analyze(str(capture))
     lines = [_record_json(t, redact_record(r)) for t in ("credentials", "commands", "http")

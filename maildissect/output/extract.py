@@ -9,8 +9,8 @@ never overwritten unless ``overwrite`` is set. Even then an existing entry is
 not opened for writing but replaced by a rename: a hard link planted in the
 directory keeps its (outside) content, and a FIFO cannot block the run.
 Identical attachments are written once (deduplicated by sha256). The index
-is a CSV meant for spreadsheets: a cell that would start a formula (``=``,
-``+``, ``-``, ``@``) is prefixed with ``'`` (OWASP's advice on CSV injection).
+is a CSV meant for spreadsheets: its cells go through the same formula
+defusing as every CSV maildissect writes (:mod:`maildissect.output.spreadsheet`).
 """
 
 from __future__ import annotations
@@ -25,16 +25,23 @@ import unicodedata
 from datetime import datetime, timezone
 
 from ..model import Message
+from .spreadsheet import csv_cell
 
 MAX_NAME_BYTES = 120
 _RESERVED = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$",
              *(f"COM{i}" for i in (*range(10), "¹", "²", "³")), *(f"LPT{i}" for i in (*range(10), "¹", "²", "³"))}
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _BAD_CHARS = re.compile(r'[<>:"/\\|?*\x00-\x1f\x7f]')
 
 
 class ExtractError(Exception):
     """The target directory cannot be used safely (one-line message)."""
+
+
+def is_device_name(name: str) -> bool:
+    """True when Windows would open a device for ``name``: the part before the first dot, with
+    trailing spaces and dots removed, is CON, PRN, AUX, NUL, COM0-9, LPT0-9 (superscript
+    digits too) or CONIN$/CONOUT$, in any case (``CON .txt``, ``nul.tar.gz``, ``Com¹``)."""
+    return name.split(".")[0].rstrip(" .").upper() in _RESERVED
 
 
 def safe_name(name: str | None, default: str = "attachment") -> str:
@@ -56,7 +63,7 @@ def safe_name(name: str | None, default: str = "attachment") -> str:
     stem, dot, ext = name.rpartition(".")
     if not dot:
         stem, ext = name, ""
-    if stem.split(".")[0].upper() in _RESERVED or name.upper() in _RESERVED:
+    if is_device_name(name):
         name = "_" + name
         stem = "_" + stem if dot else name
     if len(name.encode("utf-8")) > MAX_NAME_BYTES:
@@ -81,8 +88,9 @@ class Extractor:
     ``DIR/attachments/<name>`` and ``DIR/index.csv``.
     """
 
-    def __init__(self, directory: str, overwrite: bool = False, attachments: bool = True):
+    def __init__(self, directory: str, overwrite: bool = False, attachments: bool = True, csv_raw: bool = False):
         self.directory = directory
+        self.csv_raw = csv_raw
         self.overwrite = overwrite
         self.write_attachments = attachments
         self.rows: list[dict] = []
@@ -252,16 +260,10 @@ class Extractor:
         text = io.StringIO(newline="")
         w = csv.DictWriter(text, fieldnames=fields)
         w.writeheader()
-        w.writerows({k: _cell(v) for k, v in row.items()} for row in self.rows)
+        w.writerows({k: csv_cell(v, self.csv_raw) for k, v in row.items()} for row in self.rows)
         data = text.getvalue().encode("utf-8")
         rel = self._write("", "index.csv", data, hashlib.sha256(data).hexdigest(), dedupe=False)
         if rel is None:
             raise ExtractError(f"cannot write the index in {self.directory}: {'; '.join(self.skipped[-1:])}")
         return os.path.join(self.directory, rel)
 
-
-def _cell(value):
-    """A CSV cell a spreadsheet will not run: text starting a formula gets a leading quote."""
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
-        return "'" + value
-    return value

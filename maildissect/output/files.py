@@ -4,6 +4,9 @@ All formats come from the same DataFrame, so a column has the same name and
 meaning everywhere: timestamps become ISO 8601 UTC strings in JSON and CSV
 (Parquet keeps them as timestamps), lists and nested records become JSON arrays
 (CSV cells hold the JSON text).
+
+CSV cells that would start a spreadsheet formula are defused
+(:mod:`maildissect.output.spreadsheet`) unless ``csv_raw``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ import json
 import sys
 
 import pandas as pd
+
+from .spreadsheet import csv_cell
+from .terminal import json_inert
 
 FORMATS = ("table", "jsonl", "csv", "parquet")
 
@@ -50,19 +56,25 @@ CHUNK_ROWS = 20_000
 
 
 def write_jsonl(df: pd.DataFrame, out) -> None:
+    """One JSON object per row; invisible and control characters as ``\\u`` escapes (the same
+    values, inert on a terminal)."""
     for start in range(0, len(df), CHUNK_ROWS):
         for row in json_ready(df.iloc[start:start + CHUNK_ROWS]):
-            out.write(json.dumps(row, ensure_ascii=False, default=str))
+            out.write(json_inert(json.dumps(row, ensure_ascii=False, default=str)))
             out.write("\n")
 
 
-def write_csv(df: pd.DataFrame, out) -> None:
+def write_csv(df: pd.DataFrame, out, raw: bool = False) -> None:
+    """CSV with a header row; lists and nested records as JSON text; formulas defused unless ``raw``."""
     for start in range(0, max(len(df), 1), CHUNK_ROWS):
         part = df.iloc[start:start + CHUNK_ROWS]
         flat = pd.DataFrame(json_ready(part), columns=df.columns)
         for name in flat.columns:
             if df[name].dtype == object:
                 flat[name] = [json.dumps(v, ensure_ascii=False, default=str) for v in flat[name]]
+            dtype = df[name].dtype
+            if not raw and not (pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype)):
+                flat[name] = [csv_cell(v) for v in flat[name]]  # (numbers are never defused)
         flat.to_csv(out, index=False, lineterminator="\n", header=start == 0)
 
 
@@ -78,8 +90,11 @@ def write_parquet(df: pd.DataFrame, path_or_buffer) -> None:
     pq.write_table(pa.Table.from_pandas(df, schema=schema, preserve_index=False), path_or_buffer)
 
 
-def write(df: pd.DataFrame, fmt: str, output: str | None) -> None:
-    """Write ``df`` in ``fmt`` to the file ``output`` (stdout when None or '-')."""
+def write(df: pd.DataFrame, fmt: str, output: str | None, csv_raw: bool = False) -> None:
+    """Write ``df`` in ``fmt`` to the file ``output`` (stdout when None or '-').
+
+    ``csv_raw``: CSV text cells are written as they are (formulas not defused).
+    """
     to_stdout = output in (None, "-")
     if fmt == "parquet":
         if to_stdout:
@@ -90,7 +105,7 @@ def write(df: pd.DataFrame, fmt: str, output: str | None) -> None:
         else:
             write_parquet(df, output)
         return
-    writer = {"jsonl": write_jsonl, "csv": write_csv}[fmt]
+    writer = write_jsonl if fmt == "jsonl" else (lambda d, out: write_csv(d, out, raw=csv_raw))
     if to_stdout:
         writer(df, sys.stdout)
         sys.stdout.flush()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections import Counter
 
-from rich.console import Console
+import pandas as pd
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
-from .tables import cell, render
+from .tables import Screen, render
+from .terminal import text
 
 
 def overview(result) -> list[tuple[str, str]]:
@@ -34,30 +36,28 @@ def overview(result) -> list[tuple[str, str]]:
     return rows
 
 
-def print_summary(result, console: Console) -> None:
+def print_summary(result, screen: Screen) -> None:
+    """The overview panel, then sessions, messages, credentials and anomaly counts (50 rows each)."""
     grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold")
-    grid.add_column()
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
     for label, value in overview(result):
-        grid.add_row(label, value)
-    console.print(Panel(grid, title="maildissect", expand=False))
+        grid.add_row(Text(label), text(value))
+    screen.print(Panel(grid, title=Text("maildissect"), expand=False))
     if len(result.records.sessions):
-        render(result.sessions, "sessions", console, title="Sessions", max_rows=50)
+        render(result.sessions, "sessions", screen, title="Sessions", max_rows=50)
     if len(result.records.messages):
-        render(result.messages, "messages", console, title="Messages", max_rows=50,
+        render(result.messages, "messages", screen, title="Messages", max_rows=50,
                columns=["session_id", "ts", "protocol", "direction", "from", "to", "subject", "attachments",
                         "complete"])
     if len(result.records.credentials):
-        render(result.credentials, "credentials", console, title="Credentials", max_rows=50)
+        render(result.credentials, "credentials", screen, title="Credentials", max_rows=50)
     if len(result.records.anomalies):
         counts = Counter(a.name for a in result.records.anomalies)
-        t = Table(title="Anomalies", show_header=True, header_style="bold")
-        t.add_column("name")
-        t.add_column("count", justify="right")
-        t.add_column("example")
-        first = {}
+        first: dict[str, str] = {}
         for a in result.records.anomalies:
             first.setdefault(a.name, a.detail)
-        for name, n in counts.most_common(20):
-            t.add_row(name, str(n), cell(first[name]))
-        console.print(t)
+        names = [name for name, _ in counts.most_common(20)]
+        df = pd.DataFrame({"name": names, "count": pd.array([counts[n] for n in names], dtype="Int64"),
+                           "example": [first[n] for n in names]})
+        render(df, "anomaly_counts", screen, title="Anomalies")
