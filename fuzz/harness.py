@@ -49,6 +49,8 @@ from maildissect.config import Config, Limits  # noqa: E402
 from maildissect.model import CLIENT, SERVER, Anomaly, Message, Session  # noqa: E402
 from maildissect.protocols import dissector_class  # noqa: E402
 from maildissect.protocols import base as _base  # noqa: E402
+from maildissect.protocols.base import TlsStart  # noqa: E402
+from maildissect.protocols.tls import SwitchedSides  # noqa: E402
 
 #: Small limits, so that short inputs reach every limit branch.
 TIGHT = Limits(max_frame=4096, max_fragment_bytes=4096, max_fragment_sets=8, fragment_timeout=5.0,
@@ -195,7 +197,8 @@ def new_session(protocol: str) -> Session:
 
 
 def feed_transcript(protocol: str, items, config: Config) -> tuple[list, Session]:
-    """Run a transcript through a fresh dissector.
+    """Run a transcript through a fresh dissector (and, after a TlsStart, the
+    router's handling of TLS without a key log).
 
     Timestamps count *runs*: consecutive data items of one side share one,
     so that joining them (:func:`coalesce`) changes nothing but the chunking.
@@ -203,17 +206,31 @@ def feed_transcript(protocol: str, items, config: Config) -> tuple[list, Session
     session = new_session(protocol)
     d = dissector_class(protocol)(session, config)
     out: list = []
+    switched = SwitchedSides(session)
+
+    def take(records):
+        # a TlsStart is handled as the router does without a key log: the sides it
+        # names are TLS from there on (counted, their hellos read), not parsed
+        for r in records:
+            if isinstance(r, TlsStart):
+                switched.switch(r)
+            else:
+                out.append(r)
     index, prev = -1, None
     for item in items:
         run_key = item[0] if len(item) == 2 else None
         if run_key is None or run_key != prev:
             index += 1
         prev = run_key
-        if len(item) == 3:
-            out += d.gap(item[0], item[2], float(index))
+        side = item[0]
+        if switched.sides[side]:
+            if len(item) == 2:
+                switched.tap(side, item[1])
+        elif len(item) == 3:
+            take(d.gap(side, item[2], float(index)))
         else:
-            out += d.feed(item[0], item[1], float(index))
-    out += d.close(float(index + 1), "fin")
+            take(d.feed(side, item[1], float(index)))
+    take(d.close(float(index + 1), "fin"))
     return out, session
 
 

@@ -24,14 +24,19 @@ work is done in two passes.
 2. During the normal analysis, each connection is matched to its tshark
    stream by its two endpoints and start time (tshark's ``tcp.stream`` numbers
    may differ from flow ids when the tools split reused ports differently).
-   A matched connection's dissector is wrapped in a :class:`TlsSplice`: the
-   reassembled bytes before TLS starts (the plaintext up to the STARTTLS
-   reply) go to the protocol dissector as usual; the TLS bytes are counted and
-   their hellos read; and each decrypted record is fed to the same dissector
-   as soon as the reassembler has delivered the TCP bytes of the frame that
-   carried it. The dissector therefore sees the plaintext of both directions
-   in wire order, with the time of the segment that completed each record,
-   exactly as if the connection had not been encrypted.
+   A matched connection gets a :class:`TlsSplice` between the router and its
+   dissector: the reassembled bytes before TLS starts (the plaintext up to the
+   STARTTLS reply) go to the protocol dissector as usual; the TLS bytes are
+   counted and their hellos read; and each decrypted record is fed to the same
+   dissector as soon as the reassembler has delivered the TCP bytes of the
+   frame that carried it (the reassembler turns the record's sequence number
+   into a stream offset: :meth:`maildissect.tcp.Connection.stream_offset`).
+   The dissector therefore sees the plaintext of both directions in wire
+   order, with the time of the segment that completed each record, exactly as
+   if the connection had not been encrypted. Where TLS starts is the router's
+   business (maildissect.pipeline): at the first byte for implicit TLS, at the
+   dissector's :class:`~maildissect.protocols.base.TlsStart` event after an
+   accepted STARTTLS, or where a hello record shows up.
 
 Connections without keys in the key log have no decrypted records and stay
 encrypted (version, SNI and ALPN only). Memory: the index above plus one
@@ -49,8 +54,6 @@ import tempfile
 from array import array
 
 from .model import CLIENT, SERVER, Anomaly
-from .protocols import detect, dissector_class
-from .protocols.base import Dissector
 from .protocols.tls import TlsHelloParser
 
 __all__ = ["DecryptError", "Decryption", "TlsSplice", "MISSING_TSHARK", "find_tshark"]
@@ -180,8 +183,8 @@ class DecryptedStream:
 class Decryption:
     """Decrypted TLS of some captures: the index in memory, the plaintext in a spool file.
 
-    Use :meth:`run` to make one; :meth:`wrap` is called by the pipeline for
-    every new session; :meth:`close` deletes the spool.
+    Use :meth:`run` to make one; the pipeline asks :meth:`match` for every
+    new session; :meth:`close` deletes the spool.
     """
 
     def __init__(self):
@@ -355,20 +358,6 @@ class Decryption:
     def read(self, offset: int, size: int) -> bytes:
         return os.pread(self._fd, size, offset)
 
-    def wrap(self, conn, session, protocol: str, implicit_tls: bool, dissector, config):
-        """The dissector to use for a new session: ``dissector`` itself, or a
-        :class:`TlsSplice` around the protocol's dissector when the connection
-        was decrypted."""
-        stream = self.match(conn.flow)
-        if stream is None:
-            return dissector
-        if implicit_tls or protocol == "tls":
-            inner_protocol = None if protocol == "tls" else protocol
-            inner = None
-        else:
-            inner_protocol, inner = protocol, dissector
-        return TlsSplice(session, config, conn, stream, self, inner, inner_protocol, implicit_tls or protocol == "tls")
-
     def close(self) -> None:
         """Delete the spool (the index goes with the object)."""
         try:
@@ -412,79 +401,62 @@ def _tls_start(data: bytes, at_start_only: bool = False) -> int:
         i = j + 1
 
 
-class TlsSplice(Dissector):
-    """Feeds a connection's decrypted records into its protocol dissector.
+class TlsSplice:
+    """The TLS layer of a connection a key log decrypted: the router sends it the
+    reassembled bytes, it hands the dissector plaintext.
 
-    Before TLS starts (the plaintext of a STARTTLS session up to the server's
-    go-ahead) the reassembled bytes go to the inner dissector. TLS starts on
-    both sides at once when the inner dissector accepts STARTTLS (it sets
-    ``session.tls``), or on one side when a hello record shows up there; for
-    implicit TLS it starts at the first byte. From then on the reassembled
-    bytes are counted and their hellos read, and every decrypted record is
-    fed to the inner dissector once the reassembled bytes of its side have
-    reached the end of the frame that carried it. With implicit TLS on a port
-    that names no protocol, the protocol is sniffed from the first plaintext.
+    Before TLS starts on a side (the plaintext of a STARTTLS session up to the
+    server's go-ahead), that side's bytes go to ``plain(side, data, ts)`` as
+    they are. TLS starts on a side at :meth:`start` (the router calls it when
+    the dissector accepted STARTTLS), where a hello record shows up, or at the
+    first byte (``implicit``). From then on the side's bytes are counted and
+    their hellos read, and every decrypted record of the side goes to
+    ``plain`` once the reassembled bytes have reached the end of the frame that
+    carried it; a gap goes to ``lost(side, length, ts)`` (ciphertext lost is
+    plaintext lost, of about the same length).
     """
 
-    protocol = "tls"
-
-    def __init__(self, session, config, conn, stream: DecryptedStream, source: Decryption,
-                 inner: Dissector | None, inner_protocol: str | None, implicit: bool):
-        super().__init__(session, config)
+    def __init__(self, session, conn, stream: DecryptedStream, source: Decryption, implicit: bool,
+                 plain, lost):
         session.decrypted = True
         if implicit:
             session.tls = True
         if stream.alpn:
             session.alpn = stream.alpn
-        self.conn = conn
+        self.session = session
+        self.conn = conn  # only asked for stream offsets (Connection.stream_offset)
         self.stream = stream
         self.source = source
-        self.inner = inner
-        self.inner_protocol = inner_protocol
+        self.plain = plain
+        self.lost = lost
         self.pos = [0, 0]  # stream offset of each side's next byte
         self.tls_from: list[int | None] = [0, 0] if implicit else [None, None]
         self.hello = TlsHelloParser(session)
         flow = conn.flow
         # which of the stream's endpoints is our client
-        client = (flow.client_ip, flow.client_port)
-        self.flip = stream.endpoints[0] != client
+        self.flip = stream.endpoints[0] != (flow.client_ip, flow.client_port)
         self.next = [0, 0]  # index of each side's next decrypted entry
         self.entries = (array("Q"), array("Q"))  # entry indexes per side, in order
         for i, s in enumerate(stream.sides):
             self.entries[s ^ self.flip].append(i)
-        self.sniffed = [b"", b""]  # first plaintext, while the protocol is sniffed
-        self.held: list[tuple] = []
-        self.undecided = inner is None and inner_protocol is None
-        if inner is None and inner_protocol is not None:
-            self.inner = self._make(inner_protocol)
 
-    # -- inner dissector -------------------------------------------------------
-    def _make(self, protocol: str) -> Dissector | None:
-        cls = dissector_class(protocol)
-        if cls is None:
-            return None
-        return cls(self.session, self.config)
+    def start(self, sides) -> None:
+        """The dissector switched ``sides`` to TLS: their bytes from here on are TLS."""
+        for s in sides:
+            if self.tls_from[s] is None:
+                self.tls_from[s] = self.pos[s]
 
-    # -- Dissector interface -----------------------------------------------------
-    def feed(self, side: int, data: bytes, ts: float) -> list:
-        if not data:
-            return []
-        out: list = []
+    def data(self, side: int, data: bytes, ts: float) -> None:
         start = self.pos[side]
         self.pos[side] = start + len(data)
         tls_from = self.tls_from[side]
         if tls_from is None:
             i = _tls_start(data)
             if i < 0:
-                self._inner_feed(side, data, ts, out)
-                if self.session.tls and self.tls_from[side] is None:
-                    # the inner dissector accepted STARTTLS: both sides are TLS from here
-                    for s in (CLIENT, SERVER):
-                        if self.tls_from[s] is None:
-                            self.tls_from[s] = self.pos[s]
-                return out
+                self.plain(side, data, ts)
+                return
             if i:
-                self._inner_feed(side, data[:i], ts, out)
+                self.plain(side, data[:i], ts)
             self.tls_from[side] = tls_from = start + i
         cipher = data if start >= tls_from else data[tls_from - start:]
         if cipher:
@@ -494,89 +466,43 @@ class TlsSplice(Dissector):
                 self.session.tls_bytes_server += len(cipher)
             if not self.hello.done[side]:
                 self.hello.feed(side, cipher)
-        self._release(side, ts, out)
-        return out
+        self._release(side, ts)
 
-    def gap(self, side: int, length: int, ts: float) -> list:
-        out: list = []
+    def gap(self, side: int, length: int, ts: float) -> None:
         self.pos[side] += length
-        if self.tls_from[side] is None:
-            if self.inner is not None:
-                out += self.inner.gap(side, length, ts)
-            return out
-        # ciphertext was lost: so is its plaintext (of about the same length)
-        self._release(side, ts, out)
-        if self.inner is not None:
-            out += self.inner.gap(side, length, ts)
-        return out
+        if self.tls_from[side] is not None:
+            self._release(side, ts)
+        self.lost(side, length, ts)
 
-    def close(self, ts: float, reason: str) -> list:
-        out: list = []
-        # Records whose TCP bytes never came through reassembly (a capture cut
-        # short, a segment tshark placed differently): fed in capture order.
+    def close(self, ts: float) -> None:
+        """Records whose TCP bytes never came through reassembly (a capture cut
+        short, a segment tshark placed differently): fed in capture order."""
         rest = []
         for side in (CLIENT, SERVER):
             for i in self.entries[side][self.next[side]:]:
                 rest.append((self.stream.frames[i], side, i))
             self.next[side] = len(self.entries[side])
         for _, side, i in sorted(rest):
-            self._feed_entry(side, i, ts, out)
-        if self.undecided and self.held:
-            self._decide(ts, out, final=True)
-        if self.inner is not None:
-            out += self.inner.close(ts, reason)
-        return out
+            self._feed_entry(side, i, ts)
 
-    # -- plaintext ---------------------------------------------------------------
-    def _release(self, side: int, ts: float, out: list) -> None:
+    def _release(self, side: int, ts: float) -> None:
         """Feed the decrypted entries of ``side`` whose frames have been delivered."""
         entries = self.entries[side]
         k = self.next[side]
         if k >= len(entries):
             return
-        base = self.conn.halves[side].base
         pos = self.pos[side]
         stream = self.stream
+        offset = self.conn.stream_offset
         while k < len(entries):
             i = entries[k]
-            # stream offset of the end of the entry's frame, unwrapped near pos
-            delta = (stream.seq_end[i] - base - pos) & 0xFFFFFFFF
-            if delta and delta < 0x80000000:
+            end = offset(side, stream.seq_end[i])
+            if end is None or end > pos:
                 break  # ahead of what has been delivered
             k += 1
             self.next[side] = k
-            self._feed_entry(side, i, ts, out)
+            self._feed_entry(side, i, ts)
 
-    def _feed_entry(self, side: int, i: int, ts: float, out: list) -> None:
+    def _feed_entry(self, side: int, i: int, ts: float) -> None:
         st = self.stream
-        plain = self.source.read(st.offsets[i], st.sizes[i])
-        if self.undecided:
-            self.held.append((side, plain, ts))
-            if len(self.sniffed[side]) < 512:
-                self.sniffed[side] += plain[: 512 - len(self.sniffed[side])]
-            self._decide(ts, out)
-            return
-        self._inner_feed(side, plain, ts, out)
-
-    def _inner_feed(self, side: int, data: bytes, ts: float, out: list) -> None:
-        if self.inner is not None:
-            out += self.inner.feed(side, data, ts)
-
-    def _decide(self, ts: float, out: list, final: bool = False) -> None:
-        """Implicit TLS on a port that names no protocol: sniff the plaintext."""
-        held = sum(len(p) for _, p, _ in self.held)
-        proto = detect.by_content(self.sniffed[CLIENT], self.sniffed[SERVER],
-                                  final or held > self.limits.max_detect_bytes)
-        if proto is None:
-            return
-        self.undecided = False
-        self.sniffed = [b"", b""]
-        held, self.held = self.held, []
-        if proto and proto != "tls":
-            self.inner = self._make(proto)
-            if self.inner is not None:
-                self.session.protocol = proto
-                from .pipeline import TLS_LABELS
-                self.conn.flow.protocol = TLS_LABELS.get(proto, proto)
-        for side, plain, t in held:
-            self._inner_feed(side, plain, t, out)
+        self.plain(side, self.source.read(st.offsets[i], st.sizes[i]), ts)

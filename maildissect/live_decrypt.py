@@ -83,16 +83,16 @@ class LiveDecryptor:
     # -- frames ----------------------------------------------------------------------
     def packet(self, reasm, ts: float, seg, linktype: int, data: bytes, wirelen: int) -> None:
         """Hand a decoded segment to the reassembler and keep its frame with its connection."""
-        entry = reasm.table.get(seg[0])
-        if entry is None or entry[0].closed:
+        conn = reasm.connection(seg[0])
+        if conn is None:
             reasm.packet(ts, seg)  # a first frame makes the connection
-            entry = reasm.table.get(seg[0])
-            if entry is not None and not entry[0].closed:
-                self.frame(entry[0], ts, linktype, data, wirelen)
+            conn = reasm.connection(seg[0])
+            if conn is not None:
+                self.frame(conn, ts, linktype, data, wirelen)
         else:
             # kept before the reassembler sees it: a frame that closes the connection
             # must be in the pcap decrypted at the close
-            self.frame(entry[0], ts, linktype, data, wirelen)
+            self.frame(conn, ts, linktype, data, wirelen)
             reasm.packet(ts, seg)
 
     def frame(self, conn, ts: float, linktype: int, data: bytes, wirelen: int) -> None:

@@ -18,10 +18,14 @@ from .capture.decode import Decoder
 from .capture.files import CaptureReader, read_batches
 from .capture.sharding import MIN_FIXED, frame_shard, shard_of
 from .config import Config
-from .model import (CLIENT, SIDE_NAMES, Anomaly, Command, Credential, Flow, HttpRequest,
+from .model import (CLIENT, SERVER, SIDE_NAMES, Anomaly, Command, Credential, Flow, HttpRequest,
                     MailboxEvent, Message, Session)
+from .decrypt import TlsSplice
 from .protocols import detect
 from .protocols import dissector_class
+from .protocols.base import TlsStart
+from .protocols.sniff import Sniffer
+from .protocols.tls import SwitchedSides
 from .tcp import Reassembler
 
 ANOMALIES = {
@@ -36,6 +40,9 @@ _TABLES = {Anomaly: "anomalies", Credential: "credentials", HttpRequest: "http",
 #: segments at least this long are coalesced before dissection, up to BATCH bytes
 BULK = 512
 BATCH = 65536
+
+#: first bytes of each side kept for protocol detection
+DETECT_HEAD = 512
 
 #: implicit-TLS flows are labelled like this in the flows table
 TLS_LABELS = {"smtp": "smtps", "imap": "imaps", "pop3": "pop3s", "http": "https"}
@@ -56,33 +63,45 @@ class Collector:
 
 
 class SessionRouter:
-    """Listener for one connection: detects the protocol, then feeds the dissector."""
+    """Listener for one connection: detects the protocol, then feeds the dissector.
 
-    __slots__ = ("pipeline", "conn", "session", "dissector", "decided", "pending", "first", "buffered",
-                 "batch", "batch_len", "batch_side", "batch_ts", "lazy")
+    It also decides what the bytes of a connection are when TLS is involved: at
+    the first byte of an implicit-TLS connection, and where a dissector returns
+    a :class:`~maildissect.protocols.base.TlsStart` event (STARTTLS or STLS
+    accepted). Without a key log the bytes after the switch are TLS: counted,
+    their hellos read (:class:`~maildissect.protocols.tls.TlsTap`). When a key log
+    decrypted the connection, a :class:`~maildissect.decrypt.TlsSplice` turns them
+    into plaintext that goes on to the same dissector (after its ``resume``).
+    """
+
+    __slots__ = ("pipeline", "conn", "session", "dissector", "sniffer", "lazy", "consume",
+                 "batch", "batch_len", "batch_side", "batch_ts", "splice", "switched", "inner")
 
     def __init__(self, pipeline: "Pipeline", conn):
         self.pipeline = pipeline
         self.conn = conn
         self.session = None
         self.dissector = None
-        self.decided = False
-        self.pending: list[tuple] = []
-        self.first = [b"", b""]
-        self.buffered = 0
-        # Bulk segments of one side are handed to the dissector together (see data()).
+        # Bulk segments of one side are handed on together (see data()).
         self.batch: list[bytes] = []
         self.batch_len = 0
         self.batch_side = -1
         self.batch_ts = 0.0
         self.lazy = None  # (protocol, implicit TLS) whose dissector waits for the first byte
+        self.consume = None  # where delivered bytes go: the dissector's, or the TLS layer's, data
+        self.splice = None  # a decrypt.TlsSplice when a key log decrypted this connection
+        self.switched = None  # the sides a dissector switched to TLS, when no key decrypts them
+        self.inner = None  # a Sniffer choosing the protocol inside decrypted TLS on an unknown port
+        self.sniffer = None
         flow = conn.flow
         known = detect.by_port(flow.server_port, pipeline.config.ports)
         if known is not None:
             self._start(known[0], known[1], lazy=True)
+        else:
+            # protocol unknown: hold the first events until their bytes say which it is
+            self.sniffer = Sniffer(detect.by_content, DETECT_HEAD, pipeline.config.limits.max_detect_bytes)
 
     def _start(self, protocol: str, implicit_tls: bool = False, lazy: bool = False):
-        self.decided = True
         flow = self.conn.flow
         if not protocol:
             return
@@ -93,27 +112,40 @@ class SessionRouter:
             # a flow record each, not a dissector each (memory and time).
             self.lazy = (protocol, implicit_tls)
             return
+        tls = implicit_tls or protocol == "tls"
         cls = dissector_class("tls" if implicit_tls else protocol)
         if cls is None or not self.pipeline.config.dissect:
             return
         sess = Session(flow.flow_id, protocol, flow.client_ip, flow.client_port, flow.server_ip,
                        flow.server_port, flow.start, flow.end)
-        if implicit_tls or protocol == "tls":
+        if tls:
             sess.tls = True
         self.session = sess
+        decryption = self.pipeline.decryption
+        stream = decryption.match(flow) if decryption is not None else None
         try:
-            self.dissector = cls(sess, self.pipeline.config)
-            decryption = self.pipeline.decryption
-            if decryption is not None:
-                # a key log decrypted this connection: its plaintext goes to the dissector
-                self.dissector = decryption.wrap(self.conn, sess, protocol, implicit_tls, self.dissector,
-                                                 self.pipeline.config)
+            if stream is None:
+                self.dissector = cls(sess, self.pipeline.config)
+                self.consume = self._feed
+                return
+            # A key log decrypted this connection: its plaintext goes to the dissector
+            # of the protocol inside (made after the splice has set the session's ALPN,
+            # which tells HTTP/2 from HTTP/1).
+            if not tls:
+                self.dissector = cls(sess, self.pipeline.config)
+            self.splice = TlsSplice(sess, self.conn, stream, decryption, tls, self._plain, self._lost)
+            self.consume = self.splice.data
+            if protocol == "tls":
+                # TLS on a port that names no protocol: the first plaintext says which
+                self.inner = Sniffer(detect.by_content, DETECT_HEAD, self.pipeline.config.limits.max_detect_bytes)
+            elif tls:
+                self.dissector = dissector_class(protocol)(sess, self.pipeline.config)
         except Exception as e:  # pragma: no cover - constructor bugs
             self._crash(e, flow.start)
 
     # -- listener interface ---------------------------------------------------------
     def data(self, side: int, data: bytes, ts: float):
-        if self.dissector is not None:
+        if self.consume is not None:
             # Full-size segments (a message body, a literal, an upload) are joined into
             # calls of up to BATCH bytes: dissectors do their per-call work a few times
             # per 64 KiB instead of once per segment. Small segments (commands,
@@ -132,17 +164,15 @@ class SessionRouter:
                 return
             if self.batch_side >= 0:
                 self._flush()
-            self._feed(side, data, ts)
+            self.consume(side, data, ts)
         elif self.lazy is not None:
             self._materialize()
-            if self.dissector is not None:
+            if self.consume is not None:
                 self.data(side, data, ts)
-        elif not self.decided:
-            self.pending.append((0, side, data, ts))
-            self.buffered += len(data)
-            if len(self.first[side]) < 512:
-                self.first[side] += data[: 512 - len(self.first[side])]
-            self._sniff(ts, final=self.buffered > self.pipeline.config.limits.max_detect_bytes)
+        elif self.sniffer is not None:
+            proto = self.sniffer.data(side, data, ts)
+            if proto is not None:
+                self._detected(proto, ts)
 
     def _flush(self):
         batch = self.batch
@@ -151,10 +181,14 @@ class SessionRouter:
         self.batch = []
         self.batch_len = 0
         self.batch_side = -1
-        self._feed(side, data, ts)
+        if self.consume is not None:
+            self.consume(side, data, ts)
 
     def _feed(self, side: int, data: bytes, ts: float):
-        if self.dissector is not None:
+        """Bytes for the dissector (plaintext), unless its side switched to TLS."""
+        if self.switched is not None and self.switched.sides[side]:
+            self.switched.tap(side, data)
+        elif self.dissector is not None:
             self._call(self.dissector.feed, ts, side, data, ts)
 
     def gap(self, side: int, length: int, ts: float):
@@ -162,16 +196,22 @@ class SessionRouter:
             self._flush()
         if self.lazy is not None:
             self._materialize()
-        if self.dissector is not None:
-            self._call(self.dissector.gap, ts, side, length, ts)
-        elif not self.decided:
-            self.pending.append((1, side, length, ts))
+        if self.splice is not None:
+            self.splice.gap(side, length, ts)
+        elif self.consume is not None:
+            self._lost(side, length, ts)
+        elif self.sniffer is not None:
+            self.sniffer.gap(side, length, ts)
 
     def close(self, ts: float, reason: str):
         if self.batch_side >= 0:
             self._flush()
-        if not self.decided:
-            self._sniff(ts, final=True)
+        if self.sniffer is not None:
+            self._detected(self.sniffer.decide(final=True), ts)
+        if self.splice is not None:
+            self.splice.close(ts)
+            if self.inner is not None:
+                self._inner_detected(self.inner.decide(final=True), ts)
         if self.dissector is not None:
             self._call(self.dissector.close, ts, ts, reason)
 
@@ -191,32 +231,88 @@ class SessionRouter:
             self._crash(e, ts)
             return
         if records:
-            self.pipeline.emit(self.session, records)
+            switch = self.pipeline.emit(self.session, records)
+            if switch is not None:
+                self._switched(switch)
 
     # -- detection ------------------------------------------------------------------
-    def _sniff(self, ts, final=False):
-        proto = detect.by_content(self.first[CLIENT], self.first[1], final)
+    def _detected(self, proto: str | None, ts: float):
+        """The first bytes named the protocol (or "" for none): start it and replay them."""
         if proto is None:
             return
-        if proto == "" and any(self.first):
+        sniffer, self.sniffer = self.sniffer, None
+        first = sniffer.first
+        if proto == "" and any(first):
             flow = self.conn.flow
             self.pipeline.collector.anomalies.append(Anomaly(
                 ts, flow.flow_id, "", "detect_unknown_protocol",
-                f"port {flow.server_port}: {bytes(self.first[CLIENT][:24] or self.first[1][:24])!r}"))
+                f"port {flow.server_port}: {bytes(first[CLIENT][:24] or first[1][:24])!r}"))
         self._start(proto)
-        pending, self.pending, self.first = self.pending, [], [b"", b""]
-        for kind, side, value, t in pending:
-            if self.dissector is None:
-                break
-            if kind == 0:
-                self.data(side, value, t)
-            else:
-                self.gap(side, value, t)
+        sniffer.replay(self.data, self.gap)
+
+    # -- TLS ------------------------------------------------------------------------
+    def _switched(self, event: TlsStart):
+        """The dissector accepted STARTTLS (or STLS): what the bytes after the switch are.
+
+        With a key log they are decrypted plaintext for the same dissector, which
+        starts over as a fresh TLS session does. Without one they are TLS: counted
+        and their hellos read. (A switch that did not happen -- plaintext rather than
+        a TLS record after the go-ahead, as a decrypting proxy writes its captures --
+        is told apart here, from the first bytes of each side after the switch.)
+        """
+        self.session.tls = True
+        ts = event.ts
+        if self.splice is not None:
+            self.splice.start(event.sides)
+            self._call(self.dissector.resume, ts, ts)
+            for side in (CLIENT, SERVER):
+                if event.held[side] and self.dissector is not None:
+                    self._call(self.dissector.feed, ts, side, event.held[side], ts)
+            return
+        if self.switched is None:
+            self.switched = SwitchedSides(self.session)
+        self.switched.switch(event)
+
+    def _plain(self, side: int, data: bytes, ts: float):
+        """Plaintext from a decrypted connection's splice."""
+        if self.inner is not None:
+            proto = self.inner.data(side, data, ts)
+            if proto is not None:
+                self._inner_detected(proto, ts)
+        elif self.dissector is not None:
+            self._call(self.dissector.feed, ts, side, data, ts)
+
+    def _lost(self, side: int, length: int, ts: float):
+        """Bytes of ``side`` never captured (for a decrypted connection: their plaintext)."""
+        if self.switched is not None and self.switched.sides[side]:
+            return  # TLS bytes: lost with their ciphertext, nothing to parse
+        if self.dissector is not None and self.inner is None:
+            self._call(self.dissector.gap, ts, side, length, ts)
+
+    def _inner_detected(self, proto: str | None, ts: float):
+        """The first plaintext of a decrypted connection on an unknown port named its protocol."""
+        if proto is None:
+            return
+        inner, self.inner = self.inner, None
+        if proto and proto != "tls":
+            cls = dissector_class(proto)
+            if cls is not None:
+                self.session.protocol = proto
+                self.conn.flow.protocol = TLS_LABELS.get(proto, proto)
+                try:
+                    self.dissector = cls(self.session, self.pipeline.config)
+                except Exception as e:  # pragma: no cover - constructor bugs
+                    self._crash(e, ts)
+                    return
+        if self.dissector is not None:
+            inner.replay(self._plain, self._lost)
 
     def _crash(self, exc: Exception, ts: float):
         """A dissector raised: record it, stop dissecting this session, keep going."""
         sess = self.session
         self.dissector = None
+        self.consume = None
+        self.splice = None
         detail = f"{type(exc).__name__}: {exc}"[:300]
         self.pipeline.collector.anomalies.append(Anomaly(ts, sess.session_id if sess else None, "",
                                                          "dissector_error", detail))
@@ -266,8 +362,10 @@ class Pipeline:
             self.flow_hook(conn)
 
     # -- records ------------------------------------------------------------------
-    def emit(self, session: Session, records: Iterable) -> None:
+    def emit(self, session: Session, records: Iterable) -> TlsStart | None:
+        """Collect a session's records; returns the dissector's TlsStart event among them, if any."""
         c = self.collector
+        switch = None
         cap = self.config.limits.max_records
         for r in records:
             t = type(r)
@@ -300,6 +398,8 @@ class Pipeline:
             else:
                 table = _TABLES.get(t)
                 if table is None:
+                    if t is TlsStart:
+                        switch = r
                     continue
                 listed = self._listed.get(session.session_id)
                 if listed is None:
@@ -309,6 +409,7 @@ class Pipeline:
                     getattr(c, table).append(r)
                 else:
                     self._over(session, table, r.ts)
+        return switch
 
     def _over(self, session: Session, table: str, ts) -> None:
         """A session passed limits.max_records for ``table``: said once, then records are dropped.

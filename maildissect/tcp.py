@@ -121,6 +121,19 @@ class Connection:
         self.rst = False
         self.established = False
 
+    def stream_offset(self, side: int, seq: int) -> int | None:
+        """The stream offset of ``side``'s raw 32-bit sequence number ``seq`` (the
+        number of stream bytes before it, unwrapped near what has been delivered),
+        or None once the connection is closed or before that side has started.
+
+        Delivered bytes plus gap lengths are the position reached, so a consumer
+        that counts them can place anything located by sequence number (tshark's
+        decrypted TLS records, for one) without reading the reassembler's state."""
+        halves = self.halves
+        if halves is None or not halves[side].started:
+            return None
+        return halves[side].offset(seq)
+
 
 class Reassembler:
     """The flow table. Feed it with :meth:`packet`; call :meth:`finish` at the end.
@@ -144,6 +157,13 @@ class Reassembler:
         self._sweep_at = float("inf")  # capture time of the next idle sweep
         self.max_ooo_bytes = self.limits.max_ooo_bytes
         self.max_ooo_segments = self.limits.max_ooo_segments
+
+    def connection(self, key: bytes):
+        """The open connection a segment with flow key ``key`` belongs to, or None."""
+        entry = self.table.get(key)
+        if entry is None or entry[0].closed:
+            return None
+        return entry[0]
 
     # -- entry point ---------------------------------------------------------------
     def packet(self, ts: float, seg) -> None:

@@ -12,6 +12,8 @@ import random
 
 from maildissect.config import Config
 from maildissect.model import CLIENT, SERVER, Session
+from maildissect.protocols.base import TlsStart
+from maildissect.protocols.tls import SwitchedSides
 
 C, S = CLIENT, SERVER
 
@@ -21,24 +23,54 @@ def new_session(protocol: str, session_id: int = 1) -> Session:
                    server_ip="10.0.0.2", server_port=25, start=0.0)
 
 
-def feed(dissector, transcript, split=None, close=True):
+def feed(dissector, transcript, split=None, close=True, decrypted=False):
     """Feed ``[(side, bytes), ...]`` (or ``(side, "gap", n)``); item i gets ts=i.
 
     ``split(data)`` returns the chunks to feed for one item (default: whole).
+    A :class:`TlsStart` the dissector returns is handled as the router does
+    (maildissect.pipeline.SessionRouter): the switched sides' bytes are TLS,
+    counted and not fed any more; with ``decrypted`` they are plaintext for the
+    same dissector after its ``resume`` (as when a key log decrypted them).
+    The event itself is not among the records returned.
     """
     out = []
+    switched = SwitchedSides(dissector.session)
+
+    def take(records, ts):
+        switch = None
+        for r in records:
+            if isinstance(r, TlsStart):
+                switch = r
+            else:
+                out.append(r)
+        if switch is None:
+            return
+        if not decrypted:
+            switched.switch(switch)
+            return
+        dissector.session.tls = True
+        take(dissector.resume(ts), ts)
+        for side in (CLIENT, SERVER):
+            if switch.held[side]:
+                take(dissector.feed(side, switch.held[side], ts), ts)
+
     for i, item in enumerate(transcript):
         ts = float(i)
         if len(item) == 3:
             side, _, n = item
-            out += dissector.gap(side, n, ts)
+            if not switched.sides[side]:
+                take(dissector.gap(side, n, ts), ts)
             continue
         side, data = item
         for chunk in (split(data) if split else [data]):
-            if chunk:
-                out += dissector.feed(side, chunk, ts)
+            if not chunk:
+                continue
+            if switched.sides[side]:
+                switched.tap(side, chunk)
+            else:
+                take(dissector.feed(side, chunk, ts), ts)
     if close:
-        out += dissector.close(float(len(transcript)), "fin")
+        take(dissector.close(float(len(transcript)), "fin"), float(len(transcript)))
     return out
 
 
@@ -59,20 +91,20 @@ def random_splitter(seed):
     return split
 
 
-def run_all_ways(factory, transcript, seeds=(1, 2, 3), config=None, protocol=None):
+def run_all_ways(factory, transcript, seeds=(1, 2, 3), config=None, protocol=None, decrypted=False):
     """Feed ``transcript`` whole, byte by byte and randomly chunked; assert equal records.
 
     ``factory(session, config)`` builds a dissector (usually the class itself).
-    Returns ``(records, session)`` from the whole feed.
+    Returns ``(records, session)`` from the whole feed. ``decrypted``: see :func:`feed`.
     """
     config = config or Config()
     proto = protocol or getattr(factory, "protocol", "x")
     sess = new_session(proto)
-    whole = feed(factory(sess, config), transcript)
+    whole = feed(factory(sess, config), transcript, decrypted=decrypted)
     splitters = [byte_split] + [random_splitter(s) for s in seeds]
     for split in splitters:
         other_sess = new_session(proto)
-        other = feed(factory(other_sess, config), transcript, split)
+        other = feed(factory(other_sess, config), transcript, split, decrypted=decrypted)
         assert other == whole, f"records differ when split by {getattr(split, '__name__', split)}"
         assert other_sess == sess, "session fields differ with chunking"
     return whole, sess

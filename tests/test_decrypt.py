@@ -16,7 +16,6 @@ import os
 import pathlib
 import shutil
 import subprocess
-import types
 
 import pytest
 from click.testing import CliRunner
@@ -26,8 +25,8 @@ from maildissect import decrypt
 from maildissect.analysis import AnalysisError
 from maildissect.cli import cli
 from maildissect.config import Config
-from maildissect.model import Command, Credential, Flow, Session
-from maildissect.protocols.smtp import SmtpDissector
+from maildissect.model import Command, Credential, Flow
+from maildissect.pipeline import Pipeline, SessionRouter
 from tests.helpers import C, S, of_type
 from tests.tshark import needs_tshark
 
@@ -58,10 +57,19 @@ CLI_EP, SRV_EP = ("10.0.0.1", 40000), ("10.0.0.2", 587)
 CBASE, SBASE = 1000, 7000
 
 
-def fake_connection(start=100.0):
-    flow = Flow(3, CLI_EP[0], CLI_EP[1], SRV_EP[0], SRV_EP[1], start, start)
-    halves = (types.SimpleNamespace(base=CBASE), types.SimpleNamespace(base=SBASE))
-    return types.SimpleNamespace(flow=flow, halves=halves)
+class FakeConnection:
+    """What the router and the splice use of a reassembler connection: its flow and
+    stream offsets (raw sequence numbers less each side's base)."""
+
+    def __init__(self, flow):
+        self.flow = flow
+
+    def stream_offset(self, side, seq):
+        return (seq - (CBASE, SBASE)[side]) & 0xFFFFFFFF
+
+
+def fake_connection(start=100.0, server=SRV_EP):
+    return FakeConnection(Flow(3, CLI_EP[0], CLI_EP[1], server[0], server[1], start, start))
 
 
 def smtp_starttls_case(pipelined_hello: bool):
@@ -93,27 +101,29 @@ def smtp_starttls_case(pipelined_hello: bool):
     return chunks, lines
 
 
-def run_splice(chunks, lines, protocol="smtp", implicit=False, start=100.0):
+def run_splice(chunks, lines, start=100.0, server=SRV_EP, client_port=CLI_EP[1]):
+    """The chunks through a session router whose pipeline has the decryption of ``lines``."""
     dec = decrypt.Decryption()
     for line in lines:
         dec._line(line)
-    conn = fake_connection(start)
-    sess = Session(3, protocol, CLI_EP[0], CLI_EP[1], SRV_EP[0], SRV_EP[1], start)
-    inner = SmtpDissector(sess, Config()) if protocol == "smtp" and not implicit else None
-    splice = dec.wrap(conn, sess, protocol, implicit, inner, Config())
-    out = []
+    conn = fake_connection(start, server)
+    conn.flow.client_port = client_port
+    pipe = Pipeline(Config())
+    pipe.decryption = dec
+    router = SessionRouter(pipe, conn)
     for i, (side, data) in enumerate(chunks):
-        out += splice.feed(side, data, float(i))
-    out += splice.close(float(len(chunks)), "fin")
+        router.data(side, data, float(i))
+    router.close(float(len(chunks)), "fin")
     dec.close()
-    return splice, sess, out, dec
+    c = pipe.collector
+    return router, router.session, c.commands + c.credentials + c.anomalies, dec
 
 
 @pytest.mark.parametrize("pipelined", [False, True], ids=["waits", "pipelined-hello"])
 def test_splice_continues_smtp_after_starttls(pipelined):
     chunks, lines = smtp_starttls_case(pipelined)
-    splice, sess, out, dec = run_splice(chunks, lines)
-    assert isinstance(splice, decrypt.TlsSplice) and dec.duplicates == 1
+    router, sess, out, dec = run_splice(chunks, lines)
+    assert isinstance(router.splice, decrypt.TlsSplice) and dec.duplicates == 1
     cmds = [(c.command, c.reply_code) for c in of_type(out, Command)]
     assert cmds == [("", "220"), ("EHLO", "250"), ("STARTTLS", "220"), ("EHLO", "250"), ("MAIL", "250"),
                     ("QUIT", "221")]
@@ -125,26 +135,22 @@ def test_splice_continues_smtp_after_starttls(pipelined):
 
 def test_splice_without_a_matching_stream_changes_nothing():
     chunks, lines = smtp_starttls_case(False)
-    dec = decrypt.Decryption()
-    for line in lines:
-        dec._line(line)
-    conn = fake_connection()
-    conn.flow.client_port = 40001  # another connection
-    sess = Session(3, "smtp")
-    inner = SmtpDissector(sess, Config())
-    assert dec.wrap(conn, sess, "smtp", False, inner, Config()) is inner
-    dec.close()
+    router, sess, out, _ = run_splice(chunks, lines, client_port=40001)  # another connection
+    assert router.splice is None and not sess.decrypted
+    plain, plain_sess, plain_out, _ = run_splice(chunks, [], client_port=40001)
+    assert out == plain_out and sess == plain_sess
 
 
 def test_splice_sniffs_the_protocol_of_tls_on_an_unknown_port():
     chunks = [(C, CLIENT_HELLO), (S, SERVER_HELLO), (S, app_record(40)), (C, app_record(30)),
               (S, app_record(30))]
     s1, c1, s2 = b"+OK POP3 ready\r\n", b"CAPA\r\n", b"+OK\r\nUSER\r\n.\r\n"
-    lines = [tshark_line(10, SRV_EP, CLI_EP, SBASE + 10 + 40 - 40, 40, s1),
-             tshark_line(11, CLI_EP, SRV_EP, CBASE + 10, 30, c1),
-             tshark_line(12, SRV_EP, CLI_EP, SBASE + 50, 30, s2)]
-    splice, sess, out, _ = run_splice(chunks, lines, protocol="tls", implicit=False)
-    assert sess.protocol == "pop3" and splice.conn.flow.protocol == "pop3s"
+    srv = ("10.0.0.2", 4433)  # a port that names no protocol: TLS is found by its first bytes
+    lines = [tshark_line(10, srv, CLI_EP, SBASE + 10 + 40 - 40, 40, s1),
+             tshark_line(11, CLI_EP, srv, CBASE + 10, 30, c1),
+             tshark_line(12, srv, CLI_EP, SBASE + 50, 30, s2)]
+    router, sess, out, _ = run_splice(chunks, lines, server=srv)
+    assert sess.protocol == "pop3" and router.conn.flow.protocol == "pop3s"
     assert [(c.command, c.reply_code) for c in of_type(out, Command)] == [("", "+OK"), ("CAPA", "+OK")]
     assert sess.extensions == ["USER"]
 

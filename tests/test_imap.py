@@ -578,12 +578,8 @@ def test_starttls_plaintext_injection_is_reported():
 
 
 def test_starttls_with_decrypted_plaintext_keeps_parsing():
-    def factory(session, config):
-        session.decrypted = True
-        return ImapDissector(session, config)
-    factory.protocol = "imap"
     t = [GREETING, (C, b"a1 STARTTLS\r\n"), (S, b"a1 OK go\r\n"), *login(b"a2"), *SELECT]
-    recs, sess = run_all_ways(factory, t)
+    recs, sess = run_all_ways(ImapDissector, t, decrypted=True)
     assert sess.tls and sess.auth_user == "bob" and sess.tls_bytes_client == 0
     assert [c.command for c in commands(recs)] == ["", "STARTTLS", "LOGIN", "SELECT"]
 

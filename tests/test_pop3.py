@@ -220,11 +220,7 @@ def test_stls_switches_to_tls():
 
 
 def test_stls_with_decrypted_plaintext():
-    def factory(session, config):
-        session.decrypted = True
-        return Pop3Dissector(session, config)
-    factory.protocol = "pop3"
-    recs, sess = run_all_ways(factory, [GREETING, (C, b"STLS\r\n"), (S, b"+OK\r\n"), *LOGIN])
+    recs, sess = run_all_ways(Pop3Dissector, [GREETING, (C, b"STLS\r\n"), (S, b"+OK\r\n"), *LOGIN], decrypted=True)
     assert sess.tls and sess.auth_user == "bob"
 
 

@@ -24,8 +24,8 @@ EHLO = [
 START = [GREETING, *EHLO]
 
 
-def run(transcript, config=KEEP, factory=SmtpDissector):
-    return run_all_ways(factory, transcript, config=config, protocol="smtp")
+def run(transcript, config=KEEP, factory=SmtpDissector, decrypted=False):
+    return run_all_ways(factory, transcript, config=config, protocol="smtp", decrypted=decrypted)
 
 
 def commands(records):
@@ -424,17 +424,13 @@ def test_starttls_refused_goes_on():
 
 
 def test_starttls_decrypted_keeps_parsing():
-    def decrypted(session, config):
-        session.decrypted = True
-        return SmtpDissector(session, config)
-
-    records, sess = run([
+    records, sess = run(decrypted=True, transcript=[
         *START, (C, b"STARTTLS\r\n"), (S, b"220 2.0.0 Ready\r\n"),
         (C, b"EHLO again.example.org\r\n"), (S, b"250-mx\r\n250 AUTH PLAIN\r\n"),
         (C, b"AUTH PLAIN " + b64(b"\x00u\x00p") + b"\r\n"), (S, b"235 ok\r\n"),
         (C, b"MAIL FROM:<u@x.org>\r\nRCPT TO:<r@y.org>\r\nDATA\r\n"), (S, b"250 ok\r\n250 ok\r\n354 go\r\n"),
         (C, message() + b".\r\n"), (S, b"250 ok\r\n"),
-    ], factory=decrypted)
+    ])
     (msg,) = of_type(records, Message)
     assert msg.tls is True and msg.helo == "again.example.org"
     assert sess.tls is True and sess.tls_bytes_client == 0 and sess.extensions == ["AUTH PLAIN"]

@@ -10,12 +10,33 @@ exception escaping it on peer input is a bug: bad input becomes an Anomaly.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 
 from ..anomalies import make as make_anomaly
 from ..config import Config
-from ..model import CLIENT, SERVER, SIDE_NAMES, Anomaly, Session
+from ..model import CLIENT, SERVER, SIDE_NAMES, Anomaly, Message, Session
 
-__all__ = ["Dissector", "StreamBuffer", "OVERLONG", "CLIENT", "SERVER", "SIDE_NAMES"]
+__all__ = ["Dissector", "StreamBuffer", "OVERLONG", "CLIENT", "SERVER", "SIDE_NAMES", "TlsStart",
+           "fill_message", "TRUNCATION_ANOMALIES"]
+
+
+@dataclass(eq=True)
+class TlsStart:
+    """Event a dissector returns among its records: TLS starts here (STARTTLS or STLS accepted).
+
+    From this point the dissector parses nothing more of ``sides`` (both, or the
+    client alone when its first bytes after STARTTLS were a TLS record and no
+    verdict came). ``held`` are the bytes of each side it had received past the
+    switch. What those and the following bytes are is the router's decision
+    (maildissect.pipeline): TLS metadata, decrypted plaintext handed back to the
+    same dissector after :meth:`Dissector.resume`, or plaintext after a switch
+    that did not happen. (How many bytes were held depends on how the stream was
+    segmented, so two events are equal whatever they held.)
+    """
+
+    ts: float
+    sides: tuple = (CLIENT, SERVER)
+    held: tuple = field(default=(b"", b""), compare=False)
 
 
 class Dissector(ABC):
@@ -51,11 +72,33 @@ class Dissector(ABC):
     def close(self, ts: float, reason: str) -> list:
         """The connection ended (``fin``, ``rst``, ``timeout`` or ``eof``)."""
 
+    def resume(self, ts: float) -> list:
+        """The bytes after this dissector's :class:`TlsStart` are plaintext after all (a key
+        log decrypted them): parse on from the state a fresh TLS session starts in."""
+        return []
+
     def anomaly(self, ts: float | None, side: int | None, name: str, detail: str = "") -> Anomaly:
         """A named anomaly for this session (raises in strict mode)."""
         self.session.anomalies += 1
         side_name = SIDE_NAMES[side] if side is not None else ""
         return make_anomaly(ts, self.session.session_id, side_name, name, detail, self.config.strict)
+
+
+#: MIME anomalies that only say a message was cut short; for a message already
+#: marked incomplete (a header-only, partial or truncated fetch) they repeat
+#: what ``complete=False`` says and are dropped.
+TRUNCATION_ANOMALIES = frozenset({"mime_missing_closing_boundary", "mime_boundary_not_found",
+                                  "mime_missing_header_separator"})
+
+
+def fill_message(msg: Message, raw: bytes, config: Config) -> list:
+    """Fill ``msg`` from ``raw`` with the shared MIME parser; returns its anomalies
+    (without those that only repeat that an incomplete message is incomplete)."""
+    from .. import mime  # imported on use: framing alone (detection, flows) does not need it
+    found = mime.fill_message(msg, raw, config)
+    if not msg.complete:
+        found = [a for a in found if a.name not in TRUNCATION_ANOMALIES]
+    return found
 
 
 #: Returned by :meth:`StreamBuffer.readline` when a line exceeded the limit.

@@ -59,6 +59,7 @@ from ..anomalies import StrictError
 from .base import CLIENT, SERVER, Dissector
 from .forms import decode_text
 from .http import Exchange, ExchangeProcessor, Headers, HttpDissector, HttpMessage
+from .sniff import Sniffer
 
 __all__ = ["ANOMALIES", "Http2Dissector", "HttpAnyDissector", "PREFACE", "looks_like_h2"]
 
@@ -798,9 +799,9 @@ class HttpAnyDissector(Dissector):
     ``h2`` negotiated by TLS ALPN) gets :class:`Http2Dissector`, anything else
     :class:`~maildissect.protocols.http.HttpDissector`. Until the first bytes
     decide (at most a preface's length of the client, or a frame header of a
-    server that speaks first) they are held; then the chosen dissector's
-    ``feed``/``gap``/``close`` replace this object's own, so the choice costs
-    nothing per segment afterwards.
+    server that speaks first) they are held (:class:`~.sniff.Sniffer`); then the
+    chosen dissector's ``feed``/``gap``/``close`` replace this object's own, so
+    the choice costs nothing per segment afterwards.
     """
 
     protocol = "http"
@@ -812,9 +813,7 @@ class HttpAnyDissector(Dissector):
     def __init__(self, session, config=None):
         super().__init__(session, config)
         self.inner: Dissector | None = None
-        self._held: list[tuple] = []
-        self._held_bytes = 0
-        self._first = [b"", b""]
+        self._sniffer = Sniffer(_h2_verdict, len(PREFACE), self.MAX_HELD)
         if session.alpn == "h2":
             self._choose(Http2Dissector)
 
@@ -822,32 +821,32 @@ class HttpAnyDissector(Dissector):
         inner = self.inner = cls(self.session, self.config)
         self.feed, self.gap, self.close = inner.feed, inner.gap, inner.close
         out: list = []
-        held, self._held = self._held, []
-        for kind, side, value, ts in held:
-            out += inner.feed(side, value, ts) if kind == 0 else inner.gap(side, value, ts)
+        self._sniffer.replay(lambda side, data, ts: out.extend(inner.feed(side, data, ts)),
+                             lambda side, length, ts: out.extend(inner.gap(side, length, ts)))
         return out
 
-    def _decide(self, final: bool = False) -> list | None:
-        verdict = looks_like_h2(self._first[CLIENT], self._first[SERVER])
-        if verdict is None and (final or self._held_bytes > self.MAX_HELD):
-            verdict = False
+    def _decided(self, verdict) -> list:
         if verdict is None:
-            return None
+            return []
         return self._choose(Http2Dissector if verdict else HttpDissector)
 
     def feed(self, side: int, data: bytes, ts: float) -> list:
         if not data:
             return []
-        self._held.append((0, side, data, ts))
-        self._held_bytes += len(data)
-        if len(self._first[side]) < len(PREFACE):
-            self._first[side] += data[: len(PREFACE) - len(self._first[side])]
-        return self._decide() or []
+        return self._decided(self._sniffer.data(side, data, ts))
 
     def gap(self, side: int, length: int, ts: float) -> list:
-        self._held.append((1, side, length, ts))
-        return self._decide(final=True) or []
+        self._sniffer.gap(side, length, ts)
+        return self._decided(self._sniffer.decide(final=True))
 
     def close(self, ts: float, reason: str) -> list:
-        out = self._decide(final=True) or []
+        out = self._decided(self._sniffer.decide(final=True))
         return out + self.inner.close(ts, reason)
+
+
+def _h2_verdict(client_first: bytes, server_first: bytes, final: bool):
+    """HTTP/2 (True), HTTP/1 (False) or undecided (None) from the first bytes."""
+    verdict = looks_like_h2(client_first, server_first)
+    if verdict is None and final:
+        return False
+    return verdict

@@ -24,8 +24,10 @@ nested ``list`` and then interpreted:
   flags, size and Message-ID, STORE, COPY/MOVE, EXPUNGE, APPEND, LIST,
   STATUS...) becomes a time-ordered stream of
   :class:`~maildissect.model.MailboxEvent`;
-* STARTTLS switches the session to TLS (bytes counted, not parsed, unless the
-  pipeline supplies decrypted plaintext); COMPRESS=DEFLATE is inflated in both
+* an accepted STARTTLS is returned as a
+  :class:`~maildissect.protocols.base.TlsStart` event: what follows is the
+  router's (TLS bytes counted, or decrypted plaintext handed back after
+  :meth:`ImapDissector.resume`); COMPRESS=DEFLATE is inflated in both
   directions and parsing goes on.
 
 docs/protocols/imap.md describes the records, the anomalies and the limits.
@@ -42,9 +44,8 @@ from collections import OrderedDict
 
 from ..anomalies import StrictError
 from ..model import CLIENT, SERVER, Command, Credential, MailboxEvent, Message
-from .base import OVERLONG, Dissector, StreamBuffer
+from .base import OVERLONG, Dissector, StreamBuffer, TlsStart
 from .sasl import SaslExchange
-from .tls import TlsTap
 
 __all__ = ["ImapDissector", "looks_like_imap", "tokenize", "Literal", "decode_mailbox_name",
            "ANOMALIES"]
@@ -760,7 +761,7 @@ class ImapDissector(Dissector):
         self._known: OrderedDict = OrderedDict()  # (mailbox, uidvalidity, id) -> {size, parts}
         self._partials: OrderedDict = OrderedDict()
         self._partial_bytes = 0  # bytes held by all reassemblies
-        self._tls_tap: TlsTap | None = None  # made at STARTTLS
+        self._modes_before_tls = (_LINE, _LINE)
 
     # -- interface -----------------------------------------------------------
 
@@ -809,22 +810,12 @@ class ImapDissector(Dissector):
     def _feed_side(self, side, data, ts, out):
         s = self.sides[side]
         mode = s.mode
-        if mode == _TLS:
-            self._count_tls(side, data)
-            return
-        if mode == _DEAD:
+        if mode == _TLS or mode == _DEAD:  # TLS: the router's (TlsStart was returned)
             return
         if s.inflater is not None:
             self._inflate(side, data, ts, out)
         else:
             self._parse(side, data, ts, out)
-
-    def _count_tls(self, side, data):
-        """Bytes inside TLS after STARTTLS: counted, and their hellos read."""
-        tap = self._tls_tap
-        if tap is None:
-            tap = self._tls_tap = TlsTap(self.session)
-        tap(side, data)
 
     def _inflate(self, side, data, ts, out):
         s = self.sides[side]
@@ -924,7 +915,6 @@ class ImapDissector(Dissector):
                     continue
                 return
             if mode == _TLS:
-                self._count_tls(side, buf.read_all())
                 buf.clear()
                 return
             if mode == _DEAD:
@@ -1508,26 +1498,18 @@ class ImapDissector(Dissector):
         if p is None:
             return
         if p.verb == "STARTTLS":
-            self.session.tls = True
-            if held and held[:1] != b"\x16" and not self.session.decrypted:
+            if held and held[:1] != b"\x16":
                 # an assumed switch happens once max_line bytes are held, how many more
                 # the last chunk brought depends on the segmentation: not reported
                 count = f"over {self.limits.max_line}" if assumed else str(len(held))
                 out.append(self.anomaly(ts, CLIENT, "imap_unexpected_response",
                                         f"{count} plaintext bytes sent after STARTTLS before the go-ahead"))
-            if self.session.decrypted:
-                # The pipeline feeds decrypted plaintext from here: parse on, as a
-                # fresh start of the command/response stream.
-                for side in (CLIENT, SERVER):
-                    self.sides[side].reset_item()
-                if held:
-                    self._parse(CLIENT, held, ts, out)
-                return
+            self._modes_before_tls = (c.mode, srv.mode)
             c.mode = _TLS
-            self._count_tls(CLIENT, held)
             srv.mode = _TLS
-            self._count_tls(SERVER, srv.buf.read_all())
+            rest = srv.buf.read_all()
             srv.buf.clear()
+            out.append(TlsStart(ts, (CLIENT, SERVER), (held, rest)))
             return
         # COMPRESS DEFLATE (RFC 4978): raw deflate in both directions.
         c.inflater = zlib.decompressobj(-15)
@@ -1538,6 +1520,15 @@ class ImapDissector(Dissector):
             self._inflate(CLIENT, held, ts, out)
         if rest:
             self._inflate(SERVER, rest, ts, out)
+
+    def resume(self, ts: float) -> list:
+        """Decrypted plaintext follows the switch: parse on, as a fresh start of the
+        command/response stream."""
+        for side in (CLIENT, SERVER):
+            s = self.sides[side]
+            s.mode = self._modes_before_tls[side]
+            s.reset_item()
+        return []
 
     # -- untagged data -------------------------------------------------------
 

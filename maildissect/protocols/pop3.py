@@ -13,8 +13,10 @@ and AUTH (PLAIN, LOGIN, CRAM-MD5, XOAUTH2, OAUTHBEARER...); a retrieved
 :class:`~maildissect.model.Message` for RETR (``kind="body"``) and TOP
 (``kind="top"``, ``complete=False``); :class:`~maildissect.model.MailboxEvent`
 for STAT, LIST, UIDL, RETR, TOP, DELE, RSET and the deletions QUIT commits.
-STLS switches to TLS (bytes counted, not parsed, unless the pipeline feeds
-decrypted plaintext). docs/protocols/pop3.md has the details.
+An accepted STLS is returned as a :class:`~maildissect.protocols.base.TlsStart`
+event: what follows is the router's (TLS bytes counted, or decrypted plaintext
+handed back after :meth:`Pop3Dissector.resume`). docs/protocols/pop3.md has the
+details.
 """
 
 from __future__ import annotations
@@ -24,9 +26,8 @@ import re
 
 from ..anomalies import StrictError
 from ..model import CLIENT, SERVER, Command, Credential, MailboxEvent, Message
-from .base import OVERLONG, Dissector, StreamBuffer
+from .base import OVERLONG, Dissector, StreamBuffer, TlsStart
 from .sasl import SaslExchange
-from .tls import TlsTap
 
 __all__ = ["Pop3Dissector", "looks_like_pop3", "ANOMALIES", "KNOWN_COMMANDS"]
 
@@ -183,7 +184,7 @@ class Pop3Dissector(Dissector):
         self.bad_run = False
         self.uidl: dict[int, str] = {}
         self.deleted: list[int] = []
-        self._tls_tap: TlsTap | None = None  # made at STLS
+        self._modes_before_tls = [_LINE, _LINE]
 
     # -- interface -----------------------------------------------------------
 
@@ -193,7 +194,7 @@ class Pop3Dissector(Dissector):
             return out
         try:
             if self.modes[side] == _TLS:
-                self._count_tls(side, data)
+                pass  # the router's: TlsStart was returned
             elif side == SERVER and self.modes[SERVER] == _MULTI and not len(self.bufs[SERVER]):
                 rest = self._multi_data(data, ts, out)
                 if rest:
@@ -260,19 +261,11 @@ class Pop3Dissector(Dissector):
 
     # -- framing -------------------------------------------------------------
 
-    def _count_tls(self, side, data):
-        """Bytes inside TLS after STLS: counted, and their hellos read."""
-        tap = self._tls_tap
-        if tap is None:
-            tap = self._tls_tap = TlsTap(self.session)
-        tap(side, data)
-
     def _drain(self, side, ts, out):
         buf = self.bufs[side]
         while True:
             mode = self.modes[side]
             if mode == _TLS:
-                self._count_tls(side, buf.read_all())
                 buf.clear()
                 return
             if mode == _HOLD:
@@ -539,24 +532,23 @@ class Pop3Dissector(Dissector):
         cbuf = self.bufs[CLIENT]
         held = cbuf.read_all()
         cbuf.clear()
-        self.session.tls = True
-        if self.session.decrypted:
-            self.modes[CLIENT] = _LINE
-            if held:
-                cbuf.append(held)
-                self._drain(CLIENT, ts, out)
-            return
         if held and held[:1] != b"\x16":
             # an assumed switch happens once max_line bytes are held; how many more the last
             # chunk brought depends on the segmentation, so it is not reported
             count = f"over {self.limits.max_line}" if assumed else str(len(held))
             out.append(self.anomaly(ts, CLIENT, "pop3_stls_pipelined", f"{count} bytes"))
+        self._modes_before_tls = [_LINE if m == _HOLD else m for m in self.modes]
         self.modes[CLIENT] = _TLS
-        self._count_tls(CLIENT, held)
         self.modes[SERVER] = _TLS
         sbuf = self.bufs[SERVER]
-        self._count_tls(SERVER, sbuf.read_all())
+        rest = sbuf.read_all()
         sbuf.clear()
+        out.append(TlsStart(ts, (CLIENT, SERVER), (held, rest)))
+
+    def resume(self, ts: float) -> list:
+        """Decrypted plaintext follows the switch: parsing goes on."""
+        self.modes = list(self._modes_before_tls)
+        return []
 
     # -- multi-line replies --------------------------------------------------
 

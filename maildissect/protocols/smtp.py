@@ -24,10 +24,11 @@ How it follows the dialogue (docs/protocols/smtp.md has the full story):
 * A message is emitted on the final reply to its data (or at a gap or the
   connection's end when no reply comes) with the reply code, text and the
   queue id the server announced.
-* ``STARTTLS`` answered by 220: ``session.tls`` is set and the rest of the
-  connection is counted in ``tls_bytes_client``/``tls_bytes_server``, unless
-  ``session.decrypted`` says the pipeline feeds the decrypted plaintext, in
-  which case parsing goes on from the state after the greeting.
+* ``STARTTLS`` answered by 220: the dissector returns a
+  :class:`~maildissect.protocols.base.TlsStart` event and parses nothing more;
+  the router counts the rest as TLS, or, when a key log decrypted it, hands
+  the plaintext back after :meth:`SmtpDissector.resume` (RFC 3207: both sides
+  start over from the state after the greeting).
 * Gaps: a message hit by one is kept with ``complete=False`` and
   ``missing_bytes``; the client side resynchronises on the next well-formed
   command line (or on an unexpected 354), the server side on the next reply
@@ -47,9 +48,8 @@ from collections import deque
 from .. import mime
 from ..config import Config
 from ..model import CLIENT, SERVER, Command, Credential, Message, Session
-from .base import OVERLONG, Dissector, StreamBuffer
+from .base import OVERLONG, Dissector, StreamBuffer, TlsStart
 from .sasl import SaslExchange
-from .tls import TlsTap
 
 __all__ = ["SmtpDissector", "looks_like_smtp", "ANOMALIES"]
 
@@ -364,7 +364,7 @@ class SmtpDissector(Dissector):
         # STARTTLS: client bytes held until the reply says whether they are TLS
         self._held: list[bytes] = []
         self._held_len = 0
-        self._tls_tap = TlsTap(session)  # bytes inside TLS: counted, hellos read
+        self._mode_before_tls = _CMD
 
     # ------------------------------------------------------------------ API
 
@@ -459,8 +459,7 @@ class SmtpDissector(Dissector):
         while data:
             mode = self._cmode
             if mode == _TLS:
-                self._tls_tap(CLIENT, data)
-                return
+                return  # the router's: TlsStart was returned
             if mode == _HOLD:
                 self._held.append(data)
                 self._held_len += len(data)
@@ -853,35 +852,42 @@ class SmtpDissector(Dissector):
         held = b"".join(self._held)
         self._held = []
         self._held_len = 0
-        if held[:1] == b"\x16" and not self.session.decrypted:
-            self.session.tls = True
+        if held[:1] == b"\x16":
+            self._mode_before_tls = _CMD
             self._cmode = _TLS
-            self._tls_tap(CLIENT, held)
+            out.append(TlsStart(ts, (CLIENT,), (held, b"")))
         else:
             self._cmode = _CMD
             if held:
                 self._client(held, ts, out)
 
     def _start_tls(self, ts: float, out: list) -> None:
-        self.session.tls = True
+        """STARTTLS accepted: both directions are the router's from here (TlsStart)."""
         held = b"".join(self._held)
         self._held = []
         self._held_len = 0
-        if self.session.decrypted:
-            # the pipeline feeds the plaintext inside TLS: RFC 3207 says both
-            # sides start over after the greeting
-            self._end_txn(ts, out)
-            self.session.extensions = []
-            if self._cmode == _HOLD:
-                self._cmode = _CMD
-                if held:
-                    self._client(held, ts, out)
-            return
         self._server_tls = True
+        rest = self._sbuf.read_all()  # server bytes after the 220 line
+        self._sbuf.clear()
         if self._cmode != _TLS:
+            self._mode_before_tls = _CMD if self._cmode == _HOLD else self._cmode
             self._cmode = _TLS
-            self._tls_tap(CLIENT, held + self._cbuf.read_all())
+            held += self._cbuf.read_all()
             self._cbuf.clear()
+            out.append(TlsStart(ts, (CLIENT, SERVER), (held, rest)))
+        else:  # the client switched already (its bytes began with a TLS record)
+            out.append(TlsStart(ts, (SERVER,), (b"", rest)))
+
+    def resume(self, ts: float) -> list:
+        """Decrypted plaintext follows the switch: RFC 3207 says both sides start
+        over from the state after the greeting."""
+        out: list = []
+        self._server_tls = False
+        if self._cmode == _TLS:
+            self._cmode = self._mode_before_tls
+        self._end_txn(ts, out)
+        self.session.extensions = []
+        return out
 
     # -- AUTH
 
@@ -1007,8 +1013,7 @@ class SmtpDissector(Dissector):
 
     def _server(self, data: bytes, ts: float, out: list) -> None:
         if self._server_tls:
-            self._tls_tap(SERVER, data)
-            return
+            return  # the router's: TlsStart was returned
         buf = self._sbuf
         buf.append(data)
         while not self._server_tls:
@@ -1022,8 +1027,6 @@ class SmtpDissector(Dissector):
                 self._reply_line(head, ts, out)
                 continue
             self._reply_line(line, ts, out)
-        if self._server_tls and len(buf):
-            self._tls_tap(SERVER, buf.read_all())
 
     def _reply_line(self, raw: bytes, ts: float, out: list) -> None:
         line = raw.rstrip(b"\r\n")

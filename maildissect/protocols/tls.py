@@ -3,9 +3,11 @@
 :class:`TlsHelloParser` reads the first handshake records of each side
 (ClientHello, ServerHello) and writes what they reveal into the Session;
 :class:`TlsDissector` is the dissector for implicit-TLS ports (465, 993, 995,
-443), which records that metadata and counts the encrypted bytes. Mail
-dissectors hand their post-STARTTLS bytes to a :class:`TlsTap`, which counts them
-and gives them to a TlsHelloParser.
+443), which records that metadata and counts the encrypted bytes. After a mail
+dissector's switch to TLS (its :class:`~maildissect.protocols.base.TlsStart`
+event), the router hands the bytes of the switched sides to a :class:`TlsTap`,
+which counts them and gives them to a TlsHelloParser, unless a key log
+decrypts them (maildissect.decrypt).
 """
 
 from __future__ import annotations
@@ -153,8 +155,9 @@ class TlsHelloParser:
 class TlsTap:
     """The bytes of a session after its switch to TLS (STARTTLS, STLS): counted
     in ``tls_bytes_client``/``tls_bytes_server``, and their hellos read for the
-    version, SNI and ALPN. Mail dissectors call it with every byte they do not
-    parse once TLS has started; the hello parser is made on first use."""
+    version, SNI and ALPN. The router calls it with every byte of a side that
+    switched (see :class:`~maildissect.protocols.base.TlsStart`); the hello
+    parser is made on first use."""
 
     __slots__ = ("session", "hello")
 
@@ -174,6 +177,26 @@ class TlsTap:
             hello = self.hello = TlsHelloParser(self.session)
         if not hello.done[side]:
             hello.feed(side, bytes(data))
+
+
+class SwitchedSides:
+    """The sides of a connection that its dissector switched to TLS (its
+    :class:`~maildissect.protocols.base.TlsStart` events) when no key log decrypts
+    them: their bytes are counted and their hellos read (:class:`TlsTap`) instead
+    of being parsed. ``sides[side]`` says whether a side has switched."""
+
+    __slots__ = ("tap", "sides")
+
+    def __init__(self, session):
+        self.tap = TlsTap(session)
+        self.sides = [False, False]
+
+    def switch(self, event) -> None:
+        """Apply a TlsStart: its sides are TLS from here, starting with the bytes it held."""
+        self.tap.session.tls = True
+        for side in event.sides:
+            self.sides[side] = True
+            self.tap(side, event.held[side])
 
 
 class TlsDissector(Dissector):
