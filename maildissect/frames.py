@@ -147,8 +147,9 @@ SCHEMAS: dict[str, list[tuple]] = {
         ("queue_id", "str", "queue id from the server's final reply (\"queued as X\")"),
         ("reply_code", "str", "the server's final reply code for the transfer"),
         ("reply_text", "str", "the server's final reply text"),
-        ("kind", "str", "how the message was found: SMTP data/bdat, IMAP body/header/text/part/partial, "
-                        "POP3 retr/top, webmail jmap/form/rfc822/view/blob"),
+        ("kind", "str", "how the message was found: SMTP data/bdat, IMAP body (the whole message), header, "
+                        "text, part, partial, POP3 retr/top, webmail jmap/form/rfc822/view (a page showing "
+                        "it)/attachment (one of its files downloaded)/blob"),
         ("source", "str", "the command or request that carried it (\"RETR 3\", \"POST /upload\")"),
         ("heuristic", "bool", "recognised by a heuristic (a generic web form) rather than a known format"),
         ("headers", "dicts", "every header, decoded, in order: name and value"),
@@ -158,7 +159,13 @@ SCHEMAS: dict[str, list[tuple]] = {
         ("transaction", "int", "SMTP: the mail transaction that carried it (commands.transaction)"),
         ("user", "str", "user authenticated in the session when the message was transferred"),
         ("mailbox", "str", "IMAP: the mailbox it was fetched from (the selected one) or appended to; POP3: "
-                           "INBOX"),
+                           "INBOX; webmail reads and downloads: the mailbox the URL names (Roundcube's _mbox)"),
+        ("uid", "int", "IMAP UID of the message in that mailbox (IMAP fetches; webmail reads and downloads)"),
+        ("filled_from", "str", "webmail reads and downloads: where the fields come from: page (the page "
+                               "shown, or for a download the message's page seen before in the session), "
+                               "imap (the webmail server's own IMAP fetch of that UID during the request), "
+                               "page+imap (both); empty for messages read from their own bytes "
+                               "(docs/protocols/webmail.md)"),
     ],
     "attachments": [
         ("session_id", "int", "session of the message"),
@@ -222,6 +229,11 @@ SCHEMAS: dict[str, list[tuple]] = {
         ("complete", "bool", "false when a gap, a limit or a decoding error cut a body"),
         ("seq", "int", "the exchange's number in its session (1, 2... in the order exchanges completed; the "
                        "request order for HTTP/1), the same as its row's seq in commands"),
+        ("mailbox", "str", "webmail: the mailbox of the message the request reads or downloads (_mbox)"),
+        ("uid", "int", "webmail: that message's IMAP UID (_uid)"),
+        ("part", "str", "webmail attachment download: the IMAP part number of the file (_part)"),
+        ("message_id", "str", "webmail: Message-ID of the message read or downloaded, from the webmail "
+                              "server's IMAP fetch or the downloaded message itself"),
     ],
     "mailboxes": [
         ("session_id", "int", "session"),

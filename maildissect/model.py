@@ -229,6 +229,8 @@ class Message:
     transaction: int | None = None  # SMTP: the mail transaction that carried it
     user: str | None = None  # user authenticated when it was transferred
     mailbox: str | None = None  # IMAP: mailbox it was fetched from or appended to; POP3: INBOX
+    uid: int | None = None  # IMAP UID in that mailbox (IMAP fetches, appends with APPENDUID; webmail reads and downloads)
+    filled_from: str | None = None  # webmail page rows: page, imap or page+imap (see docs/protocols/webmail.md)
     raw: bytes | None = None  # exact bytes, only when extraction asks
 
 
@@ -261,6 +263,11 @@ class HttpRequest:
     upgrade: str | None = None  # connection left HTTP/1: "connect", "websocket", "h2c", "h2"...
     complete: bool = True  # False when a gap, a limit or a decoding error cut a body
     seq: int | None = None  # the exchange's number in its session (1, 2...), as Command.seq
+    # webmail: the message the exchange reads or downloads (files and their message join on these)
+    mailbox: str | None = None
+    uid: int | None = None
+    part: str | None = None  # IMAP part number of a downloaded attachment
+    message_id: str | None = None  # from the page, the webmail server's IMAP fetch, or the message itself
 
 
 @dataclass(slots=True)

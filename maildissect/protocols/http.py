@@ -731,13 +731,16 @@ class ExchangeProcessor:
                 or (ct == "text/html" and request is not None
                     and (request.method == "POST" or self.webmail.wants_page(request))))
         keep_files = self.config.keep_bodies
+        # a message's file downloaded through webmail: hashed as attachments are, kept for extraction
+        file = not msg.is_request and request is not None and self.webmail.wants_file(request)
+        keep = keep or (file and keep_files)
 
         def keep_part(part) -> bool:
             return (part.filename is None or keep_files
                     or is_message_type(part.content_type, part.filename))
         blob = msg.is_request and self.webmail.is_blob_upload(msg)
         return Body(msg.headers, self.config, keep=keep, keep_part=keep_part, md5=blob or not msg.is_request,
-                    sha1=blob)
+                    sha1=blob or file)
 
     # records -------------------------------------------------------------
     def complete(self, ex: Exchange) -> list:
@@ -799,6 +802,7 @@ class ExchangeProcessor:
                 and not part.truncated else None))
         complete = ((req is None or req.complete) and (resp is None or resp.complete)
                     and (rb is None or rb.usable) and (sb is None or sb.usable))
+        mailbox, uid, part = self.webmail.roundcube.reference(ex) if req is not None else (None, None, None)
         return HttpRequest(
             session_id=self.session.session_id,
             ts=head.ts if head else 0.0,
@@ -824,6 +828,9 @@ class ExchangeProcessor:
             response_filename=sb.filename if sb else None,
             upgrade=ex.upgrade,
             complete=complete,
+            mailbox=mailbox,
+            uid=uid,
+            part=part,
         )
 
     def _command(self, ex: Exchange) -> Command:

@@ -1770,6 +1770,7 @@ class ImapDissector(Dissector):
         uidvalidity, uids = (au[0], _expand_set(au[1] or "", 10_000)) if au else (None, None)
         for i, (msg, flags, date) in enumerate(p.appends):
             uid = uids[i] if uids and i < len(uids) else None
+            msg.mailbox, msg.uid = p.mailbox, uid
             self._event(ts, "append", out, mailbox=p.mailbox, uidvalidity=uidvalidity, uid=uid, flags=flags,
                         size=msg.size, message_id=msg.message_id, detail=f"date {date}" if date else "")
 
@@ -1884,9 +1885,9 @@ class ImapDissector(Dissector):
         ident = uid if cmdname == "UID FETCH" and uid is not None else seq
         prefix = f"{cmdname} {ident}"
         msgs = self._fetch_messages(sections, p, key, known, prefix, item_ts, out) if sections else []
-        for msg in msgs:
+        for msg in msgs:  # keys; mailbox and UID are what webmail pages and downloads join on
             msg.command_seq = p.cmd.seq if p is not None else None
-            msg.user, msg.mailbox = self.user, self.mailbox
+            msg.user, msg.mailbox, msg.uid = self.user, self.mailbox, uid
         message_id = (envelope or {}).get("message_id")
         msg_size = size
         for msg in msgs:

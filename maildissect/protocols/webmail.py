@@ -44,6 +44,7 @@ from email.utils import getaddresses, parsedate_to_datetime
 from ..model import Attachment, MailboxEvent, Message
 from .base import CLIENT, SERVER
 from .forms import is_message_type
+from .roundcube import Roundcube
 
 __all__ = ["ANOMALIES", "WebmailContext", "looks_like_message"]
 
@@ -175,6 +176,7 @@ class WebmailContext:
         self.drafts = _Bounded()  # JMAP Email id -> Message created but not yet submitted
         self.compose = _Bounded()  # Roundcube compose id -> [Attachment] uploaded for it
         self.user: str | None = None  # last login-form user
+        self.roundcube = Roundcube(self)
 
     # -- entry point ----------------------------------------------------------
     def recognise(self, ex, login=None) -> tuple[str | None, list]:
@@ -201,7 +203,10 @@ class WebmailContext:
             action = raw_action
         if action is None:
             action = self._by_url(ex)
-        if action == "read" and raw_action is None:
+        if raw_action is not None:
+            self.roundcube.tag_raw(ex, out)
+        if action == "read" and raw_action is None and not any(type(r) is Message and r.kind == "view"
+                                                                for r in out):
             self._html_view(ex, out)
         self._cap_recipients(ex, out)
         return action, out
@@ -223,9 +228,18 @@ class WebmailContext:
         uri = request.uri
         path = self._url_path(uri)
         query = uri.split("?", 1)[1] if "?" in uri else ""
-        if re.search(r"(?:^|&)_action=(?:show|preview)(?:&|$)", query):
+        if re.search(r"(?:^|&)_action=(?:show|preview|print)(?:&|$)", query):
             return True
         return self._url_action("GET", path) == "read"
+
+    def wants_file(self, request) -> bool:
+        """The answer to this request is a message's file (a webmail attachment or raw message
+        download): hashed with sha1 too, and kept when extraction asks for bodies."""
+        query = request.uri.split("?", 1)[1] if "?" in request.uri else ""
+        if "_action=" not in query:
+            return False
+        fields = dict(kv.split("=", 1) if "=" in kv else (kv, "") for kv in query.split("&")[:64])
+        return self.roundcube.is_file_request(request, fields)
 
     # -- shared helpers ---------------------------------------------------------
     def _source(self, ex, extra: str = "") -> str:
@@ -682,63 +696,10 @@ class WebmailContext:
         task = ex.field("_task")
         act = ex.field("_action")
         if task is not None or act is not None:
-            return self._roundcube(ex, out, (task or "").lower(), (act or "").lower())
+            return self.roundcube.recognise(ex, out, (task or "").lower(), (act or "").lower())
         if ex.method not in ("POST", "PUT"):
             return None
         return self._generic_form(ex, out)
-
-    _RC_ACTIONS = {
-        "login": "login", "logout": "logout", "list": "list", "search": "list", "refresh": "list",
-        "check-recent": "list", "getunread": "list", "show": "read", "preview": "read",
-        "compose": "compose", "send": "send", "upload": "upload", "get": "download",
-        "download": "download", "viewsource": "read", "remove-attachment": "compose",
-        "delete": "delete", "move": "move", "mark": "mark", "folders": "list",
-    }
-
-    def _roundcube(self, ex, out: list, task: str, act: str) -> str | None:
-        action = self._RC_ACTIONS.get(act)
-        if act == "viewsource" and ex.field("_save"):
-            action = "download"
-        if not act:
-            # no action: the task's start page (mail -> the message list)
-            action = {"login": "login", "logout": "logout", "mail": "list",
-                      "addressbook": "contacts", "settings": "settings"}.get(task)
-        compose_id = ex.field("_id")
-        if act == "upload" and ex.method == "POST":
-            files = ex.files()
-            if files:
-                atts = [self._keep_files(f, self._attachment(f)) for f in files]
-                if compose_id:
-                    known = self.compose.get(compose_id, [])
-                    self.compose.remember(compose_id, known + atts)
-                msg = self._new(ex, "uploaded", "form", self._source(ex))
-                msg.attachments = atts
-                msg.size = sum(a.size for a in atts)
-                if len(atts) == 1:
-                    msg.sha256 = atts[0].sha256  # the file is the payload
-                out.append(msg)
-            return "upload"
-        if act == "send" and ex.method == "POST":
-            draft = ex.field("_draft") in ("1", "true")
-            msg = self._new(ex, "appended" if draft else "sent", "form", self._source(ex))
-            sender = ex.field("_from") or ""
-            if "@" in sender:
-                msg.from_ = (_addresses(sender) or [sender])[0]
-            elif self.user and "@" in self.user:
-                msg.from_ = self.user
-            elif self.session.auth_user and "@" in self.session.auth_user:
-                msg.from_ = self.session.auth_user
-            self._fill_form_message(ex, msg, to=ex.field("_to"), cc=ex.field("_cc"), bcc=ex.field("_bcc"),
-                                    subject=ex.field("_subject"), body=ex.field("_message"),
-                                    is_html=ex.field("_is_html") in ("1", "true"),
-                                    message_id=None)
-            known = self.compose.pop(compose_id, []) if compose_id else []
-            inline = [self._keep_files(f, self._attachment(f)) for f in ex.files()]
-            msg.attachments = list(known) + inline
-            self._verdict(ex, msg)
-            out.append(msg)
-            return "draft" if draft else "send"
-        return action
 
     _TO = ("to", "recipient", "recipients", "rcpt", "rcpt_to", "mailto", "to_address", "toaddress", "send_to",
            "sendto", "_to")
