@@ -31,6 +31,10 @@ class Analysis:
     """
 
     def __init__(self, collector: Collector, config: Config, stats: dict):
+        # webmail reads and downloads take what the webmail server's own IMAP fetches show
+        # (maildissect.webmail_backend); before any table or export is made from the records
+        from .webmail_backend import fill
+        fill(collector)
         if config.redact:
             # masked in the records themselves, so that every table, export, log and
             # report made from them is masked alike (maildissect.redact)

@@ -60,6 +60,8 @@ MAX_QUEUE_TIME = 5 * 86400.0
 #: Received dates (1 s resolution) further than this from the wire time are reported.
 CLOCK_TOLERANCE = 120.0
 
+#: Message kinds that hold part of a message (IMAP header/text/part/partial fetches, POP3 TOP).
+PARTIAL_KINDS = {"header", "text", "part", "partial", "top"}
 #: Hop roles, in the order a message usually meets them.
 ROLES = {
     "upload": "a file uploaded to a webmail server while composing, later carried by the message",
@@ -78,6 +80,8 @@ MATCHES = {
     "message_id": "same Message-ID header",
     "body_sha256": "same body bytes (sha256 of the part after the header block)",
     "sha256": "same message bytes",
+    "webmail_submission": "a webmail send form and the SMTP submission its server made within seconds: same "
+                          "subject, recipients and attachment hashes",
     "envelope": "same sender, recipients and subject within an hour (weaker)",
     "mailbox_uid": "webmail page showing the UID an IMAP session fetched as this message (weaker)",
     "attachment_sha256": "an upload whose file the message later carries as an attachment (weaker)",
@@ -104,7 +108,7 @@ class Hop:
     attempt: int | None = None  # SMTP: attempt number towards the same server (1, 2, ...)
     start: float | None = None
     end: float | None = None
-    latency: float | None = None  # start - end of the previous hop
+    latency: float | None = None  # end - end of the previous hop (hops are in order of end of transfer)
     duration: float | None = None
     client_ip: str | None = None
     client_port: int | None = None
@@ -206,12 +210,16 @@ def _identity(m) -> bool:
     return bool(m.message_id or m.subject or m.from_ or m.mail_from or m.to or m.rcpt_to or m.headers)
 
 
-def _group_messages(messages: list, window: float) -> tuple[list[tuple[list, str]], dict]:
+def _group_messages(messages: list, window: float, links=()) -> tuple[list[tuple[list, str]], dict]:
     """Groups of message records that are the same message, with the weakest link used in each,
-    and ``{id(record): link}`` for the records joined by something weaker than their Message-ID."""
+    and ``{id(record): link}`` for the records joined by something weaker than their Message-ID.
+    ``links``: ``(i, j, label)`` joins known beforehand (``i`` is the record without identity)."""
     n = len(messages)
     dsu = _DSU(n)
     how = {}
+    for i, j, label in links:
+        dsu.union(i, j)
+        how[i] = label
     by_mid = defaultdict(list)
     for i, m in enumerate(messages):
         if m.message_id:
@@ -846,10 +854,15 @@ def correlate(records, *, window: float = ENVELOPE_WINDOW) -> Journeys:
     ``window``: seconds within which messages without Message-ID or hash are
     matched on envelope and subject.
     """
+    from .webmail_backend import submissions
     ix = _Index(records)
-    messages = [m for m in records.messages if _identity(m)]
+    # a header or part fetch without Message-ID (a mailbox listing) starts no journey of its own
+    messages = [m for m in records.messages if _identity(m) and not (
+        m.kind in PARTIAL_KINDS and m.protocol in ("imap", "pop3") and not m.message_id)]
     loose = [m for m in records.messages if not _identity(m)]
-    grouped, how = _group_messages(messages, window)
+    links = [(i, j, "webmail_submission") for i, j in
+             submissions(messages, ix.sessions, ix.http, lambda m: ix.smtp_window(m)[0])]
+    grouped, how = _group_messages(messages, window, links)
     # each group -> its hops
     chains: dict[int, list[Hop]] = {}
     groups: dict[int, tuple[list, str]] = {}
@@ -893,8 +906,7 @@ def correlate(records, *, window: float = ENVELOPE_WINDOW) -> Journeys:
             h.detail = f"{m.source or ''}: {names}".strip(": ")
             chains[k].append(h)
     for k in chains:
-        chains[k].sort(key=lambda h: (h.start if h.start is not None else float("inf"),
-                                      h.end if h.end is not None else float("inf")))
+        chains[k].sort(key=_by_handover)
     # failed attempts
     envelopes = {}
     for k, (group, _) in groups.items():
@@ -904,8 +916,7 @@ def correlate(records, *, window: float = ENVELOPE_WINDOW) -> Journeys:
     for k, pairs in _assign_attempts(_failed_attempts(records, ix), chains, envelopes).items():
         for a, target in pairs:
             chains[k].append(_attempt_hop(a, target))
-        chains[k].sort(key=lambda h: (h.start if h.start is not None else float("inf"),
-                                      h.end if h.end is not None else float("inf")))
+        chains[k].sort(key=_by_handover)
     journeys, all_hops = [], []
     order = sorted(chains, key=lambda k: min((h.start for h in chains[k] if h.start is not None),
                                               default=float("inf")))
@@ -917,8 +928,7 @@ def correlate(records, *, window: float = ENVELOPE_WINDOW) -> Journeys:
         j = Journey(journey_id=jid, message_id=mid)
         extra = _cross_check(j, hops, group, ix)
         if extra:
-            hops = sorted(hops + extra, key=lambda h: (h.start if h.start is not None else float("inf"),
-                                                        0 if not h.wire else 1))
+            hops = sorted(hops + extra, key=lambda h: (_by_handover(h)[0], 0 if not h.wire else 1))
         # the journey's match is how its message records were grouped; hops tied by weaker
         # links (mailbox UID, attachment hash, attempts, headers) say so in their own match
         j.match = weakest
@@ -930,14 +940,22 @@ def correlate(records, *, window: float = ENVELOPE_WINDOW) -> Journeys:
             if h.start is not None and h.end is not None:
                 h.duration = max(0.0, h.end - h.start)
             if h.wire:
-                if prev_end is not None and h.start is not None:
-                    h.latency = h.start - prev_end
+                if prev_end is not None and h.end is not None:
+                    h.latency = max(0.0, h.end - prev_end)
                 if h.end is not None:
                     prev_end = h.end if prev_end is None else max(prev_end, h.end)
         _summarise(j, hops, group)
         journeys.append(j)
         all_hops += hops
     return Journeys(journeys, all_hops)
+
+
+def _by_handover(h: Hop) -> tuple[float, float]:
+    """Hops in order of handover (end of transfer), the one clock every hop has: a webmail
+    server's IMAP fetch starts after the browser's request but hands over before the page."""
+    inf = float("inf")
+    end = h.end if h.end is not None else h.start
+    return (end if end is not None else inf, h.start if h.start is not None else inf)
 
 
 def journey_title(j: Journey) -> str:
@@ -950,7 +968,7 @@ def journey_title(j: Journey) -> str:
         bits.append(f"queued {j.queue_time:.3f} s")
     if j.duration is not None:
         bits.append(f"{j.duration:.3f} s end to end")
-    if j.match in ("body_sha256", "sha256", "envelope"):
+    if j.match in ("body_sha256", "sha256", "webmail_submission", "envelope"):
         bits.append(f"matched by {j.match}" + (" (weaker)" if j.match == "envelope" else ""))
     if j.received_check and j.received_check != "n/a":
         bits.append(f"Received headers: {j.received_check.replace('_', ' ')}")

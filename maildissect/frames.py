@@ -280,7 +280,9 @@ SCHEMAS: dict[str, list[tuple]] = {
         ("mail_from", "str", "SMTP envelope sender (first seen)"),
         ("rcpt_to", "list", "SMTP envelope recipients (all hops), else the To header"),
         ("match", "cat", "weakest link that grouped the message's records: message_id, body_sha256, sha256, "
-                         "envelope (sender, recipients and subject within an hour: weaker), single (one record "
+                         "webmail_submission (a webmail send form joined to the SMTP submission its server made "
+                         "within seconds: same subject, recipients and attachment hashes), envelope (sender, "
+                         "recipients and subject within an hour: weaker), single (one record "
                          "without Message-ID); hops tied by other links say so in hops.match"),
         ("first_seen", "ts", "start of the first hop"),
         ("last_seen", "ts", "end of the last hop"),
@@ -303,7 +305,7 @@ SCHEMAS: dict[str, list[tuple]] = {
     ],
     "hops": [
         ("journey_id", "int", "the journey (journeys table)"),
-        ("hop", "int", "position in the journey, from 1, in time order"),
+        ("hop", "int", "position in the journey, from 1, in order of handover (end)"),
         ("message_id", "str", "Message-ID of the message"),
         ("role", "cat", "upload, webmail_send, submission, relay, delivery (the last server-to-server SMTP "
                         "hop), append, retrieval, transfer"),
@@ -316,9 +318,9 @@ SCHEMAS: dict[str, list[tuple]] = {
                         "MAIL FROM), the command or request otherwise"),
         ("end", "ts", "when the message was handed over: end of DATA/BDAT, end of the FETCH/RETR transfer, the "
                       "HTTP request (sending) or response (reading); the RST or last packet of a failed attempt"),
-        ("latency", "float", "seconds from the end of the previous hop to the start of this one (queue time "
-                             "before a relay, retry delay after a failed attempt, time in the mailbox before a "
-                             "retrieval); negative when hops overlap"),
+        ("latency", "float", "seconds from the previous hop's handover (end) to this one's: hops are in order "
+                             "of handover, the one clock every hop has, so it is never negative (a webmail "
+                             "server's IMAP fetch starts after the browser's request and ends before the page)"),
         ("duration", "float", "end - start in seconds"),
         ("client_ip", "str", "client address"),
         ("client_port", "int", "client port"),
@@ -329,7 +331,8 @@ SCHEMAS: dict[str, list[tuple]] = {
                             "header"),
         ("reply", "str", "the server's final reply (SMTP code and text, IMAP/POP3 status, HTTP status) or why "
                          "the attempt failed"),
-        ("match", "cat", "how this hop was tied to the message: message_id, body_sha256, sha256, envelope, "
+        ("match", "cat", "how this hop was tied to the message: message_id, body_sha256, sha256, "
+                         "webmail_submission (a webmail send form and its server's SMTP submission), envelope, "
                          "mailbox_uid, attachment_sha256, attempt (a failed attempt attributed by "
                          "sender, server and time), received (header only)"),
         ("direction", "cat", "direction of the message record (sent, retrieved, appended, uploaded, downloaded)"),
@@ -351,8 +354,8 @@ TABLE_VIEWS = {
     "sessions": ["session_id", "protocol", "client_ip", "server_ip", "server_port", "start", "helo",
                  "auth_user", "tls", "commands", "messages", "anomalies"],
     "commands": ["session_id", "ts", "tag", "command", "argument", "reply_code", "reply_text", "latency"],
-    "messages": ["session_id", "ts", "protocol", "direction", "from", "to", "subject", "attachments", "size",
-                 "complete"],
+    "messages": ["session_id", "ts", "protocol", "direction", "kind", "from", "to", "subject", "attachments",
+                 "size", "complete"],
     "attachments": ["session_id", "message_id", "filename", "content_type", "size", "sha256"],
     "credentials": ["session_id", "protocol", "ts", "mechanism", "user", "secret", "success"],
     "anomalies": ["session_id", "ts", "side", "name", "detail"],
@@ -362,7 +365,7 @@ TABLE_VIEWS = {
     "events": ["ts", "session_id", "protocol", "client", "server", "event", "outcome", "description"],
     "journeys": ["journey_id", "message_id", "subject", "first_seen", "hops", "failed_attempts", "queue_time",
                  "roles", "received_check"],
-    "hops": ["journey_id", "hop", "role", "protocol", "attempt", "outcome", "start", "latency", "client_ip",
+    "hops": ["journey_id", "hop", "role", "protocol", "attempt", "outcome", "end", "latency", "client_ip",
              "server_ip", "server_port", "session_id", "queue_id", "reply"],
 }
 

@@ -165,12 +165,14 @@ def test_hops_in_order_with_failed_attempts_and_latencies(tmp_path):
     assert att1.start == pytest.approx(T0 + 5.0, abs=1e-6)
     assert att2.start == pytest.approx(T0 + 35.001, abs=1e-6)
     assert ok.start == pytest.approx(T0 + 65.001, abs=1e-6)
-    # latency: from the previous hop's end (the RST; the greylisted session's last packet)
-    assert att1.latency == pytest.approx(att1.start - sub.end, abs=1e-9) and 4.9 < att1.latency < 5.0
-    assert att2.latency == pytest.approx(att2.start - att1.end, abs=1e-9)
-    assert att2.latency == pytest.approx(30.001 - 0.0002, abs=1e-6)
-    assert ok.latency == pytest.approx(ok.start - att2.end, abs=1e-9)
-    assert pop.latency == pytest.approx(pop.start - ok.end, abs=1e-9) and 234 < pop.latency < 236
+    # latency: from the previous hop's handover (the submission's end of data, the RST, the
+    # greylisted session's last packet) to this hop's: one clock, never negative
+    assert att1.latency == pytest.approx(att1.end - sub.end, abs=1e-9) and 4.9 < att1.latency < 5.1
+    assert att2.latency == pytest.approx(att2.end - att1.end, abs=1e-9)
+    assert att2.latency == pytest.approx(30.001 - 0.0002 + (att2.end - att2.start), abs=1e-6)
+    assert ok.latency == pytest.approx(ok.end - att2.end, abs=1e-9)
+    assert pop.latency == pytest.approx(pop.end - ok.end, abs=1e-9) and 234 < pop.latency < 236
+    assert all(h.latency >= 0 for h in hops[1:])
     # queue time: from the submission's handover to the start of the successful delivery
     assert j.queue_time == pytest.approx(ok.start - sub.end, abs=1e-9)
     assert j.failed_attempts == 2 and j.hops == 5
@@ -269,7 +271,7 @@ def test_unanswered_syn_counts_as_attempt(tmp_path):
     a, _ = analyze_frames(tmp_path, sorted(frames, key=lambda f: f[0]))
     hops = a.journey_records.hops
     assert [(h.outcome, h.attempt) for h in hops] == [("accepted", 1), ("unanswered", 1), ("accepted", 2)]
-    assert hops[2].latency == pytest.approx(hops[2].start - hops[1].end) and hops[2].latency > 590
+    assert hops[2].latency == pytest.approx(hops[2].end - hops[1].end) and hops[2].latency > 590
 
 
 def test_correlate_survives_odd_records():
@@ -309,9 +311,10 @@ def test_journey_capture_matches_the_manifest():
             # the manifest times are the queue's clock around connect(); the capture's SYN follows
             # within milliseconds (more when the machine is loaded)
             assert h.start == pytest.approx(_ts(x["ts"]), abs=0.02)
-        for prev, (h, x) in zip(attempts, list(zip(hops, attempts))[1:]):
-            # the retry delay: from the end of the failed attempt to the next one
-            assert h.latency == pytest.approx(_ts(x["ts"]) - _ts(prev["end"]), abs=0.02)
+        for prev, h in zip(hops, hops[1:]):
+            # from the end of the failed attempt to the end of the next one: the retry delay
+            # and that attempt's own few milliseconds
+            assert h.latency == pytest.approx(h.end - prev.end, abs=1e-9)
             assert h.latency > 0.5  # the queue's retry delay, not a connection's few milliseconds
         # time in the queue: from being queued to the successful relay
         assert found[0].queue_time == pytest.approx(_ts(attempts[-1]["ts"]) - _ts(entry["queued"]), abs=0.02)

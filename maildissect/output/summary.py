@@ -13,11 +13,34 @@ from .tables import Screen, render
 from .terminal import text
 
 
+#: How much of a message a record holds, by its kind (messages.kind).
+KIND_LABELS = {"data": "full", "bdat": "full", "body": "full", "retr": "full", "rfc822": "full", "jmap": "full",
+               "header": "header", "top": "header", "text": "partial", "part": "partial", "partial": "partial",
+               "view": "page", "attachment": "attachment", "form": "form", "blob": "file"}
+
+
+def message_counts(messages) -> str:
+    """``35 retrieved (4 full, 20 header, 6 partial, 5 page), 2 sent``: records per direction, and
+    when they are not all whole messages, how many hold the full message, its header only
+    (a mailbox listing), a part, a webmail page, a downloaded attachment, a form..."""
+    by_dir: dict[str, Counter] = {}
+    for m in messages:
+        by_dir.setdefault(m.direction, Counter())[KIND_LABELS.get(m.kind or "", "full")] += 1
+    out = []
+    for d in sorted(by_dir):
+        kinds = by_dir[d]
+        line = f"{sum(kinds.values())} {d}"
+        if set(kinds) != {"full"}:
+            order = list(dict.fromkeys(KIND_LABELS.values()))
+            line += " (" + ", ".join(f"{kinds[k]} {k}" for k in sorted(kinds, key=order.index)) + ")"
+        out.append(line)
+    return ", ".join(out) or "none"
+
+
 def overview(result) -> list[tuple[str, str]]:
     """(label, value) figures of an Analysis."""
     r, s = result.records, result.stats
     protos = Counter(x.protocol for x in r.sessions)
-    directions = Counter(m.direction for m in r.messages)
     span = ""
     if s.get("first_ts") is not None and s.get("last_ts") is not None:
         span = f"{s['last_ts'] - s['first_ts']:.3f} s"
@@ -28,7 +51,7 @@ def overview(result) -> list[tuple[str, str]]:
         ("time span", span),
         ("TCP connections", str(len(r.flows))),
         ("sessions", ", ".join(f"{n} {p}" for p, n in sorted(protos.items())) or "none"),
-        ("messages", (", ".join(f"{n} {d}" for d, n in sorted(directions.items())) or "none")),
+        ("messages", message_counts(r.messages)),
         ("attachments", str(sum(len(m.attachments) for m in r.messages))),
         ("credentials", str(len(r.credentials))),
         ("anomalies", str(len(r.anomalies))),
@@ -48,8 +71,8 @@ def print_summary(result, screen: Screen) -> None:
         render(result.sessions, "sessions", screen, title="Sessions", max_rows=50)
     if len(result.records.messages):
         render(result.messages, "messages", screen, title="Messages", max_rows=50,
-               columns=["session_id", "ts", "protocol", "direction", "from", "to", "subject", "attachments",
-                        "complete"])
+               columns=["session_id", "ts", "protocol", "direction", "kind", "from", "to", "subject",
+                        "attachments", "complete"])
     if len(result.records.credentials):
         render(result.credentials, "credentials", screen, title="Credentials", max_rows=50)
     if len(result.records.anomalies):

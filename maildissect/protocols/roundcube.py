@@ -181,6 +181,21 @@ def _env(page: str, max_nesting: int) -> dict:
     return env
 
 
+_DIV = re.compile(r"<(/?)div\b", re.I)
+
+
+def _element(page: str, start: int, limit: int) -> str:
+    """The ``<div>`` element opening at ``start``, up to its matching ``</div>`` (at most
+    ``limit`` characters)."""
+    chunk = page[start:start + limit]
+    depth = 0
+    for m in _DIV.finditer(chunk):
+        depth += -1 if m.group(1) else 1
+        if depth == 0:
+            return chunk[:m.start()]
+    return chunk
+
+
 def _int(value) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool):
         return value if value >= 0 else None
@@ -248,7 +263,7 @@ def parse_message_page(page: str, max_nesting: int = 100) -> MessagePage:
                 break
     # text of the message body
     if body:
-        chunk = page[body.start():body.start() + 65536]
+        chunk = _element(page, body.start(), 65536)
         chunk = re.split(r"<p\b[^>]*class\s*=\s*[\"']image-attachment", chunk, maxsplit=1, flags=re.I)[0]
         text = " ".join(html.unescape(_TAG.sub(" ", _SCRIPT.sub(" ", chunk))).split())
         out.text = text or None
@@ -306,9 +321,11 @@ class Roundcube:
         uid = _query_int(ex.field("_uid"))
         if uid is None:
             return None, None, None
-        mbox = ex.field("_mbox") or "INBOX"
+        from .imap import decode_mailbox_name
+        # _mbox is the IMAP name (modified UTF-7), as the IMAP dissector decodes it
+        mbox = decode_mailbox_name((ex.field("_mbox") or "INBOX")[:MAX_FIELD]) or "INBOX"
         part = ex.field("_part") if (ex.field("_action") or "").lower() == "get" else None
-        return mbox[:MAX_FIELD], uid, (part[:64] if part else None)
+        return mbox, uid, (part[:64] if part else None)
 
     @staticmethod
     def is_file_request(request, query: dict) -> bool:
@@ -391,6 +408,16 @@ class Roundcube:
         mailbox, uid, _ = self.reference(ex)
         page = parse_message_page(ex.response_text(1 << 20), ctx.limits.max_nesting) \
             if resp.body.data is not None else MessagePage()
+        if not (page.roundcube or page.found()):
+            # not Roundcube's markup: header cells read generically, else the title
+            before = len(out)
+            ctx._html_view(ex, out)
+            for r in out[before:]:
+                r.mailbox, r.uid, r.filled_from = mailbox, uid, "page"
+                if uid is not None:
+                    self.pages.remember((mailbox, uid), r)
+            if len(out) > before or not page.subject:
+                return
         msg = ctx._new(ex, "retrieved", "view", ctx._source(ex), heuristic=page.subject_from_title
                        and not page.found())
         msg.mailbox = mailbox or page.mailbox
