@@ -94,6 +94,7 @@ class Extractor:
         self.overwrite = overwrite
         self.write_attachments = attachments
         self.rows: list[dict] = []
+        self._messages: list = []  # the records of the rows, read again when the index is written
         self.by_hash: dict[str, str] = {}  # sha256 -> relative path already written
         self.written = 0
         self.skipped: list[str] = []
@@ -247,6 +248,7 @@ class Extractor:
             "message_id": msg.message_id or "", "sha256": msg.sha256 or "", "complete": msg.complete,
             "eml": eml or "", "attachments": "; ".join(f for f in files if f),
         })
+        self._messages.append(msg)
 
     def write_index(self) -> str:
         """Write index.csv (one row per message) and return its path.
@@ -257,6 +259,11 @@ class Extractor:
         """
         fields = ["session_id", "message_index", "protocol", "direction", "ts", "from", "to", "subject",
                   "message_id", "sha256", "complete", "eml", "attachments"]
+        # a webmail read or download learns its message's fields after it was written (from the
+        # webmail server's IMAP fetch, maildissect.webmail_backend): the index says what is known now
+        for row, msg in zip(self.rows, self._messages):
+            row.update({"from": msg.from_ or "", "to": "; ".join(msg.to), "subject": msg.subject or "",
+                        "message_id": msg.message_id or ""})
         text = io.StringIO(newline="")
         w = csv.DictWriter(text, fieldnames=fields)
         w.writeheader()
