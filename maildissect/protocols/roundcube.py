@@ -37,7 +37,9 @@ import html
 import re
 from dataclasses import dataclass, field
 
+from ..model import Attachment, Message
 from .forms import load_json
+from .imap import decode_mailbox_name
 
 __all__ = ["READ_ACTIONS", "MessagePage", "parse_message_page"]
 
@@ -321,7 +323,6 @@ class Roundcube:
         uid = _query_int(ex.field("_uid"))
         if uid is None:
             return None, None, None
-        from .imap import decode_mailbox_name
         # _mbox is the IMAP name (modified UTF-7), as the IMAP dissector decodes it
         mbox = decode_mailbox_name((ex.field("_mbox") or "INBOX")[:MAX_FIELD]) or "INBOX"
         part = ex.field("_part") if (ex.field("_action") or "").lower() == "get" else None
@@ -335,7 +336,6 @@ class Roundcube:
 
     # -- recognition -----------------------------------------------------------------------------
     def recognise(self, ex, out: list, task: str, act: str) -> str | None:
-        ctx = self.ctx
         action = ACTIONS.get(act)
         if act == "viewsource" and ex.field("_save"):
             action = "download"
@@ -398,7 +398,6 @@ class Roundcube:
     # -- reading ---------------------------------------------------------------------------------
     def _view(self, ex, out: list) -> None:
         """A message page: a ``retrieved`` message of kind ``view`` filled from the page."""
-        from ..model import Attachment
         from .webmail import _addresses, _preview
         ctx = self.ctx
         resp = ex.response
@@ -445,7 +444,6 @@ class Roundcube:
     def _download(self, ex, out: list) -> None:
         """``_action=get``: one part of a message (an attachment), ``downloaded`` as kind
         ``attachment``; the message's fields come from its page seen earlier in the session."""
-        from ..model import Attachment
         ctx = self.ctx
         resp = ex.response
         body = resp.body if resp is not None else None
@@ -479,7 +477,6 @@ class Roundcube:
 
     def tag_raw(self, ex, out: list) -> None:
         """``viewsource``: the raw message made by the caller names its mailbox and UID."""
-        from ..model import Message
         if (ex.field("_action") or "").lower() != "viewsource":
             return
         mailbox, uid, _ = self.reference(ex)
