@@ -301,7 +301,7 @@ class _Parser:
         An undeclared charset is us-ascii (RFC 2045), read by the 8-bit rule of
         :func:`maildissect.text.decode` (UTF-8 when valid, else windows-1252).
         """
-        text, problem = decode(data, charset or "us-ascii")
+        text, problem = decode(data, charset or "us-ascii", bom=True)
         if problem is not None:
             self.problem(problem, where, (charset or "us-ascii").strip().strip('"').lower())
         return text

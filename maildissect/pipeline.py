@@ -27,6 +27,7 @@ from .protocols.base import TlsStart
 from .protocols.sniff import Sniffer
 from .protocols.tls import SwitchedSides
 from .tcp import Reassembler
+from .text import clean, scrub
 
 ANOMALIES = {
     "dissector_error": "a dissector failed on this input (a bug: please report it); the rest of the session was skipped",
@@ -36,6 +37,9 @@ ANOMALIES = {
 
 #: record type -> the Collector list it goes to (the types emit() does not handle itself)
 _TABLES = {Anomaly: "anomalies", Credential: "credentials", HttpRequest: "http", MailboxEvent: "mailboxes"}
+
+#: record type -> its table's name, for anomaly details
+_TABLE_NAMES = {Command: "commands", Message: "messages", **_TABLES}
 
 #: segments at least this long are coalesced before dissection, up to BATCH bytes
 BULK = 512
@@ -313,7 +317,7 @@ class SessionRouter:
         self.dissector = None
         self.consume = None
         self.splice = None
-        detail = f"{type(exc).__name__}: {exc}"[:300]
+        detail = clean(f"{type(exc).__name__}: {exc}"[:300])[0]
         self.pipeline.collector.anomalies.append(Anomaly(ts, sess.session_id if sess else None, "",
                                                          "dissector_error", detail))
         if sess is not None:
@@ -351,6 +355,9 @@ class Pipeline:
         if sess is not None and not (flow.bytes_client or flow.bytes_server or flow.gaps or sess.commands):
             sess = None  # a refused or unanswered attempt is a flow, not a session
         if sess is not None:
+            bad = scrub(sess)
+            if bad:
+                self._unwritable(sess, sess, bad, "sessions")
             sess.end = flow.end
             sess.bytes_client = flow.bytes_client
             sess.bytes_server = flow.bytes_server
@@ -368,6 +375,9 @@ class Pipeline:
         switch = None
         cap = self.config.limits.max_records
         for r in records:
+            bad = scrub(r)
+            if bad:
+                self._unwritable(session, r, bad, _TABLE_NAMES.get(type(r), "records"))
             t = type(r)
             if t is Command:
                 session.commands += 1
@@ -410,6 +420,22 @@ class Pipeline:
                 else:
                     self._over(session, table, r.ts)
         return switch
+
+    def _unwritable(self, session: Session, record, bad: list[str], table: str) -> None:
+        """Say that the strings of ``record`` named in ``bad`` held lone surrogates.
+
+        The last check of the first hostile-content rule (DESIGN.md): every
+        string of every record encodes as UTF-8. The decoders (maildissect.text)
+        already make it so; :func:`~maildissect.text.scrub` repaired what still
+        slipped through, and the repair is an anomaly naming the fields.
+        """
+        ts = getattr(record, "ts", None)
+        if ts is None:
+            ts = session.start
+        detail = ", ".join(f"{table}.{name}" for name in dict.fromkeys(bad))
+        self.collector.anomalies.append(anomaly_registry.make(
+            ts, session.session_id, "", "text_invalid_unicode", detail[:300], self.config.strict))
+        session.anomalies += 1
 
     def _over(self, session: Session, table: str, ts) -> None:
         """A session passed limits.max_records for ``table``: said once, then records are dropped.

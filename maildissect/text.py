@@ -33,9 +33,9 @@ import re
 from urllib.parse import unquote_to_bytes
 
 __all__ = [
-    "ANOMALIES", "UNKNOWN_CHARSET", "INVALID_BYTES", "BAD_ENCODED_WORD", "LABELS", "lookup", "decode",
-    "decode_8bit", "wire", "clean", "writable", "decode_words", "decode_mailbox", "percent_decode",
-    "clean_json", "scrub", "anomaly_name", "encode_8bit",
+    "ANOMALIES", "UNKNOWN_CHARSET", "INVALID_BYTES", "BAD_ENCODED_WORD", "INVALID_UNICODE", "LABELS", "lookup",
+    "decode", "decode_8bit", "wire", "clean", "writable", "decode_words", "decode_mailbox", "percent_decode",
+    "clean_json", "load_json", "scrub", "anomaly_name", "encode_8bit",
 ]
 
 ANOMALIES = {
@@ -52,8 +52,10 @@ ANOMALIES = {
 UNKNOWN_CHARSET = "unknown_charset"
 INVALID_BYTES = "invalid_bytes"
 BAD_ENCODED_WORD = "bad_encoded_word"
+INVALID_UNICODE = "invalid_unicode"
 
-_ANOMALY_OF = {UNKNOWN_CHARSET: "text_unknown_charset", INVALID_BYTES: "text_charset_error"}
+_ANOMALY_OF = {UNKNOWN_CHARSET: "text_unknown_charset", INVALID_BYTES: "text_charset_error",
+               INVALID_UNICODE: "text_invalid_unicode"}
 
 
 def anomaly_name(kind: str) -> str:
@@ -267,7 +269,7 @@ def _encoding_map():
     return _enc_map[0]
 
 
-def decode(data, label: str | None) -> tuple[str, str | None]:
+def decode(data, label: str | None, bom: bool = False) -> tuple[str, str | None]:
     """Bytes in a declared charset -> ``(text, problem)``.
 
     ``problem`` is None, :data:`UNKNOWN_CHARSET` (the label names no text
@@ -275,17 +277,21 @@ def decode(data, label: str | None) -> tuple[str, str | None]:
     :data:`INVALID_BYTES` (bytes not valid in the charset were replaced). A
     missing label, or one that only says "8-bit" (``unknown-8bit``), reads the
     bytes by the 8-bit rule (:func:`decode_8bit`); ``us-ascii`` text that holds
-    8-bit bytes too, with :data:`INVALID_BYTES` when they are not UTF-8. A byte
-    order mark overrides the label, as in the standard's decode.
+    8-bit bytes too, with :data:`INVALID_BYTES` when they are not UTF-8.
+
+    ``bom``: the bytes are a whole document (a text part, a JSON body): a byte
+    order mark overrides the label and is dropped, as in the standard's
+    decode. Fields and words (``bom=False``) keep U+FEFF as a character.
     """
+    if bom:
+        head = bytes(data[:3])
+        if head == b"\xef\xbb\xbf":
+            return _run("utf-8", memoryview(data)[3:])
+        if head[:2] in (b"\xfe\xff", b"\xff\xfe"):
+            return _run("utf-16be" if head[:2] == b"\xfe\xff" else "utf-16le", memoryview(data)[2:])
     norm = label.strip(_WS).strip('"').strip(_WS).lower() if label and label.isascii() else label
     if not norm or norm in _UNDECLARED_LABELS:
         return decode_8bit(data)[0], None
-    head = bytes(data[:3])
-    if head[:2] in (b"\xfe\xff", b"\xff\xfe") or head == b"\xef\xbb\xbf":
-        if head == b"\xef\xbb\xbf":
-            return _run("utf-8", memoryview(data)[3:])
-        return _run("utf-16be" if head[:2] == b"\xfe\xff" else "utf-16le", memoryview(data)[2:])
     if norm in _ASCII_LABELS:
         text, utf8 = decode_8bit(data)
         return text, (None if utf8 else INVALID_BYTES)
@@ -354,6 +360,29 @@ def clean_json(value, limit: int = 5) -> tuple[object, list[str]]:
             for k in node:
                 stack.append((node, k, f"{path}.{k}" if k.isidentifier() else f"{path}[{k!a}]"))
     return root[0], paths
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def load_json(data) -> tuple[object, list[tuple[str, str]]]:
+    """Parse a JSON document (bytes) into writable values: ``(value, problems)``.
+
+    The bytes are UTF-8 (a byte order mark decides otherwise); invalid bytes are
+    replaced (:data:`INVALID_BYTES`, detail ``invalid UTF-8``). ``\\ud800``
+    escapes that pair with nothing are replaced by U+FFFD in every string and
+    key (``("invalid_unicode", "$.path, ...")``). Raises what :func:`json.loads`
+    raises (ValueError, RecursionError) for a document that does not parse.
+    """
+    import json
+    text, problem = decode(data, "utf-8", bom=True)
+    problems = [(INVALID_BYTES, "invalid UTF-8")] if problem else []
+    value = json.loads(text)
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text):
+        value, paths = clean_json(value)
+        if paths:
+            problems.append((INVALID_UNICODE, ", ".join(paths)[:200]))
+    return value, problems
 
 
 # ---------------------------------------------------------------------------

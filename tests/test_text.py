@@ -4,13 +4,20 @@ bytes, and strings that always encode as UTF-8."""
 
 from __future__ import annotations
 
+import base64
 import codecs
 import json
+from encodings.aliases import aliases as _python_aliases
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from maildissect import text
+from maildissect import mime, text
+from maildissect.config import Config
 from maildissect.model import Attachment, Command, Message, Received
+from maildissect.protocols import forms, sasl
+from maildissect.protocols.imap import _decode_words as imap_words
 from maildissect.text import BAD_ENCODED_WORD, INVALID_BYTES, UNKNOWN_CHARSET
 
 
@@ -111,10 +118,14 @@ def test_undeclared_and_ascii_labels_use_the_8bit_rule():
     assert text.decode(b"it\x92s", "us-ascii") == ("it\u2019s", INVALID_BYTES)
 
 
-def test_byte_order_mark_overrides_the_label():
-    assert text.decode(b"\xef\xbb\xbfcaf\xc3\xa9", "iso-8859-1") == ("café", None)
-    assert text.decode(b"\xff\xfea\x00", "windows-1252") == ("a", None)
-    assert text.decode(b"\xfe\xff\x00a", "utf-8") == ("a", None)
+def test_byte_order_mark_overrides_the_label_of_a_document():
+    assert text.decode(b"\xef\xbb\xbfcaf\xc3\xa9", "iso-8859-1", bom=True) == ("café", None)
+    assert text.decode(b"\xff\xfea\x00", "windows-1252", bom=True) == ("a", None)
+    assert text.decode(b"\xfe\xff\x00a", "utf-8", bom=True) == ("a", None)
+    assert text.decode(b"\xff\xfea\x00", None, bom=True) == ("a", None)
+    # in a field or a word it is a character like any other (a form value cannot switch to UTF-16)
+    assert text.decode(b"\xff\xfea\x00", "utf-8") == ("\ufffd\ufffda\x00", INVALID_BYTES)
+    assert text.decode(b"\xef\xbb\xbfa", "utf-8") == ("\ufeffa", None)
 
 
 def test_decode_8bit_and_wire():
@@ -195,3 +206,77 @@ def test_codecs_registry_is_not_consulted_for_unknown_labels(monkeypatch):
     monkeypatch.setattr(codecs, "lookup", refuse)
     for label in ("utf-7", "unicode_escape", "base64_codec", "rot13"):
         assert text.decode(b"abc", label) == ("abc", UNKNOWN_CHARSET)
+
+
+# -- property: whatever the bytes and the label, every decoder gives writable text -----------------
+
+PYTHON_CODECS = sorted(set(_python_aliases) | set(_python_aliases.values()) | {
+    "utf-7", "unicode_escape", "raw_unicode_escape", "base64_codec", "rot13", "zlib_codec", "hex_codec",
+    "bz2_codec", "quopri_codec", "uu_codec", "idna", "punycode", "utf-32", "utf-16", "undefined", "mbcs",
+    "palmos", "cp65001", "utf_8_sig", "charmap", "unicode_internal"})
+LABELS = st.one_of(st.sampled_from(sorted(text.LABELS)), st.sampled_from(PYTHON_CODECS),
+                   st.text(max_size=12), st.none())
+PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@PROPERTY
+@given(st.binary(max_size=64), LABELS, st.booleans())
+def test_decode_always_gives_writable_text(data, label, bom):
+    out, problem = text.decode(data, label, bom=bom)
+    assert utf8_ok(out) and problem in (None, UNKNOWN_CHARSET, INVALID_BYTES)
+    assert utf8_ok(text.decode_8bit(data)[0]) and utf8_ok(text.wire(data))
+
+
+@PROPERTY
+@given(st.binary(max_size=48), LABELS, st.sampled_from("bBqQ"), st.text(max_size=8))
+def test_encoded_words_always_give_writable_text(data, label, encoding, around):
+    label = (label or "").replace("?", "")
+    payload = (base64.b64encode(data).decode() if encoding in "bB"
+               else "".join(f"={b:02X}" for b in data))
+    value = f"{around}=?{label}?{encoding}?{payload}?={around}"
+    for decoded in (text.decode_words(value)[0], imap_words(value)):
+        assert utf8_ok(decoded)
+
+
+@PROPERTY
+@given(st.text(max_size=24), st.binary(max_size=24), LABELS)
+def test_names_urls_and_parameters_always_give_writable_text(name, data, label):
+    assert utf8_ok(text.decode_mailbox("&" + name + "-")[0])
+    quoted = "".join(f"%{b:02X}" for b in data)
+    assert utf8_ok(text.percent_decode(quoted, label, plus=True)[0])
+    fields, _ = forms.parse_urlencoded(b"a=" + data + b"&" + quoted.encode() + b"=1", 100)
+    assert all(utf8_ok(k) and utf8_ok(v) for k, v in fields)
+    _, params = forms.header_params(f"attachment; filename*={label or ''}''{quoted}", [])
+    assert all(utf8_ok(v) for v in params.values())
+    assert utf8_ok(forms.decode_text(data))
+    plain = sasl.decode_plain(base64.b64encode(data + b"\x00" + data + b"\x00pw"))
+    assert plain is None or all(v is None or utf8_ok(v) for v in plain)
+
+
+@PROPERTY
+@given(st.lists(st.one_of(st.integers(0xD800, 0xDFFF).map(lambda c: f"\\u{c:04x}"),
+                          st.text(alphabet="ab\u00e9", max_size=3)), max_size=8), st.binary(max_size=8))
+def test_json_strings_are_always_writable(pieces, junk):
+    body = ('{"k' + "".join(pieces) + '": ["' + "".join(pieces) + '"]}').encode()
+    value, problems = text.load_json(body)
+    assert all(utf8_ok(k) and all(utf8_ok(s) for s in v) for k, v in value.items())
+    try:
+        text.load_json(b'"' + junk + b'"')
+    except ValueError:
+        pass
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=40), LABELS, LABELS, st.binary(max_size=16))
+def test_messages_are_always_writable(data, charset, param_charset, raw_header):
+    quoted = "".join(f"%{b:02X}" for b in data[:16])
+    raw = (b"Subject: " + raw_header.replace(b"\r", b"").replace(b"\n", b"") + b" =?"
+           + (charset or "x").replace("?", "").encode("utf-8", "replace") + b"?b?" + base64.b64encode(data) + b"?=\r\n"
+           + b"Content-Type: multipart/mixed; boundary=z\r\n\r\n--z\r\nContent-Type: text/plain; charset=\""
+           + (charset or "").replace('"', "").encode("utf-8", "replace") + b"\"\r\n\r\n" + data + b"\r\n--z\r\n"
+           + b"Content-Disposition: attachment; filename*=" + (param_charset or "").replace("'", "").encode(
+               "utf-8", "replace") + b"''" + quoted.encode() + b"\r\n\r\nx\r\n--z--\r\n")
+    msg = Message("smtp", 1, 0.0, "sent")
+    found = mime.fill_message(msg, raw, Config())
+    assert text.scrub(msg) == []
+    assert all(utf8_ok(a.detail) for a in found)

@@ -15,15 +15,18 @@ dissector and any other front end that produces HTTP messages:
 - :func:`login_fields` picks the user and password fields out of a form.
 
 Nothing here raises on peer input: problems come back as ``(name, detail)``
-issue pairs for the caller to turn into anomalies.
+issue pairs for the caller to turn into anomalies. Text is decoded by
+:mod:`maildissect.text` (charsets as the WHATWG Encoding Standard resolves
+them; forms and URLs as its urlencoded parser reads them).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
-from urllib.parse import parse_qsl, unquote_to_bytes
+from urllib.parse import unquote_to_bytes
+
+from .. import text as _text
 
 __all__ = [
     "header_params", "parse_urlencoded", "MultipartParser", "FormPart", "load_json",
@@ -37,20 +40,25 @@ _PARAM = re.compile(r';\s*([^\s=;]+)\s*(?:=\s*("(?:[^"\\]|\\.)*"?|[^;]*))?', re.
 
 def decode_text(raw: bytes) -> str:
     """Header or field bytes as text: UTF-8 when valid (browsers send raw UTF-8
-    file names), else Latin-1 (every byte maps, nothing is lost)."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw.decode("latin-1")
+    file names), else windows-1252 (every byte maps, nothing is lost)."""
+    return _text.wire(raw)
 
 
-def header_params(value: str | None) -> tuple[str, dict[str, str]]:
+def _issue(kind: str, where: str, label: str | None = None) -> tuple[str, str]:
+    """A decoding problem of :mod:`maildissect.text` as an issue pair."""
+    where = where[:80]
+    return _text.anomaly_name(kind), (f"{where}: {label[:60]}" if label else where)
+
+
+def header_params(value: str | None, issues: list | None = None) -> tuple[str, dict[str, str]]:
     """``("type/subtype", {param: value})`` from a Content-Type-like header.
 
     The main value is lower-cased and stripped; parameter names are
     lower-cased; quoted values are unquoted; RFC 2231 extended parameters
     (``filename*=UTF-8''na%C3%AFve.txt``, continuations ``name*0``) are decoded
-    and take precedence over the plain form, as RFC 6266 asks.
+    and take precedence over the plain form, as RFC 6266 asks. A charset that
+    names no text encoding, or bytes invalid in theirs, add an issue pair to
+    ``issues`` when it is given.
     """
     if not value:
         return "", {}
@@ -88,10 +96,9 @@ def header_params(value: str | None) -> tuple[str, dict[str, str]]:
                 raw += unquote_to_bytes(val)
             else:
                 raw += val.encode("utf-8", "replace")
-        try:
-            params[base] = raw.decode(charset or "utf-8", "replace")
-        except LookupError:
-            params[base] = raw.decode("utf-8", "replace")
+        params[base], problem = _text.decode(bytes(raw), charset or "utf-8")
+        if problem is not None and issues is not None:
+            issues.append(_issue(problem, f"parameter {base}*", charset or "utf-8"))
     return main.strip().lower(), params
 
 
@@ -104,37 +111,34 @@ def is_message_type(content_type: str | None, filename: str | None = None) -> bo
 
 
 def parse_urlencoded(data: bytes, max_fields: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """Fields of an urlencoded body, in order, and issues.
+    """Fields of an urlencoded body (or URL query), in order, and issues.
 
-    Values are percent-decoded as UTF-8 (undecodable bytes replaced); ``+``
-    means space. More than ``max_fields`` fields: the first ones are kept.
+    Read as the WHATWG application/x-www-form-urlencoded parser reads it:
+    split at ``&``, ``+`` is a space, percent-escapes are bytes, and the bytes
+    are UTF-8 (invalid ones replaced, with a ``text_charset_error`` issue that
+    names the first such field). More than ``max_fields`` fields: the first
+    ones are kept.
     """
     issues: list[tuple[str, str]] = []
-    try:
-        text = data.decode("latin-1")
-        if text.count("&") + text.count(";") >= max_fields:
-            issues.append(("http_form_too_many_fields", f"more than {max_fields} fields"))
-            text = "&".join(text.split("&", max_fields)[:max_fields])
-        fields = parse_qsl(text, keep_blank_values=True, encoding="utf-8", errors="replace",
-                           separator="&")
-    except Exception as exc:  # parse_qsl is lenient; stay safe anyway
-        issues.append(("http_form_invalid", str(exc)[:200]))
-        fields = []
-    # parse_qsl decoded percent-escapes with UTF-8, but the un-escaped bytes went
-    # through Latin-1 above: re-decode those so raw UTF-8 in a form survives.
-    fixed = []
-    for name, value in fields:
-        fixed.append((_relatin(name), _relatin(value)))
-    return fixed, issues
-
-
-def _relatin(s: str) -> str:
-    if s.isascii():
-        return s
-    try:
-        return s.encode("latin-1").decode("utf-8")
-    except (UnicodeEncodeError, UnicodeDecodeError):
-        return s
+    pieces = bytes(data).split(b"&")
+    if len(pieces) > max_fields:
+        issues.append(("http_form_too_many_fields", f"more than {max_fields} fields"))
+        pieces = pieces[:max_fields]
+    fields: list[tuple[str, str]] = []
+    bad: list[str] = []
+    for piece in pieces:
+        if not piece:
+            continue
+        name, _, value = piece.partition(b"=")
+        name_text, p1 = _text.percent_decode(name, plus=True)
+        value_text, p2 = _text.percent_decode(value, plus=True)
+        if p1 or p2:
+            bad.append(name_text)
+        fields.append((name_text, value_text))
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        issues.append(("text_charset_error", f"form field {bad[0][:60]}: invalid UTF-8{more}"))
+    return fields, issues
 
 
 def load_json(data: bytes, max_depth: int):
@@ -142,20 +146,25 @@ def load_json(data: bytes, max_depth: int):
 
     The C scanner recurses per nesting level and raises RecursionError on very
     deep input; the depth is then checked iteratively against ``max_depth``
-    (only when the bracket count makes it possible to exceed it).
+    (only when the bracket count makes it possible to exceed it). Strings are
+    writable (:func:`maildissect.text.load_json`): a document whose ``\\ud800``
+    escapes or invalid UTF-8 had to be repaired comes with its value and a
+    ``text_invalid_unicode`` / ``text_charset_error`` issue.
     """
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        text = data.decode("latin-1")
-    try:
-        value = json.loads(text)
+        value, problems = _text.load_json(data)
     except RecursionError:
         return None, ("http_json_too_deep", f"nesting beyond {max_depth}")
     except ValueError as exc:
         return None, ("http_json_invalid", str(exc)[:200])
-    if text.count("[") + text.count("{") > max_depth and _depth(value, max_depth) > max_depth:
+    if (data.count(b"[") + data.count(b"{") > max_depth) and _depth(value, max_depth) > max_depth:
         return None, ("http_json_too_deep", f"nesting beyond {max_depth}")
+    if problems:
+        # the surrogate repair (the last problem) names the fields; a charset error is mentioned with it
+        kind, detail = problems[-1]
+        if len(problems) > 1:
+            detail += "; invalid UTF-8 replaced"
+        return value, (_text.anomaly_name(kind), f"JSON body: {detail}")
     return value, None
 
 
@@ -238,14 +247,14 @@ class FormPart:
                  "encoding", "content_id", "size", "_md5", "_sha1", "_sha256", "data",
                  "truncated", "complete", "parts")
 
-    def __init__(self, index: int, headers: list[tuple[str, str]]):
+    def __init__(self, index: int, headers: list[tuple[str, str]], issues: list | None = None):
         self.index = index
         self.headers = headers
         hmap = {}
         for k, v in headers:
             hmap.setdefault(k.lower(), v)
-        disp, dparams = header_params(hmap.get("content-disposition"))
-        ctype, cparams = header_params(hmap.get("content-type"))
+        disp, dparams = header_params(hmap.get("content-disposition"), issues)
+        ctype, cparams = header_params(hmap.get("content-type"), issues)
         self.disposition = disp or None
         self.name = dparams.get("name")
         self.filename = dparams.get("filename")
@@ -407,7 +416,7 @@ class MultipartParser:
             k, sep, v = line.partition(b":")
             if sep:
                 headers.append((decode_text(k.strip()), decode_text(v.strip())))
-        part = FormPart(len(self.parts), headers)
+        part = FormPart(len(self.parts), headers, self.issues)
         self.parts.append(part)
         self._part = part
         self._keeping = bool(self.keep(part)) or part.content_type.startswith("multipart/")

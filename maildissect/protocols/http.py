@@ -384,11 +384,11 @@ class Body:
     def __init__(self, headers: Headers, config, *, keep: bool, keep_part=None, md5: bool = True,
                  sha1: bool = False):
         limits = config.limits
-        self.content_type, self.params = header_params(headers.get("content-type"))
-        disp, dparams = header_params(headers.get("content-disposition"))
+        self.issues: list[tuple[str, str]] = []
+        self.content_type, self.params = header_params(headers.get("content-type"), self.issues)
+        disp, dparams = header_params(headers.get("content-disposition"), self.issues)
         self.disposition = disp or None
         self.filename = dparams.get("filename")
-        self.issues: list[tuple[str, str]] = []
         self.codings = [c for c in headers.tokens("content-encoding") if c != "identity"]
         self.decoder = None
         self.opaque = False  # an encoding we cannot undo: counted, not parsed
@@ -620,8 +620,11 @@ class Exchange:
         if "query" not in self._cache:
             q: dict[str, str] = {}
             if "?" in self.uri:
-                fields, _ = parse_urlencoded(self.uri.split("?", 1)[1].split("#", 1)[0].encode("latin-1", "replace"),
-                                             self.limits.max_headers)
+                # a URL's query is percent-decoded from the UTF-8 of its text, as WHATWG URLs are
+                fields, issues = parse_urlencoded(self.uri.split("?", 1)[1].split("#", 1)[0].encode("utf-8"),
+                                                  self.limits.max_headers)
+                self.issues.extend((CLIENT, n, d.replace("form field", "query parameter", 1)) for n, d in issues
+                                   if n.startswith("text_"))
                 for k, v in fields:
                     q.setdefault(k, v)
             self._cache["query"] = q
@@ -675,7 +678,7 @@ class Exchange:
             if "json" in ct or (ct in ("", "text/plain", "application/octet-stream")
                                 and data.lstrip()[:1] in (b"{", b"[")):
                 value, issue = load_json(data, self.limits.max_nesting)
-                if issue and "json" in ct:
+                if issue and ("json" in ct or value is not None):
                     self.issues.append((side,) + issue)
         self._cache[key] = value
         return value
@@ -764,6 +767,7 @@ class ExchangeProcessor:
         except Exception as exc:  # recognition must never cost the HTTP records
             action, extra = None, [self.anomaly(req.ts if req else None, None, "http_webmail_error",
                                                 f"{type(exc).__name__}: {str(exc)[:200]}")]
+        command = self._command(ex) if req is not None else None  # parses the query: its issues come first
         for side, name, detail in ex.issues:
             msg = req if side == CLIENT else resp
             out.append(self.anomaly(msg.ts if msg else None, side, name, detail))
@@ -772,10 +776,9 @@ class ExchangeProcessor:
         record = self._http_record(ex, action)
         record.seq = self._seq
         out.append(record)
-        if req is not None:
-            cmd = self._command(ex)
-            cmd.seq, cmd.user = self._seq, sess.auth_user
-            out.append(cmd)
+        if command is not None:
+            command.seq, command.user = self._seq, sess.auth_user
+            out.append(command)
         out.extend(creds)
         for r in extra:  # the messages of this exchange are keyed to it
             if type(r) is Message and r.command_seq is None:

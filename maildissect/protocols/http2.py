@@ -419,7 +419,7 @@ class Http2Dissector(Dissector):
             self._reset(d, sid, frame.error_code, ts)
         elif ftype == GOAWAY:
             if frame.error_code:
-                extra = bytes(frame.additional_data[:80]).decode("latin-1")
+                extra = decode_text(bytes(frame.additional_data[:80]))
                 self._issue(d, ts, "http2_goaway_error",
                             f"{ERROR_NAMES.get(frame.error_code, hex(frame.error_code))}, last stream "
                             f"{frame.last_stream_id}{': ' + extra if extra else ''}")

@@ -35,7 +35,6 @@ docs/protocols/imap.md describes the records, the anomalies and the limits.
 
 from __future__ import annotations
 
-import binascii
 import hashlib
 import json
 import re
@@ -44,6 +43,7 @@ from collections import OrderedDict
 
 from ..anomalies import StrictError
 from ..model import CLIENT, SERVER, Command, Credential, MailboxEvent, Message
+from ..text import decode_mailbox, decode_words, wire
 from .base import OVERLONG, Dissector, StreamBuffer, TlsStart
 from .sasl import SaslExchange
 
@@ -252,7 +252,7 @@ def tokenize(parts: list[bytes], lits: list, max_nesting: int = 100) -> tuple[li
             if j == i:  # a control character: skip it
                 i += 1
                 continue
-            tok = text[i:j].decode("utf-8", "replace")
+            tok = wire(text[i:j])
             i = j
             if not skip:
                 cur.append(None if len(tok) == 3 and tok.upper() == "NIL" else tok)
@@ -268,9 +268,9 @@ def as_text(tok) -> str | None:
     if tok is None or isinstance(tok, str):
         return tok
     if isinstance(tok, bytes):
-        return tok.decode("utf-8", "replace")
+        return wire(tok)
     if isinstance(tok, Literal):
-        return tok.data.decode("utf-8", "replace")
+        return wire(tok.data)
     return None
 
 
@@ -293,33 +293,12 @@ def as_int(tok) -> int | None:
 def decode_mailbox_name(name: str | None) -> str | None:
     """Decode IMAP's modified UTF-7 (``&AOQ-`` -> ``ä``, ``&-`` -> ``&``).
 
-    Names that are not valid modified UTF-7 are returned unchanged.
+    Names that are not valid modified UTF-7 are returned unchanged
+    (:func:`maildissect.text.decode_mailbox`).
     """
     if not name or "&" not in name:
         return name
-    out = []
-    i = 0
-    n = len(name)
-    while i < n:
-        c = name[i]
-        if c != "&":
-            out.append(c)
-            i += 1
-            continue
-        j = name.find("-", i + 1)
-        if j < 0:
-            return name
-        if j == i + 1:
-            out.append("&")
-        else:
-            b64 = name[i + 1:j].replace(",", "/")
-            b64 += "=" * (-len(b64) % 4)
-            try:
-                out.append(binascii.a2b_base64(b64.encode("ascii")).decode("utf-16-be"))
-            except (binascii.Error, UnicodeError, ValueError):
-                return name
-        i = j + 1
-    return "".join(out)
+    return decode_mailbox(name)[0]
 
 
 # ---------------------------------------------------------------------------
@@ -505,14 +484,11 @@ def _address_list(tok) -> list[str]:
 
 
 def _decode_words(value: str | None) -> str | None:
-    """Decode RFC 2047 encoded words in an ENVELOPE string."""
+    """Decode RFC 2047 encoded words in an ENVELOPE string (charsets as WHATWG
+    resolves them; an unknown one reads as UTF-8, a bad word stays as written)."""
     if not value or "=?" not in value:
         return value
-    try:
-        from email.header import decode_header, make_header
-        return str(make_header(decode_header(value)))
-    except Exception:  # malformed encoded words: keep the raw text
-        return value
+    return decode_words(value)[0]
 
 
 def parse_envelope(tok) -> dict | None:
@@ -1017,7 +993,7 @@ class ImapDissector(Dissector):
         tag = m.group(1)
         if tag is None:
             return True
-        tag = tag.decode("utf-8", "replace")
+        tag = wire(tag)
         return any(p.tag == tag for p in self.pending)
 
     # -- gaps and the end ----------------------------------------------------
@@ -1100,7 +1076,7 @@ class ImapDissector(Dissector):
                 pieces.append(markers[i])
         full = b"".join(pieces)
         split = full.split(None, words)
-        return split[words].decode("utf-8", "replace") if len(split) > words else ""
+        return wire(split[words]) if len(split) > words else ""
 
     def _mailbox_name(self, tok) -> str | None:
         name = as_text(tok)
@@ -1301,7 +1277,7 @@ class ImapDissector(Dissector):
         if not lits:
             m = _STATUS_PARTS.match(first)
             if m:
-                tag = m.group(1).decode("utf-8", "replace")
+                tag = wire(m.group(1))
                 status = m.group(2).decode("ascii").upper()
                 rest = m.group(3) or b""
                 self._status(tag, status, rest, item_ts, ts, out)
@@ -1330,12 +1306,12 @@ class ImapDissector(Dissector):
     def _resp_code(self, rest: bytes):
         """Split resp-text into (code name, code tokens, text)."""
         if rest[:1] != b"[":
-            return None, [], rest.decode("utf-8", "replace")
+            return None, [], wire(rest)
         end = _bracket_end(rest, 0)
         inner = rest[1:end - 1] if rest[end - 1:end] == b"]" else rest[1:end]
         tokens, _ = tokenize([inner], [], self.limits.max_nesting)
         name = tokens[0].upper() if tokens and isinstance(tokens[0], str) else None
-        return name, tokens[1:], rest[end:].strip().decode("utf-8", "replace")
+        return name, tokens[1:], wire(rest[end:].strip())
 
     def _status(self, tag, status, rest, item_ts, ts, out):
         code, code_args, text = self._resp_code(rest)
@@ -1351,7 +1327,7 @@ class ImapDissector(Dissector):
 
     def _greeting(self, status, rest, code, code_args, text, ts, out):
         sess = self.session
-        cmd = Command(sess.session_id, "imap", ts, "", "", None, status, rest.decode("utf-8", "replace"), ts, None,
+        cmd = Command(sess.session_id, "imap", ts, "", "", None, status, wire(rest), ts, None,
                       seq=0)
         out.append(cmd)
         sess.banner = text
@@ -1447,7 +1423,7 @@ class ImapDissector(Dissector):
         self._forget(p)
         cmd = p.cmd
         cmd.reply_code = status
-        cmd.reply_text = rest.decode("utf-8", "replace")
+        cmd.reply_text = wire(rest)
         cmd.reply_ts = ts
         cmd.latency = ts - cmd.ts
         self._apply_code(code, code_args, p, ts, out)

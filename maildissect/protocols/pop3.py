@@ -26,6 +26,7 @@ import re
 
 from ..anomalies import StrictError
 from ..model import CLIENT, SERVER, Command, Credential, MailboxEvent, Message
+from ..text import wire
 from .base import OVERLONG, Dissector, StreamBuffer, TlsStart
 from .sasl import SaslExchange
 
@@ -331,8 +332,8 @@ class Pop3Dissector(Dissector):
         if not text.strip():
             return
         verb_b, _, arg_b = text.strip().partition(b" ")
-        verb = verb_b.decode("utf-8", "replace").upper()[:40]
-        arg = arg_b.decode("utf-8", "replace").strip()
+        verb = wire(verb_b).upper()[:40]
+        arg = wire(arg_b).strip()
         if verb not in KNOWN_COMMANDS and not verb.startswith("X"):
             out.append(self.anomaly(ts, CLIENT, "pop3_unknown_command", verb))
         cmd = Command(self.session.session_id, "pop3", ts, verb, arg, seq=self.next_seq())
@@ -406,13 +407,13 @@ class Pop3Dissector(Dissector):
             if not text.strip():
                 return
             if not self.bad_run:
-                out.append(self.anomaly(ts, SERVER, "pop3_bad_reply", text[:80].decode("utf-8", "replace")))
+                out.append(self.anomaly(ts, SERVER, "pop3_bad_reply", wire(text[:80])))
                 self.bad_run = True
             return
         self.bad_run = False
         self.last_ok = None
         code = "+OK" if m.group(1) == b"+" else "-ERR"
-        rest = m.group(3).decode("utf-8", "replace").strip()
+        rest = wire(m.group(3)).strip()
         if not self.greeted:
             self.greeted = True
             if not self.pending:
@@ -456,7 +457,7 @@ class Pop3Dissector(Dissector):
         sess.banner = rest
         stamp = _APOP_STAMP.search(raw_rest)
         if stamp:
-            self.apop_stamp = stamp.group(0).decode("utf-8", "replace")
+            self.apop_stamp = wire(stamp.group(0))
         low = rest.lower()
         if not sess.server_software:
             for word, name in _SOFTWARE:
@@ -597,7 +598,7 @@ class Pop3Dissector(Dissector):
         else:
             body = m.data()
             if verb == "CAPA":
-                caps = [c.strip() for c in body.decode("utf-8", "replace").split("\n") if c.strip()]
+                caps = [c.strip() for c in wire(body).split("\n") if c.strip()]
                 if caps:
                     self.session.extensions = caps[:1000]
                 for c in caps:
@@ -613,7 +614,7 @@ class Pop3Dissector(Dissector):
                         if words[1].isdigit():
                             self._event(m.ts, "list", out, seq=seq, size=int(words[1]))
                     else:
-                        uid = words[1].decode("utf-8", "replace")
+                        uid = wire(words[1])
                         self.uidl[seq] = uid
                         self._event(m.ts, "uidl", out, seq=seq, detail=f"uidl {uid}")
         self._emit(p, out)

@@ -25,6 +25,8 @@ from __future__ import annotations
 import binascii
 import re
 
+from ..text import wire
+
 __all__ = [
     "b64decode", "text", "decode_plain", "decode_login_prompt", "decode_xoauth2",
     "decode_oauthbearer", "decode_cram_md5", "decode_scram_client_first", "SaslExchange",
@@ -60,13 +62,11 @@ def b64decode(blob: bytes | str | None) -> bytes | None:
 
 
 def text(data: bytes | None) -> str | None:
-    """Bytes as text: UTF-8 where valid, otherwise Latin-1 (never fails)."""
+    """Bytes as text: UTF-8 where valid, otherwise windows-1252 (never fails;
+    :func:`maildissect.text.wire`)."""
     if data is None:
         return None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")
+    return wire(data)
 
 
 def decode_plain(blob) -> tuple[str | None, str | None, str | None] | None:
@@ -109,7 +109,7 @@ def _kv_fields(raw: bytes) -> dict[str, str]:
     for item in raw.split(b"\x01"):
         if b"=" in item:
             k, _, v = item.partition(b"=")
-            out.setdefault(k.decode("latin-1").strip().lower(), text(v))
+            out.setdefault(wire(k).strip().lower(), text(v))
     return out
 
 

@@ -47,6 +47,7 @@ from collections import deque
 
 from .. import mime
 from ..config import Config
+from ..text import wire
 from ..model import CLIENT, SERVER, Command, Credential, Message, Session
 from .base import OVERLONG, Dissector, StreamBuffer, TlsStart
 from .sasl import SaslExchange
@@ -129,11 +130,8 @@ _MAX_SASL_LINES = 32
 
 
 def _text(data: bytes) -> str:
-    """Protocol bytes as text: UTF-8 (SMTPUTF8) where valid, else Latin-1."""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")
+    """Protocol bytes as text: UTF-8 (SMTPUTF8) where valid, else windows-1252."""
+    return wire(data)
 
 
 def _is_command_line(line: bytes) -> bool:
