@@ -496,6 +496,7 @@ def percent_decode(data, label: str | None = "utf-8", plus: bool = False) -> tup
 # The last check on records
 
 _PLANS: dict[type, tuple[str, ...]] = {}
+_CHECKS: dict[type, object] = {}
 
 
 def _plan(cls) -> tuple[str, ...]:
@@ -507,9 +508,50 @@ def _plan(cls) -> tuple[str, ...]:
         except TypeError:
             fields = ()
         plan = tuple(f.name for f in fields
-                     if any(word in str(f.type) for word in ("str", "list", "tuple")))
+                     if any(word in str(f.type) for word in ("str", "list", "tuple", "dict")))
         _PLANS[cls] = plan
     return plan
+
+
+def _check_for(cls):
+    """A function ``check(record) -> bool``: True when every string of a record
+    of ``cls`` encodes as UTF-8. It is the fast path of :func:`scrub`, run on
+    every record the pipeline keeps, so it is generated per class (as the
+    dataclasses module generates ``__init__``) with the field names written
+    out: one attribute load and one ``str.isascii()`` per ASCII string. A
+    field of a shape it does not know answers False, and the careful path
+    decides."""
+    lines = ["def check(r):"]
+    for f in dataclasses.fields(cls) if dataclasses.is_dataclass(cls) else ():
+        if f.name not in _plan(cls):
+            continue
+        kind, name = str(f.type).replace(" ", ""), f.name
+        if kind in ("str", "str|None"):
+            lines.append(f"    v = r.{name}\n    if v is not None and not v.isascii() and not _w(v): return False")
+        elif kind == "list[str]":
+            lines.append(f"    for v in r.{name}:\n        if not v.isascii() and not _w(v): return False")
+        elif kind.startswith("list[tuple[") and set(kind[11:-2].split(",")) == {"str"}:
+            lines.append(f"    for t in r.{name}:\n        for v in t:\n"
+                         f"            if not v.isascii() and not _w(v): return False")
+        elif kind.startswith("list[") and "[" not in kind[5:]:
+            lines.append(f"    for x in r.{name}:\n        if not _all(x): return False")
+        else:
+            lines.append("    return False")
+            break
+    lines.append("    return True")
+    namespace = {"_w": writable, "_all": _all_writable}
+    exec("\n".join(lines), namespace)  # the names come from our own dataclasses, never from input
+    return namespace["check"]
+
+
+def _all_writable(record) -> bool:
+    check = _CHECKS.get(type(record))
+    if check is None:
+        check = _CHECKS[type(record)] = _check_for(type(record))
+    try:
+        return check(record)
+    except (AttributeError, TypeError):  # a None in a list, a str method on another type
+        return False
 
 
 def _scrub_value(value, path: str, bad: list[str]):
@@ -548,6 +590,8 @@ def scrub(record) -> list[str]:
     """Repair every string of a record (dataclass) in place, list elements,
     header tuples and nested records included; returns the repaired fields
     (``subject``, ``attachments.filename``), empty when all was writable."""
+    if _all_writable(record):
+        return []
     bad: list[str] = []
     _scrub_fields(record, "", bad)
     return bad
