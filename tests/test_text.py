@@ -280,3 +280,15 @@ def test_messages_are_always_writable(data, charset, param_charset, raw_header):
     found = mime.fill_message(msg, raw, Config())
     assert text.scrub(msg) == []
     assert all(utf8_ok(a.detail) for a in found)
+
+
+def test_the_module_is_pure():
+    """Like tcp.py and mime.py, text.py is a pure function of bytes and strings (DESIGN.md)."""
+    import ast
+    from pathlib import Path
+    tree = ast.parse((Path(__file__).resolve().parent.parent / "maildissect" / "text.py").read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                 and node.module}
+    assert imported <= {"__future__", "binascii", "codecs", "dataclasses", "re", "urllib", "json"}, imported
