@@ -159,10 +159,11 @@ def _progress_callback(quiet: bool):
     """A rich progress bar on stderr when it is a terminal."""
     if quiet or not sys.stderr.isatty():
         return None, None
-    from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+    from .output.terminal import make_console
     progress = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                        TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
+                        TransferSpeedColumn(), TimeRemainingColumn(), console=make_console(stderr=True),
                         transient=True)
     task = progress.add_task("reading", total=None)
 
@@ -684,11 +685,12 @@ def live(iface, bpf, extra_ports, duration, count, write, rotate_size, fmt, back
     except LiveError as e:
         raise UserError(str(e)) from None
     if not quiet:
+        from .output.terminal import echo_err
         drops = summary.get("kernel_drops")
-        click.echo(f"{summary['frames']} packets, {summary['flows']} connections, {summary['sessions']} sessions, "
-                   f"{summary['messages']} messages in {summary['seconds']} s"
-                   + (f", {summary['tls_decrypted']} TLS sessions decrypted" if keylog is not None else "")
-                   + (f"; kernel dropped {drops}" if drops is not None else ""), err=True)
+        echo_err(f"{summary['frames']} packets, {summary['flows']} connections, {summary['sessions']} sessions, "
+                 f"{summary['messages']} messages in {summary['seconds']} s"
+                 + (f", {summary['tls_decrypted']} TLS sessions decrypted" if keylog is not None else "")
+                 + (f"; kernel dropped {drops}" if drops is not None else ""))
 
 
 def _register_optional():

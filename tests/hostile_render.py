@@ -59,7 +59,9 @@ def build(path: str) -> None:
     ew = encoded_word(EVIL)
     msg1 = _message(
         f"From: {ew} <a@evil.test>\r\nTo: {ew} <bob@example.com>\r\nCc: {encoded_word(FORMULAS[1])} "
-        f"<cc@example.com>\r\nSubject: {ew}\r\nMessage-ID: <{RAW}@evil.test>\r\nUser-Agent: {RAW}\r\n",
+        f"<cc@example.com>\r\nSubject: {ew}\r\nMessage-ID: <{RAW}@evil.test>\r\nUser-Agent: {RAW}\r\n"
+        f"Received: from {RAW} ([10.9.9.9]) by mx.{RAW} with ESMTP id {FORMULAS[0]};\r\n"
+        "\tMon, 1 Jan 2024 00:00:00 +0000\r\n",
         [(f'filename="{ew}"', "one"), *((f'filename="{n}"', f"device {i}") for i, n in enumerate(DEVICE_NAMES)),
          (f'filename="{FORMULAS[2]}.txt"', "formula")])
     msg2 = _message(

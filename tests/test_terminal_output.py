@@ -97,6 +97,8 @@ def test_every_command_prints_text_not_instructions(hostile, args, columns, monk
     assert_inert(res.stderr_bytes, " ".join(args))
     if columns != "80" and args[0] in ("messages", "analyze", "journeys", "timeline", "commands", "sessions"):
         assert "\u241b" in res.stdout  # the escapes are shown, as placeholders
+    if args == ["journeys"]:
+        assert "Received:" in res.stdout  # (the Received notes quote the hostile header)
     if columns in ("80", "200") and args[0] != "follow":  # (follow prints the stream's lines as they are)
         for line in res.stdout.splitlines():
             assert cell_len(line) <= int(columns), line
@@ -155,6 +157,39 @@ def test_errors_and_warnings_quote_input_cleaned(tmp_path, hostile):
                               capture_output=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
         assert proc.returncode == 2 and b"Error" in proc.stderr, proc.stderr
         assert_inert(proc.stderr, f"usage error {args}")
+
+
+def test_one_road_to_the_terminal():
+    """Structure: rich consoles come from output/terminal.py (markup off), nothing prints a
+    string or f-string through rich, and click.echo never gets an f-string (data would skip the
+    cleaner) outside output/terminal.py. The generator prints its own run, not a capture."""
+    import ast
+    package = ROOT / "maildissect"
+    found = []
+    for path in package.rglob("*.py"):
+        rel = path.relative_to(package).as_posix()
+        if rel.startswith("generate/"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            fn = node.func
+            name = fn.attr if isinstance(fn, ast.Attribute) else fn.id if isinstance(fn, ast.Name) else ""
+            first = node.args[0] if node.args else None
+            where = f"{rel}:{node.lineno}"
+            if name == "Console" and rel != "output/terminal.py":
+                found.append(f"{where}: a Console not made by terminal.make_console")
+            if name == "from_markup" or any(k.arg == "markup" and not (isinstance(k.value, ast.Constant)
+                                                                       and k.value.value is False)
+                                            for k in node.keywords):
+                found.append(f"{where}: markup")
+            if (isinstance(fn, ast.Attribute) and name == "print"
+                    and isinstance(first, (ast.JoinedStr, ast.Constant)) and rel != "output/terminal.py"):
+                found.append(f"{where}: rich prints a str")
+            if (isinstance(fn, ast.Attribute) and name == "echo" and isinstance(first, ast.JoinedStr)
+                    and rel != "output/terminal.py"):
+                found.append(f"{where}: click.echo of an f-string (use terminal.echo_err/warn)")
+    assert not found, found
 
 
 def test_follow_on_a_terminal_shows_a_lone_cr_as_a_dot():
