@@ -118,6 +118,7 @@ class Hop:
     queue_id: str | None = None
     reply: str | None = None
     match: str = "message_id"
+    command_seq: int | None = None  # the command or HTTP exchange of the session that carried it
     direction: str | None = None
     user: str | None = None
     tls: bool | None = None
@@ -161,10 +162,15 @@ class Journeys:
     def __init__(self, journeys: list[Journey], hops: list[Hop]):
         self.journeys = journeys
         self.hops = hops
+        self._by_journey: dict[int, list[Hop]] | None = None
 
     def hops_of(self, journey_id: int) -> list[Hop]:
         """The hops of one journey, in order."""
-        return [h for h in self.hops if h.journey_id == journey_id]
+        if self._by_journey is None:
+            self._by_journey = defaultdict(list)
+            for h in self.hops:
+                self._by_journey[h.journey_id].append(h)
+        return list(self._by_journey.get(journey_id, ()))
 
     def find(self, message_id: str) -> list[Journey]:
         """Journeys whose Message-ID equals (else contains) ``message_id`` (brackets optional)."""
@@ -287,24 +293,41 @@ def _group_messages(messages: list, window: float, links=()) -> tuple[list[tuple
 
 # ---------------------------------------------------------------------------------------------
 class _Index:
-    """Lookups over the records the correlation needs."""
+    """Lookups over the records the correlation needs.
+
+    Records of one session are joined on the keys the dissectors set
+    (``Command.seq``, ``transaction``, ``Message.command_seq``, ``HttpRequest.seq``),
+    each looked up in a dict: the cost grows with the records, never with
+    messages x commands.
+    """
 
     def __init__(self, records):
         self.sessions = {s.session_id: s for s in records.sessions}
         self.flows = {f.flow_id: f for f in records.flows}
         self.commands = defaultdict(list)
+        self.transactions = defaultdict(list)  # (session, transaction) -> its commands in order
         for c in records.commands:
             self.commands[c.session_id].append(c)
+            if c.transaction is not None:
+                self.transactions[(c.session_id, c.transaction)].append(c)
         for lst in self.commands.values():
             lst.sort(key=lambda c: c.ts if c.ts is not None else 0.0)
+        self.first_transaction = {}  # session -> its first transaction (the connection was opened for it)
+        for (sid, txn), lst in self.transactions.items():
+            lst.sort(key=lambda c: c.seq if c.seq is not None else 0)
+            if txn < self.first_transaction.get(sid, txn + 1):
+                self.first_transaction[sid] = txn
         self.messages = defaultdict(list)
         for m in records.messages:
             self.messages[m.session_id].append(m)
         for lst in self.messages.values():
             lst.sort(key=lambda m: m.ts if m.ts is not None else 0.0)
-        self.http = defaultdict(list)
+        self.http = defaultdict(list)  # session -> its HTTP exchanges
+        self.exchanges = {}  # (session, HttpRequest.seq) -> the exchange
         for r in records.http:
             self.http[r.session_id].append(r)
+            if r.seq is not None:
+                self.exchanges[(r.session_id, r.seq)] = r
         self._names: dict | None = None
 
     def user(self, sid):
@@ -323,32 +346,31 @@ class _Index:
         return self._names.get(ip)
 
     def smtp_window(self, m) -> tuple[float | None, float | None]:
-        """(start, end) of the SMTP transaction that carried ``m``.
+        """(start, end) of the SMTP transaction that carried ``m`` (its ``transaction`` key).
 
-        start: the connection's first packet for the session's first message
-        (the connection was opened for it), else its MAIL FROM; end: the moment
-        the client finished sending the data (the final dot, the last BDAT
-        chunk) -- the handover. A server may queue and start relaying before
-        its reply reaches the client, so the reply time would make the next
-        hop appear to start before this one ended.
+        start: the connection's first packet for the session's first
+        transaction (the connection was opened for it), else the
+        transaction's first command (its MAIL FROM); end: the moment the
+        client finished sending the data (the final dot, the last BDAT chunk
+        after the command that carried it) -- the handover. A server may queue
+        and start relaying before its reply reaches the client, so the reply
+        time would make the next hop appear to start before this one ended.
         """
-        cmds = self.commands.get(m.session_id, [])
-        flow = self.flows.get(m.session_id)
-        t = m.ts if m.ts is not None else 0.0
-        mails = [c for c in cmds if c.command == "MAIL" and c.ts <= t + 1e-9]
-        first_mail = next((c for c in cmds if c.command == "MAIL"), None)
-        if mails and first_mail is not None and mails[-1] is not first_mail:
-            start = mails[-1].ts
+        sid = m.session_id
+        flow = self.flows.get(sid)
+        cmds = self.transactions.get((sid, m.transaction), ()) if m.transaction is not None else ()
+        first = cmds[0] if cmds else None
+        if first is not None and m.transaction != self.first_transaction.get(sid):
+            start = first.ts
         else:
-            start = flow.start if flow is not None else (mails[-1].ts if mails else m.ts)
+            start = flow.start if flow is not None else (first.ts if first is not None else m.ts)
         end = None
+        after = m.command_seq if m.command_seq is not None else -1
         for c in cmds:
-            if c.ts >= t - 1e-9 and c.command in (".", "BDAT"):
+            if c.command in (".", "BDAT") and (c.seq if c.seq is not None else 0) >= after:
                 end = c.ts
                 if c.command == "." or "LAST" in (c.argument or "").upper():
                     break
-            elif c.ts > t + 1e-9 and c.command == "MAIL":
-                break
         return start, end if end is not None else m.ts
 
 
@@ -377,7 +399,8 @@ def _message_hop(ix: _Index, m, match: str) -> Hop:
             client_port=m.client_port or (s.client_port if s else None),
             server_ip=m.server_ip or (s.server_ip if s else None),
             server_port=m.server_port or (s.server_port if s else None), session_id=m.session_id, match=match,
-            direction=m.direction, user=ix.user(m.session_id), tls=bool(m.tls), size=m.size, sha256=m.sha256)
+            direction=m.direction, user=m.user if m.user is not None else ix.user(m.session_id), tls=bool(m.tls),
+            size=m.size, sha256=m.sha256, command_seq=m.command_seq)
     if m.protocol == "smtp":
         h.start, h.end = ix.smtp_window(m)
         code = m.reply_code
@@ -389,7 +412,7 @@ def _message_hop(ix: _Index, m, match: str) -> Hop:
         h.detail = "; ".join(x for x in (f"MAIL FROM:<{m.mail_from or ''}> to {', '.join(m.rcpt_to) or '?'}", rej)
                              if x)
     elif m.protocol == "http":
-        req = next((r for r in ix.http.get(m.session_id, []) if m.source == f"{r.method} {r.uri}"), None)
+        req = ix.exchanges.get((m.session_id, m.command_seq)) if m.command_seq is not None else None
         h.start = req.ts if req is not None else m.ts
         # what reached the browser arrives with the response; what it sends is handed over with the request
         if m.direction in ("retrieved", "downloaded"):
@@ -573,19 +596,19 @@ def _attempt_hop(a: _Attempt, target: Hop) -> Hop:
 # ---------------------------------------------------------------------------------------------
 def _webmail_reads(records, ix: _Index, covered: set) -> list[tuple[str, Hop]]:
     """(message_id, hop) for webmail read pages tied to IMAP UIDs (``mailbox_uid``)."""
-    uid_map = defaultdict(set)
+    uid_map = defaultdict(lambda: defaultdict(set))  # (server, mailbox, uid) -> user -> Message-IDs
     for ev in records.mailboxes:
         if ev.protocol == "imap" and ev.uid is not None and ev.message_id:
             s = ix.sessions.get(ev.session_id)
             if s is None:
                 continue
-            uid_map[(s.server_ip, (ev.user or "").lower(), (ev.mailbox or "INBOX").upper(), ev.uid)].add(
+            uid_map[(s.server_ip, (ev.mailbox or "INBOX").upper(), ev.uid)][(ev.user or "").lower()].add(
                 ev.message_id)
     if not uid_map:
         return []
     out = []
     for r in records.http:
-        if r.mail_action != "read" or (r.session_id, r.ts) in covered:
+        if r.mail_action != "read" or (r.session_id, r.seq) in covered:
             continue
         s = ix.sessions.get(r.session_id)
         if s is None:
@@ -602,8 +625,8 @@ def _webmail_reads(records, ix: _Index, covered: set) -> list[tuple[str, Hop]]:
         mbox = next((v[0] for k, v in q.items() if k.lower() in ("_mbox", "mbox", "mailbox") and v), "INBOX")
         user = (s.auth_user or "").lower()
         mids = set()
-        for (sip, u, mb, uu), ids in uid_map.items():
-            if sip == s.server_ip and uu == int(uid) and mb == mbox.upper() and (not user or not u or u == user):
+        for u, ids in uid_map.get((s.server_ip, mbox.upper(), int(uid)), {}).items():
+            if not user or not u or u == user:
                 mids |= ids
         if len(mids) != 1:
             continue
@@ -611,7 +634,7 @@ def _webmail_reads(records, ix: _Index, covered: set) -> list[tuple[str, Hop]]:
         h = Hop(journey_id=0, hop=0, message_id=mid, role="retrieval", protocol="http", outcome="retrieved",
                 start=r.ts, end=r.response_ts or r.ts, client_ip=s.client_ip, client_port=s.client_port,
                 server_ip=s.server_ip, server_port=s.server_port, session_id=r.session_id, match="mailbox_uid",
-                direction="retrieved", user=s.auth_user, tls=s.tls, size=r.response_size,
+                command_seq=r.seq, direction="retrieved", user=s.auth_user, tls=s.tls, size=r.response_size,
                 reply=f"{r.status} {r.reason or ''}".strip() if r.status is not None else None,
                 detail=f"{r.method} {r.uri} (webmail page showing UID {uid} of {mbox})")
         out.append((mid, h))
@@ -876,12 +899,9 @@ def correlate(records, *, window: float = ENVELOPE_WINDOW) -> Journeys:
         for m in group:
             if m.message_id:
                 by_mid.setdefault(normalize_message_id(m.message_id), k)
-    covered = set()
-    for m in records.messages:
-        if m.protocol == "http":
-            for r in ix.http.get(m.session_id, []):
-                if m.source == f"{r.method} {r.uri}":
-                    covered.add((r.session_id, r.ts))
+    # exchanges that carried a message record of their own: their hop is that record's
+    covered = {(m.session_id, m.command_seq) for m in records.messages
+               if m.protocol == "http" and m.command_seq is not None}
     for mid, hop in _webmail_reads(records, ix, covered):
         k = by_mid.get(normalize_message_id(mid))
         if k is not None:

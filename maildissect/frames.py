@@ -271,6 +271,8 @@ SCHEMAS: dict[str, list[tuple]] = {
         ("server_port", "int", "server port"),
         ("source", "cat", "the table the event was derived from (flows, commands, messages, credentials, http, "
                           "sessions, anomalies)"),
+        ("command_seq", "int", "the command (commands.seq) or HTTP exchange (http.seq) of the session the event "
+                               "comes from: the command itself, or the one that carried the message"),
     ],
     "journeys": [
         ("journey_id", "int", "journey number from 1, in order of first appearance"),
@@ -344,6 +346,8 @@ SCHEMAS: dict[str, list[tuple]] = {
         ("received", "str", "the Received header that describes this hop"),
         ("received_check", "str", "agrees, or what the header and the wire disagree on"),
         ("detail", "str", "envelope, command or request that carried the message"),
+        ("command_seq", "int", "the command (commands.seq) or HTTP exchange (http.seq) of the session that "
+                               "carried the message on this hop"),
     ],
 }
 

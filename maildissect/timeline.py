@@ -16,7 +16,6 @@ name the user and mechanism only.
 from __future__ import annotations
 
 import re
-from bisect import bisect_right
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -87,6 +86,7 @@ class Event:
     server_port: int | None = None
     source: str = ""  # the table the event comes from
     order: int = 0  # tie-break within the same instant (position in its session)
+    command_seq: int | None = None  # the command or HTTP exchange of the session it comes from
 
 
 def endpoint(ip: str | None, port: int | None) -> str:
@@ -143,14 +143,21 @@ def _short(text: str | None, n: int = 90) -> str:
 
 
 class _Ctx:
-    """Per-session lookups shared by the event builders."""
+    """Per-session lookups shared by the event builders.
+
+    Records of one session are joined on the keys the dissectors set (the
+    command that carried a message, the SMTP transaction), looked up in dicts.
+    """
 
     def __init__(self, records):
         self.sessions = {s.session_id: s for s in records.sessions}
         self.flows = {f.flow_id: f for f in records.flows}
         self.messages = defaultdict(list)
+        self.carried = defaultdict(list)  # (session, command seq) -> messages that command carried
         for m in records.messages:
             self.messages[m.session_id].append(m)
+            if m.command_seq is not None:
+                self.carried[(m.session_id, m.command_seq)].append(m)
         for lst in self.messages.values():
             lst.sort(key=lambda m: (m.ts if m.ts is not None else 0.0, m.message_index))
         self.commands = defaultdict(list)
@@ -169,12 +176,12 @@ class _Ctx:
         return "", None, None, None, None
 
     def event(self, ts, session_id, name, outcome="", message_id=None, description="", actor="",
-              source="", order=0, protocol=None) -> Event:
+              source="", order=0, protocol=None, command_seq=None) -> Event:
         proto, cip, cport, sip, sport = self.endpoints(session_id)
         return Event(ts=ts, session_id=session_id, protocol=protocol or proto, client=endpoint(cip, cport),
                      server=endpoint(sip, sport), event=name, outcome=outcome, message_id=message_id,
                      description=description, actor=actor, client_ip=cip, client_port=cport, server_ip=sip,
-                     server_port=sport, source=source, order=order)
+                     server_port=sport, source=source, order=order, command_seq=command_seq)
 
 
 # -- flows ----------------------------------------------------------------------------------
@@ -215,42 +222,35 @@ def _flow_events(ctx: _Ctx, flow) -> list[Event]:
 
 
 # -- commands ---------------------------------------------------------------------------------
+_ENVELOPE_VERBS = ("MAIL", "RCPT", "DATA", "BDAT", ".")
+
+
 def _smtp_transactions(cmds: list, msgs: list) -> dict[int, str | None]:
     """Command index -> Message-ID of the mail transaction it belongs to.
 
-    A transaction runs from MAIL FROM to the next MAIL FROM (or the end); its
-    message is the first SMTP message of the session dated within it (the
-    dissector dates a message by its DATA/BDAT command).
+    Commands and messages carry their transaction (``transaction``, set by the
+    dissector); a transaction's Message-ID is that of its first message.
     """
-    starts = [i for i, c in enumerate(cmds) if c.command == "MAIL"]
-    if not starts or not msgs:
+    mids: dict[int, str | None] = {}
+    for m in msgs:  # in time order
+        if m.transaction is not None and m.transaction not in mids:
+            mids[m.transaction] = m.message_id
+    if not mids:
         return {}
-    mts = [m.ts if m.ts is not None else 0.0 for m in msgs]
-    out = {}
-    for k, i in enumerate(starts):
-        t0 = cmds[i].ts
-        t1 = cmds[starts[k + 1]].ts if k + 1 < len(starts) else float("inf")
-        j = bisect_right(mts, t0 - 1e-9)
-        mid = msgs[j].message_id if j < len(msgs) and mts[j] < t1 else None
-        end = starts[k + 1] if k + 1 < len(starts) else len(cmds)
-        for n in range(i, end):
-            if cmds[n].command in ("MAIL", "RCPT", "DATA", "BDAT", "."):
-                out[n] = mid
-    return out
+    return {i: mids[c.transaction] for i, c in enumerate(cmds)
+            if c.transaction in mids and c.command in _ENVELOPE_VERBS}
 
 
-def _message_covers(msgs: list, cmd) -> bool:
-    """A message of the session was transferred by this command (between command and reply)."""
-    t0 = cmd.ts
-    t1 = cmd.reply_ts if cmd.reply_ts is not None else t0
-    return any(m.ts is not None and t0 - 1e-6 <= m.ts <= t1 + 1e-6 for m in msgs)
+def _message_covers(ctx: _Ctx, cmd) -> bool:
+    """A message of the session was transferred by this command (its ``command_seq``)."""
+    return cmd.seq is not None and (cmd.session_id, cmd.seq) in ctx.carried
 
 
 def _command_events(ctx: _Ctx, session_id: int, cmds: list) -> list[Event]:
     out = []
     proto = ctx.endpoints(session_id)[0]
     msgs = ctx.messages.get(session_id, [])
-    txn = _smtp_transactions(cmds, msgs) if proto == "smtp" else {}
+    txn = _smtp_transactions(cmds, [m for m in msgs if m.protocol == "smtp"]) if proto == "smtp" else {}
     for i, c in enumerate(cmds):
         verb = c.command or ""
         code, text = c.reply_code, c.reply_text
@@ -260,7 +260,7 @@ def _command_events(ctx: _Ctx, session_id: int, cmds: list) -> list[Event]:
         arg = "" if c.secret else _short(c.argument, 70)
         if verb == "":
             out.append(ctx.event(c.reply_ts or c.ts, session_id, "greeting", outcome or "ok", actor="server",
-                                 source="commands", order=i, description=_short(reply, 120)))
+                                 source="commands", order=i, description=_short(reply, 120), command_seq=c.seq))
             continue
         e = None
         if c.protocol == "smtp":
@@ -272,7 +272,7 @@ def _command_events(ctx: _Ctx, session_id: int, cmds: list) -> list[Event]:
                 e = ("mail_from", f"MAIL {arg} \u2192 {_short(reply, 60)}")
             elif verb == "RCPT":
                 e = ("rcpt_accepted" if outcome == "ok" else "rcpt_rejected", f"RCPT {arg} \u2192 {_short(reply, 60)}")
-            elif verb in ("DATA", "BDAT") and outcome in ("failed", "deferred") and not _message_covers(msgs, c):
+            elif verb in ("DATA", "BDAT") and outcome in ("failed", "deferred") and not _message_covers(ctx, c):
                 e = ("data_rejected", f"{verb} {arg} \u2192 {_short(reply, 60)}".replace("  ", " "))
             elif verb in ("DATA", "BDAT", ".", "QUIT", "RSET", "NOOP", "AUTH"):
                 e = None  # the message and credential events tell these
@@ -285,10 +285,10 @@ def _command_events(ctx: _Ctx, session_id: int, cmds: list) -> list[Event]:
             elif base == "STARTTLS":
                 e = ("tls_start" if outcome == "ok" else "tls_refused", f"STARTTLS \u2192 {_short(reply, 60)}")
             elif base == "FETCH":
-                if not _message_covers(msgs, c):
+                if not _message_covers(ctx, c):
                     e = ("imap_fetch", f"{verb} {arg} \u2192 {_short(reply, 60)}")
             elif base == "APPEND":
-                if not _message_covers(msgs, c):
+                if not _message_covers(ctx, c):
                     e = ("imap_append", f"APPEND {arg} \u2192 {_short(reply, 60)}")
             elif base == "STORE":
                 e = ("imap_store", f"{verb} {arg} \u2192 {_short(reply, 60)}")
@@ -304,7 +304,7 @@ def _command_events(ctx: _Ctx, session_id: int, cmds: list) -> list[Event]:
             if verb == "STLS":
                 e = ("tls_start" if outcome == "ok" else "tls_refused", f"STLS \u2192 {_short(reply, 60)}")
             elif verb in ("RETR", "TOP"):
-                if not _message_covers(msgs, c):
+                if not _message_covers(ctx, c):
                     e = ("pop3_retr" if verb == "RETR" else "pop3_top", f"{verb} {arg} \u2192 {_short(reply, 60)}")
             elif verb == "DELE":
                 e = ("pop3_dele", f"DELE {arg} \u2192 {_short(reply, 60)}")
@@ -320,7 +320,7 @@ def _command_events(ctx: _Ctx, session_id: int, cmds: list) -> list[Event]:
         else:
             outcome_word = outcome
         out.append(ctx.event(when, session_id, name, outcome_word, message_id=txn.get(i), actor="client",
-                             source="commands", order=i, description=" ".join(desc.split())))
+                             source="commands", order=i, description=" ".join(desc.split()), command_seq=c.seq))
     return out
 
 
@@ -339,7 +339,7 @@ def _message_event(ctx: _Ctx, m) -> Event | None:
         reply = _reply(m.reply_code, m.reply_text) or "no final reply seen"
         rej = f"; refused recipients: {', '.join(m.rcpt_rejected)}" if m.rcpt_rejected else ""
         return ctx.event(m.ts, m.session_id, name, outcome or "unanswered", message_id=mid, actor="client",
-                         source="messages", order=10 ** 5,
+                         source="messages", order=10 ** 5, command_seq=m.command_seq,
                          description=f"{label}{subj} ({size}{atts}{part}) \u2192 {_short(reply, 70)}{rej}")
     src = _short(m.source, 60)
     if m.protocol == "imap":
@@ -354,7 +354,8 @@ def _message_event(ctx: _Ctx, m) -> Event | None:
     outcome = reply_outcome(m.protocol, m.reply_code) or "ok"
     return ctx.event(m.ts, m.session_id, name, outcome, message_id=mid,
                      actor="client" if m.direction == "appended" else "server", source="messages",
-                     order=10 ** 5, description=f"{src}: {label}{subj} {verb} ({size}{atts}{part})")
+                     order=10 ** 5, command_seq=m.command_seq,
+                     description=f"{src}: {label}{subj} {verb} ({size}{atts}{part})")
 
 
 def _http_events(ctx: _Ctx, session_id: int, reqs: list) -> list[Event]:
@@ -365,15 +366,17 @@ def _http_events(ctx: _Ctx, session_id: int, reqs: list) -> list[Event]:
         status = str(r.status) if r.status is not None else None
         outcome = reply_outcome("http", status)
         source = f"{r.method} {r.uri}"
-        carried = [m for m in msgs if id(m) not in used and m.source == source
-                   and m.ts is not None and r.ts - 1e-6 <= m.ts <= (r.response_ts or r.ts) + 1e-6]
+        # the messages this exchange carried (their command_seq), told by its request line
+        carried = [m for m in ctx.carried.get((session_id, r.seq), ()) if m.protocol == "http"
+                   and m.source == source] if r.seq is not None else []
         for m in carried:
             used.add(id(m))
         if r.mail_action is None and not carried:
             if outcome == "failed":
                 out.append(ctx.event(r.ts, session_id, "command_failed", "failed", actor="client", source="http",
-                                     order=i, description=f"{r.method} {_short(r.uri, 60)} \u2192 {status} "
-                                                          f"{r.reason or ''}".strip()))
+                                     order=i, command_seq=r.seq,
+                                     description=f"{r.method} {_short(r.uri, 60)} \u2192 {status} "
+                                                 f"{r.reason or ''}".strip()))
             continue
         action = r.mail_action or "message"
         mids = [m.message_id for m in carried if m.message_id]
@@ -385,14 +388,14 @@ def _http_events(ctx: _Ctx, session_id: int, reqs: list) -> list[Event]:
             how = ("compose form" if m.direction == "sent" else "page view") if not m.size else _size(m.size)
             what = f": {label} {m.direction} ({how})"
         out.append(ctx.event(r.ts, session_id, "webmail", outcome or "ok", message_id=mids[0] if mids else None,
-                             actor="client", source="http", order=i,
+                             actor="client", source="http", order=i, command_seq=r.seq,
                              description=f"{action}: {r.method} {_short(r.uri, 60)} \u2192 "
                                          f"{status or 'no response'}{what}"))
     for m in msgs:  # messages not tied to a request line (e.g. HTTP/2 streams)
         if id(m) in used:
             continue
         out.append(ctx.event(m.ts, session_id, "webmail", "ok", message_id=m.message_id, actor="client",
-                             source="messages", order=10 ** 5,
+                             source="messages", order=10 ** 5, command_seq=m.command_seq,
                              description=f"{m.kind or 'message'}: {m.message_id or 'message'} {m.direction} "
                                          f"({_size(m.size)})"))
     return out
@@ -470,20 +473,20 @@ def build_events(records, journeys=None) -> list[Event]:
 
 def _attribute(events: list[Event], journeys) -> None:
     attempts = {}
-    reads = {}
+    reads = {}  # (session, exchange) of a webmail page tied to a message by its IMAP UID
     for h in journeys.hops:
         if h.match == "attempt" and h.session_id is not None:
             attempts[h.session_id] = h.message_id
-        elif h.match == "mailbox_uid" and h.session_id is not None and h.start is not None:
-            reads[(h.session_id, round(h.start, 6))] = h.message_id
+        elif h.match == "mailbox_uid" and h.session_id is not None and h.command_seq is not None:
+            reads[(h.session_id, h.command_seq)] = h.message_id
     for e in events:
         if e.message_id is not None or e.session_id is None:
             continue
         if e.session_id in attempts and e.event in ("tcp_refused", "tcp_unanswered", "mail_from", "rcpt_rejected",
                                                     "rcpt_accepted", "data_rejected", "greeting"):
             e.message_id = attempts[e.session_id]
-        elif e.event == "webmail" and e.ts is not None:
-            mid = reads.get((e.session_id, round(e.ts, 6)))
+        elif e.event == "webmail" and e.command_seq is not None:
+            mid = reads.get((e.session_id, e.command_seq))
             if mid:
                 e.message_id = mid
 
@@ -516,156 +519,3 @@ def filter_events(events: list[Event], message_id: str | None = None, session_id
 def normalize_message_id(value: str | None) -> str:
     """A Message-ID without angle brackets and surrounding space, lower-cased (for matching)."""
     return (value or "").strip().strip("<>").strip().lower()
-
-
-# -- packet-level details of flows (a second, light pass over the capture) ------------------------
-_TH_FIN, _TH_SYN, _TH_RST, _TH_ACK = 0x01, 0x02, 0x04, 0x10
-
-
-@dataclass(slots=True)
-class FlowPackets:
-    """What the flows table does not keep: per-direction packet counts, IP bytes, a Zeek-style
-    history string and the TCP control packets (SYN, SYN-ACK, handshake ACK, FIN, RST) with
-    their times, for ladder diagrams and conn.log."""
-
-    flow_id: int
-    packets: list  # [client, server]
-    ip_bytes: list  # [client, server]; None when a link type hides the IP length
-    history: str = ""
-    control: list = None  # [(ts, side "client"|"server", label)], at most CONTROL_MAX
-    syn: float | None = None
-    synack: float | None = None
-    ack: float | None = None
-    fin: list = None  # [(ts, side)]
-    rst: list = None
-
-
-CONTROL_MAX = 16
-
-
-def _ip_length(linktype: int, data: bytes) -> int | None:
-    """The IP packet length from its header (IPv4 total length, IPv6 40 + payload length)."""
-    n = len(data)
-    try:
-        if linktype == 1:
-            off = 14
-            etype = (data[12] << 8) | data[13]
-            while etype in (0x8100, 0x88A8, 0x9100, 0x9200) and n >= off + 4:
-                etype = (data[off + 2] << 8) | data[off + 3]
-                off += 4
-        elif linktype == 113:
-            off = 16
-        elif linktype == 276:
-            off = 20
-        elif linktype in (0, 108):
-            off = 4
-        elif linktype in (101, 12, 14, 228, 229):
-            off = 0
-        else:
-            return None
-        v = data[off] >> 4
-        if v == 4:
-            return (data[off + 2] << 8) | data[off + 3]
-        if v == 6:
-            return 40 + ((data[off + 4] << 8) | data[off + 5])
-    except IndexError:
-        return None
-    return None
-
-
-def flow_packets(paths, flows, flow_ids=None, max_frame: int = 262_144) -> dict[int, FlowPackets]:
-    """Read captures again and collect :class:`FlowPackets` for ``flows`` (or only ``flow_ids``).
-
-    The reassembler keeps what the tables need (handshake RTT, close reason);
-    ladders and conn.log also want each control packet's time and side, and
-    per-direction counts. Reading the capture once more with the same fast
-    reader and header decoder costs about what the first read of the frames
-    did, and only when a report or a Zeek log asks for it. A packet belongs
-    to the flow with its endpoints whose time span holds it (ports are
-    reused). Returns {} for input that cannot be read again (stdin).
-    """
-    import ipaddress
-    import struct
-
-    from .capture.decode import Decoder
-    from .capture.files import CaptureError, read_frames
-
-    paths = [str(p) for p in paths]
-    if not paths or any(p == "-" for p in paths):
-        return {}
-    wanted = [f for f in flows if flow_ids is None or f.flow_id in flow_ids]
-    index: dict[bytes, list] = defaultdict(list)
-    result: dict[int, FlowPackets] = {}
-    for f in wanted:
-        try:
-            c = ipaddress.ip_address(f.client_ip).packed
-            s = ipaddress.ip_address(f.server_ip).packed
-        except ValueError:
-            continue
-        index[c + s + struct.pack("!HH", f.client_port, f.server_port)].append((f, 0))
-        index[s + c + struct.pack("!HH", f.server_port, f.client_port)].append((f, 1))
-        result[f.flow_id] = FlowPackets(f.flow_id, [0, 0], [0, 0], "", [], fin=[], rst=[])
-    if not index:
-        return {}
-    for lst in index.values():
-        lst.sort(key=lambda x: x[0].start)
-    seen_letters: dict[int, set] = defaultdict(set)
-    decoder = Decoder()
-    try:
-        for ts, linktype, data, _wirelen in read_frames(paths, max_frame):
-            seg = decoder.decode(ts, linktype, data, _wirelen)
-            if seg is None:
-                continue
-            cands = index.get(seg[0])
-            if not cands:
-                continue
-            f, side = cands[0]
-            if len(cands) > 1:
-                inside = [x for x in cands if x[0].start - 1e-6 <= ts <= x[0].end + 1e-6]
-                before = [x for x in cands if x[0].start <= ts]
-                f, side = (inside or before or cands)[-1 if not inside else 0]
-            fp = result[f.flow_id]
-            fp.packets[side] += 1
-            iplen = _ip_length(linktype, data)
-            if iplen is None or fp.ip_bytes[side] is None:
-                fp.ip_bytes[side] = None
-            else:
-                fp.ip_bytes[side] += iplen
-            flags = seg[7]
-            payload = seg[9]
-            who = "client" if side == 0 else "server"
-            letters = []  # Zeek's history letters for this packet, in Zeek's order
-            label = None
-            if flags & _TH_SYN:
-                letters.append("H" if flags & _TH_ACK else "S")
-                label = "SYN-ACK" if flags & _TH_ACK else "SYN"
-                if label == "SYN" and fp.syn is None and side == 0:
-                    fp.syn = ts
-                elif label == "SYN-ACK" and fp.synack is None and side == 1:
-                    fp.synack = ts
-            if payload:
-                letters.append("D")
-            if flags & _TH_FIN:
-                letters.append("F")
-                label = label or "FIN"
-                fp.fin.append((ts, who))
-            if flags & _TH_RST:
-                letters.append("R")
-                label = "RST"
-                fp.rst.append((ts, who))
-            if not letters and flags & _TH_ACK:
-                letters.append("A")
-                if fp.ack is None and side == 0 and fp.synack is not None:
-                    fp.ack = ts
-                    label = "ACK"
-            seen = seen_letters[f.flow_id]
-            for letter in letters:
-                key = letter if side == 0 else letter.lower()
-                if key not in seen:
-                    seen.add(key)
-                    fp.history += key
-            if label and len(fp.control) < CONTROL_MAX:
-                fp.control.append((ts, who, label))
-    except (CaptureError, OSError):
-        return {}
-    return result

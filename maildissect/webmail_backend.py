@@ -123,16 +123,15 @@ class _Backend:
         return None
 
 
-def _request_of(http_by_session, m):
+def _request_of(http_by_session, by_seq, m):
     """The HTTP exchange that carried webmail message ``m`` (by its command number when the
     dissector set one, else by its request line and response time)."""
-    exchanges = http_by_session.get(m.session_id, [])
     seq = getattr(m, "command_seq", None)
     if seq is not None:
-        for r in exchanges:
-            if getattr(r, "seq", None) == seq:
-                return r
-    for r in exchanges:
+        r = by_seq.get((m.session_id, seq))
+        if r is not None:
+            return r
+    for r in http_by_session.get(m.session_id, []):
         if r.response_ts == m.ts and f"{r.method} {r.uri}"[:300] == (m.source or ""):
             return r
     return None
@@ -149,8 +148,9 @@ def fill(records) -> None:
     for r in records.http:
         if r.uid is not None:
             http_by_session[r.session_id].append(r)
+    by_seq = {(r.session_id, r.seq): r for lst in http_by_session.values() for r in lst if r.seq is not None}
     for m in webmail:
-        req = _request_of(http_by_session, m)
+        req = _request_of(http_by_session, by_seq, m)
         s = backend.sessions.get(m.session_id)
         if s is None:
             continue
@@ -259,12 +259,15 @@ def submissions(messages: list, sessions: dict, http: dict, start_of) -> list[tu
         lst.sort(key=lambda x: (x[0] if x[0] is not None else float("inf"), x[1]))
     taken: set[int] = set()
     out = []
+    by_seq = {(r.session_id, r.seq): r for lst in http.values() for r in lst if r.seq is not None}
     for i, f in sorted(forms, key=lambda x: x[1].ts or 0.0):
         s = sessions.get(f.session_id)
         if s is None:
             continue
-        req = next((r for r in http.get(f.session_id, [])
-                    if r.ts == f.ts and f"{r.method} {r.uri}"[:300] == (f.source or "")), None)
+        # the exchange that carried the form (its command_seq)
+        req = by_seq.get((f.session_id, f.command_seq)) if f.command_seq is not None else next(
+            (r for r in http.get(f.session_id, []) if r.ts == f.ts and f"{r.method} {r.uri}"[:300] == (f.source or "")),
+            None)
         answered = req.response_ts if req is not None and req.response_ts is not None else f.ts
         lst = by_client.get(s.server_ip, [])
         k = bisect_left(lst, f.ts - SLACK, key=lambda x: x[0] if x[0] is not None else float("inf"))

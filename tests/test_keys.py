@@ -129,3 +129,53 @@ def test_http_exchange_numbers():
     assert [r.uri for r in reqs] == [c.argument for c in cmds]
     sent = [m for m in of_type(records, Message) if m.direction == "sent"]
     assert sent and all(m.command_seq == 2 for m in sent)
+
+
+# -- joins on the keys, downstream -------------------------------------------------------------------
+def test_hop_that_began_before_its_predecessor_ended(tmp_path):
+    """One clock for order and latency: the end of each hop's transfer; latency is never negative.
+
+    The relay's connection opens (and the server greets) before the submission
+    has handed the message over; its transfer ends after. Ordered by start it
+    would come first with a negative latency.
+    """
+    from tests.test_journeys import MID, MTA_A, MTA_A_OUT, MX_B, T0, UA, analyze_frames, message, smtp_session
+    sub = smtp_session(UA, MTA_A, [("alice@a.example", "bob@b.example", message(MID), "QA1")], T0, auth=True)
+    relay = smtp_session((MTA_A_OUT, 41003), MX_B, [("alice@a.example", "bob@b.example", message(MID), "QB1")],
+                         T0 - 0.005, helo="mail.a.example")
+    # handshake, greeting and its ACK at once; the rest of the dialogue after the submission ended
+    relay = relay[:5] + [(t + 0.2, f) for t, f in relay[5:]]
+    a, _ = analyze_frames(tmp_path, sorted(sub + relay, key=lambda f: f[0]))
+    (j,) = a.journey_records.journeys
+    hops = a.journey_records.hops_of(j.journey_id)
+    assert [(h.role, h.server_port) for h in hops] == [("submission", 587), ("delivery", 25)]
+    first, second = hops
+    assert second.start < first.end < second.end  # the relay's connection opened before the handover
+    assert second.latency == 0.0 and all(h.latency is None or h.latency >= 0 for h in hops)
+    assert first.command_seq is not None and second.command_seq is not None
+    assert list(a.hops["latency"].dropna()) == [0.0]
+
+
+def test_flow_packets_follow_the_reassemblers_connections(tmp_path):
+    """Two connections on the same endpoints (port reuse): each gets its own packets, by first frame."""
+    from maildissect import analyze
+    from maildissect.capture.control import flow_packets
+    from tests.pcaps import conversation, write_pcap
+    ex = [("s", b"220 hi\r\n"), ("c", b"QUIT\r\n"), ("s", b"221 bye\r\n")]
+    one, _, _ = conversation(exchanges=ex, t0=1000.0, isn=(1000, 5000))
+    two, _, _ = conversation(exchanges=ex[:1], t0=1000.5, isn=(90000, 70000), close=False)
+    path = tmp_path / "reuse.pcap"
+    write_pcap(path, one + two)
+    a = analyze(str(path))
+    flows = sorted(a.records.flows, key=lambda f: f.flow_id)
+    assert len(flows) == 2
+    pk = flow_packets([str(path)], flows)
+    assert sum(pk[f.flow_id].packets[0] + pk[f.flow_id].packets[1] for f in flows) == len(one) + len(two)
+    assert pk[flows[0].flow_id].packets == [7, 5] and pk[flows[1].flow_id].packets == [3, 2]
+    assert pk[flows[0].flow_id].history == "ShAdDaFf" and pk[flows[1].flow_id].history == "ShAd"
+    assert [lab for _, _, lab in pk[flows[0].flow_id].control] == ["SYN", "SYN-ACK", "ACK", "FIN", "FIN"]
+    # IP bytes: 40 bytes of headers per packet plus the payload
+    assert pk[flows[1].flow_id].ip_bytes == [3 * 40, 2 * 40 + len(b"220 hi\r\n")]
+    # only the wanted flow, and nothing for input that cannot be read again
+    assert set(flow_packets([str(path)], flows, {flows[1].flow_id})) == {flows[1].flow_id}
+    assert flow_packets(["-"], flows) == {}

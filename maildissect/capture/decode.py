@@ -358,3 +358,34 @@ class _Datagram:
                 break
             out[s:s + len(p)] = p[: self.total - s]
         return bytes(out)
+
+
+class SizingDecoder(Decoder):
+    """The same decoder, also telling the IP packet length of each frame it decodes (``ip_len``).
+
+    For the second, light read of a capture that Zeek's conn.log (``orig_ip_bytes``)
+    asks for; the first read does not pay for it. ``ip_len`` is None when the frame
+    held no IP packet.
+    """
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.ip_len: int | None = None
+
+    def decode(self, ts: float, linktype: int, data: bytes, wirelen: int):
+        self.ip_len = None
+        seg = super().decode(ts, linktype, data, wirelen)
+        if seg is not None and self.ip_len is None:
+            # only the fast path (Ethernet, IPv4 without options) skips _ipv4: total length at 16
+            self.ip_len = (data[16] << 8) | data[17]
+        return seg
+
+    def _ipv4(self, ts, data, off, wirelen):
+        if len(data) >= off + 4:
+            self.ip_len = _u16(data, off + 2)[0]
+        return super()._ipv4(ts, data, off, wirelen)
+
+    def _ipv6(self, ts, data, off, wirelen):
+        if len(data) >= off + 6:
+            self.ip_len = 40 + _u16(data, off + 4)[0]
+        return super()._ipv6(ts, data, off, wirelen)

@@ -21,7 +21,7 @@ Charts are plotly figures (SVG). The size is bounded: at most ``max_ladders``
 ladders, ``max_journeys`` journey drawings, ``max_lanes`` timeline lanes and
 ``max_rows`` table rows, each cut said on the page. The exact packet times of
 SYN/SYN-ACK/ACK/FIN/RST come from a second light read of the captures
-(:func:`maildissect.timeline.flow_packets`); without it (stdin) they are
+(:func:`maildissect.capture.control.flow_packets`); without it (stdin) they are
 derived from the flows table's start, handshake RTT, end and close reason.
 """
 
@@ -284,6 +284,12 @@ def _ladder_steps(flow, session, commands, messages, packets, show_secrets):
             steps.append((flow.end, "c2s", "RST (side not known)", "tcp", 9))
     if flow.close == "unanswered" and not any(s[2] == "SYN-ACK" for s in steps):
         steps.append((flow.end, "none", "no answer", "error", 9))
+    # an SMTP message is placed by its keys: the command that carried it, the end of its transaction's data
+    by_seq = {c.seq: c for c in commands if c.seq is not None}
+    data_ends = defaultdict(list)  # transaction -> its end-of-data commands (".", BDAT) in order
+    for c in sorted((c for c in commands if c.transaction is not None and c.command in (".", "BDAT")),
+                    key=lambda c: c.seq if c.seq is not None else 0):
+        data_ends[c.transaction].append(c)
     for m in messages:
         if m.ts is None:
             continue
@@ -295,11 +301,13 @@ def _ladder_steps(flow, session, commands, messages, packets, show_secrets):
         if m.direction in ("sent", "appended", "uploaded"):
             if m.protocol == "smtp":
                 # DATA: the content follows the 354 reply; BDAT: it follows the command line
-                end = next((c for c in commands if c.command in (".", "BDAT") and c.ts >= m.ts - 1e-9), None)
-                data = [c for c in commands if c.command == "DATA" and c.reply_code == "354"
-                        and c.ts >= m.ts - 1e-9 and (end is None or c.ts <= end.ts)]
-                if data and data[0].reply_ts is not None:
-                    steps.append((data[0].reply_ts, "c2s", f"message data ({size})", "data", 4))
+                after = m.command_seq if m.command_seq is not None else -1
+                end = next((c for c in data_ends.get(m.transaction, ()) if (c.seq or 0) >= after), None) \
+                    if m.transaction is not None else None
+                data = by_seq.get(m.command_seq) if m.command_seq is not None else None
+                if data is not None and data.command == "DATA" and data.reply_code == "354" \
+                        and data.reply_ts is not None:
+                    steps.append((data.reply_ts, "c2s", f"message data ({size})", "data", 4))
                 elif end is not None:
                     steps.append((end.ts, "c2s", f"message data ({size})", "data", 2 if end.command == "BDAT" else 0))
                 else:
@@ -575,7 +583,8 @@ def render_report(result, *, captures=None, show_secrets: bool = False, max_ladd
     """The report's HTML text and counts of what it holds (see :func:`write_report`)."""
     from plotly.offline import get_plotlyjs
 
-    from ..timeline import EVENTS, flow_packets
+    from ..capture.control import flow_packets
+    from ..timeline import EVENTS
     from ..correlate import ROLES
     if not show_secrets and not result.config.redact:
         # the report masks by default: a masked copy of the records (tokens in URLs too,
@@ -592,7 +601,8 @@ def render_report(result, *, captures=None, show_secrets: bool = False, max_ladd
     names = host_names(records)
     flows = sorted(records.flows, key=lambda f: (f.start, f.flow_id))
     ladder_flows = flows[:max_ladders]
-    packets = flow_packets(captures, records.flows, {f.flow_id for f in ladder_flows}) if captures else {}
+    packets = flow_packets(captures, records.flows, {f.flow_id for f in ladder_flows},
+                           limits=result.config.limits) if captures else {}
     sessions = {s.session_id: s for s in records.sessions}
     commands = defaultdict(list)
     for c in records.commands:

@@ -364,29 +364,34 @@ def smtp_rows(records) -> list[dict]:
     MAIL FROM, or at the end of the session if the client did anything
     (MAIL, RCPT, STARTTLS). Header fields come from the message's top-level
     headers; ``path`` is the server, the client, then the addresses of the
-    Received headers in order.
+    Received headers in order. A row's message is the one its mail
+    transaction carried (the ``transaction`` key of commands and messages).
     """
     uids = _Uids(records)
     cmds = defaultdict(list)
     for c in records.commands:
         if c.protocol == "smtp":
             cmds[c.session_id].append(c)
-    msgs = defaultdict(list)
-    for m in records.messages:
-        if m.protocol == "smtp":
-            msgs[m.session_id].append(m)
+    msgs = defaultdict(list)  # (session, transaction) -> its messages, in order
+    for m in sorted((m for m in records.messages if m.protocol == "smtp" and m.transaction is not None),
+                    key=lambda m: (m.session_id, m.message_index)):
+        msgs[(m.session_id, m.transaction)].append(m)
     rows = []
     for s in sorted((s for s in records.sessions if s.protocol == "smtp"), key=lambda s: (s.start or 0,
                                                                                            s.session_id)):
         uid = uids[s.session_id]
         lst = sorted(cmds.get(s.session_id, []), key=lambda c: c.ts)
-        queue = sorted(msgs.get(s.session_id, []), key=lambda m: (m.ts or 0.0, m.message_index))
         state = {"helo": None, "transferred": 0}
+
+        def take(txn, sid=s.session_id):
+            """The next message of transaction ``txn`` of this session (each is written once)."""
+            queue = msgs.get((sid, txn))
+            return queue.pop(0) if queue else None
 
         def new(ts):
             return {"ts": ts, "uid": uid, **_ids(s), "trans_depth": state["transferred"] + 1,
                     "helo": state["helo"], "path": [s.server_ip, s.client_ip], "tls": False,
-                    "_activity": False, "_rcpt": []}
+                    "_activity": False, "_rcpt": [], "_txn": None}
 
         def finish(row, message=None):
             if message is not None:
@@ -400,6 +405,7 @@ def smtp_rows(records) -> list[dict]:
                 row["fuids"] = fu or None
             row["rcptto"] = row.pop("_rcpt") or None
             row.pop("_activity", None)
+            row.pop("_txn", None)
             rows.append(row)
 
         # Zeek opens the first record when the analyzer confirms the protocol: at the server's greeting
@@ -409,6 +415,12 @@ def smtp_rows(records) -> list[dict]:
         row = new(start_ts)
         for c in lst:
             verb = c.command
+            if verb == "MAIL" and re.match(r"(?i)from:", c.argument or "") and row["_activity"]:
+                # Zeek flushes a transaction whose final reply was not seen
+                finish(row, take(row["_txn"]))
+                row = new(c.ts)
+            if c.transaction is not None:
+                row["_txn"] = c.transaction
             if verb in ("EHLO", "HELO"):
                 state["helo"] = c.argument
                 row["helo"] = c.argument
@@ -419,9 +431,6 @@ def smtp_rows(records) -> list[dict]:
                         row["_rcpt"].append(addr)
                 row["_activity"] = True
             elif verb == "MAIL" and re.match(r"(?i)from:", c.argument or ""):
-                if row["_activity"]:  # Zeek flushes a transaction whose final reply was not seen
-                    finish(row, _take(queue, row["ts"], c.ts))
-                    row = new(c.ts)
                 addrs = _emails(c.argument)
                 if addrs:
                     row["mailfrom"] = addrs[0]
@@ -434,20 +443,11 @@ def smtp_rows(records) -> list[dict]:
             final = verb == "." or (verb == "BDAT" and "LAST" in (c.argument or "").upper().split())
             if final and c.reply_code:
                 state["transferred"] += 1
-                finish(row, _take(queue, row["ts"], c.reply_ts or c.ts))
+                finish(row, take(c.transaction))
                 row = new(c.reply_ts or c.ts)
         if row["_activity"]:
-            finish(row, _take(queue, row["ts"], float("inf")))
+            finish(row, take(row["_txn"]))
     return rows
-
-
-def _take(queue: list, t0: float, t1: float):
-    """The next message of the session dated before ``t1`` (removed from the queue)."""
-    for i, m in enumerate(queue):
-        if (m.ts or 0.0) <= t1 + 1e-6:
-            return queue.pop(i)
-        break
-    return None
 
 
 def files_rows(records) -> list[dict]:
@@ -484,42 +484,34 @@ def _file_row(ts, fuid, uid, s, source, depth, a, is_orig, complete, missing) ->
 
 
 def _command_rows(records, protocol: str, redact: bool) -> list[dict]:
-    """pop3.log / imap.log rows: one per command with its reply (Zeek's ftp.log shape)."""
+    """pop3.log / imap.log rows: one per command with its reply (Zeek's ftp.log shape).
+
+    The user and the IMAP mailbox are the ones the dissector found in force at
+    the command; a command's message is the one it carried (``command_seq``).
+    """
     from ..frames import redact_command
     uids = _Uids(records)
     sessions = {s.session_id: s for s in records.sessions if s.protocol == protocol}
-    logins = defaultdict(list)
-    for c in records.credentials:
-        if c.protocol == protocol and c.success:
-            logins[c.session_id].append((c.ts, c.user))
-    msgs = defaultdict(list)
-    for m in records.messages:
-        if m.protocol == protocol:
-            msgs[m.session_id].append(m)
+    carried = {}  # (session, command seq) -> the first message that command carried
+    for m in sorted((m for m in records.messages if m.protocol == protocol and m.command_seq is not None),
+                    key=lambda m: (m.ts if m.ts is not None else 0.0, m.message_index)):
+        carried.setdefault((m.session_id, m.command_seq), m)
     rows = []
-    mailbox = {}
     for c in sorted((c for c in records.commands if c.protocol == protocol and c.session_id in sessions),
                     key=lambda c: (c.ts, c.session_id)):
         if c.command == "":
             continue  # the greeting is in conn.log's service and the sessions table
         s = sessions[c.session_id]
         uid = uids[c.session_id]
-        user = next((u for t, u in reversed(logins.get(c.session_id, [])) if t <= (c.reply_ts or c.ts) + 1e-6),
-                    None)
         arg = redact_command(c) if redact else (c.argument or "")
-        t1 = c.reply_ts if c.reply_ts is not None else c.ts
-        carried = [m for m in msgs.get(c.session_id, []) if m.ts is not None and c.ts - 1e-6 <= m.ts <= t1 + 1e-6]
-        m = carried[0] if carried else None
-        row = {"ts": c.ts, "uid": uid, **_ids(s), "user": user, "command": c.command, "arg": arg or None,
+        m = carried.get((c.session_id, c.seq)) if c.seq is not None else None
+        row = {"ts": c.ts, "uid": uid, **_ids(s), "user": c.user, "command": c.command, "arg": arg or None,
                "status": c.reply_code, "reply_msg": c.reply_text or None, "tls": bool(s.tls)}
         if m is not None:
             row.update(msg_id=m.message_id, subject=m.subject, size=m.size, fuids=_fuids(uid, m) or None)
         if protocol == "imap":
-            base = c.command[4:] if c.command.startswith("UID ") else c.command
-            if base in ("SELECT", "EXAMINE") and c.reply_code == "OK":
-                mailbox[c.session_id] = (c.argument or "").strip().strip('"') or None
             row["tag"] = c.tag
-            row["mailbox"] = mailbox.get(c.session_id)
+            row["mailbox"] = c.mailbox
         rows.append(row)
     return rows
 
@@ -542,9 +534,11 @@ def write_logs(result, directory: str, fmt: str = "zeek", captures=None) -> list
     conn.log's packet counts and history (left unset when None or stdin).
     Returns the paths written.
     """
-    from ..timeline import flow_packets
+    from ..capture.control import flow_packets
     records = result.records
-    packets = flow_packets(captures, records.flows) if captures else {}
+    config = getattr(result, "config", None)
+    packets = flow_packets(captures, records.flows, limits=config.limits if config is not None else None) \
+        if captures else {}
     redact = bool(getattr(result.config, "redact", False))
     logs = {"conn": conn_rows(records, packets), "smtp": smtp_rows(records), "files": files_rows(records),
             "pop3": pop3_rows(records, redact), "imap": imap_rows(records, redact)}
