@@ -10,6 +10,7 @@ import contextlib
 import functools
 import os
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 import click
@@ -558,14 +559,16 @@ def journeys(captures, message_id, summary, fmt, output, wide, csv_raw, quiet, r
     from rich.text import Text
 
     from .correlate import journey_title
-    from .output.tables import render
+    from .output.tables import TableView, render_rows
     from .output.terminal import assemble
     with screen_for(output, wide) as screen:
         shown = [j for j in jr.journeys if ids is None or j.journey_id in ids]
-        groups = {int(k): g for k, g in df.groupby("journey_id", sort=False)} if len(df) else {}
+        view = TableView(df, "hops")
+        rows_of = defaultdict(list)  # journey -> positions of its hops in the table
+        for i, jid in enumerate(df["journey_id"].tolist() if len(df) else []):
+            rows_of[int(jid)].append(i)
         for j in shown:
-            render(groups.get(j.journey_id, df.iloc[0:0]).reset_index(drop=True), "hops", screen,
-                   title=journey_title(j))
+            render_rows(view, rows_of.get(j.journey_id, []), screen, title=journey_title(j))
             for note in j.received_notes:
                 screen.line(assemble("  ", ("Received:", "yellow"), " ", note))
         if not shown:

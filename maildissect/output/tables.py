@@ -126,6 +126,10 @@ class Screen:
 
     def line(self, text: Text) -> None:
         """One line of text (a title, a note): folded at the terminal's width, else whole."""
+        if not self.terminal and "\n" not in text.plain:
+            # what rich writes for one unstyled line, without laying it out (thousands of titles)
+            self.file.write(text.plain.rstrip() + "\n")
+            return
         self.print(text, width=None if self.fit else max(1, text.cell_len))
 
     def lines(self, lines: list[str], style: str | None = None) -> None:
@@ -400,6 +404,47 @@ def _rows(cells: list[list[str]], cols: list[_Column], bottom: bool = False) -> 
     return out
 
 
+def _numeric(dtype) -> bool:
+    return pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)
+
+
+def _print_table(names: list[str], values: dict, numeric: dict, n: int, table: str, screen, title) -> None:
+    """Lay out and print ``n`` rows of the columns ``names`` (``values``: column -> list)."""
+    cols = [_column(c, values[c], numeric[c]) for c in names]
+    if screen.fit and n:  # a column with nothing to show is not worth its width on a terminal
+        cols = [c for c in cols if any(any(t for t in tokens) for tokens in c.cells)] or cols
+    shown = layout(cols, PRIORITY.get(table, []), screen.width if screen.fit else None)
+    if title is not None:
+        screen.line(title if isinstance(title, Text) else Text(clean(title), style="bold"))
+    if n:
+        # the cells are laid out here and written as lines: rich's Table would lay them out again,
+        # at a cost that grows badly with the rows (minutes for 50,000)
+        screen.lines(_rows([_header_lines(c, screen.fit) for c in shown], shown, bottom=True), style="bold")
+        screen.lines(["\u2500" * _table_width([c.width for c in shown])])
+        for i in range(n):
+            screen.lines(_rows([_cell_lines(c, i, screen.fit) for c in shown], shown))
+
+
+class TableView:
+    """The shown columns of a table taken out of its DataFrame once, as lists, for printing many
+    small tables of its rows (:func:`render_rows`): one journey's hops after another costs their
+    rows, not a DataFrame slice each."""
+
+    def __init__(self, df: pd.DataFrame, table: str, columns: list[str] | None = None):
+        self.table = table
+        self.names = [c for c in (columns or frames.TABLE_VIEWS.get(table) or list(df.columns)) if c in df.columns]
+        self.values = {c: df[c].tolist() for c in self.names}
+        self.numeric = {c: _numeric(df[c].dtype) for c in self.names}
+
+
+def render_rows(view: TableView, rows: list[int], screen, title=None) -> None:
+    """Print the rows at positions ``rows`` of ``view`` as one table, as :func:`render` would."""
+    values = {c: [view.values[c][i] for i in rows] for c in view.names}
+    _print_table(view.names, values, view.numeric, len(rows), view.table, screen, title)
+    if not rows:
+        screen.line(Text(f"no {view.table}", style="dim"))
+
+
 def render(df: pd.DataFrame, table: str, screen, title=None, columns: list[str] | None = None,
            max_rows: int | None = None) -> None:
     """Print a DataFrame as a table with the table's default columns (``columns`` to choose others).
@@ -410,29 +455,15 @@ def render(df: pd.DataFrame, table: str, screen, title=None, columns: list[str] 
     shown_df = df if max_rows is None else df.head(max_rows)
     names = [c for c in (columns or frames.TABLE_VIEWS.get(table) or list(df.columns)) if c in df.columns]
     values = {c: shown_df[c].tolist() for c in names}
+    numeric = {c: _numeric(df[c].dtype) for c in names}
     if table == "messages" and (columns is None or ENVELOPE in columns or "to" in names):
         env = envelope_cells(shown_df)
         if env is not None:
             at = names.index("to") + 1 if "to" in names else len(names)
             names.insert(at, ENVELOPE)
             values[ENVELOPE] = env
-    cols = []
-    for c in names:
-        dtype = df[c].dtype if c in df.columns else object
-        numeric = pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)
-        cols.append(_column(c, values[c], numeric))
-    if screen.fit and len(shown_df):  # a column with nothing to show is not worth its width on a terminal
-        cols = [c for c in cols if any(any(t for t in tokens) for tokens in c.cells)] or cols
-    shown = layout(cols, PRIORITY.get(table, []), screen.width if screen.fit else None)
-    if title is not None:
-        screen.line(title if isinstance(title, Text) else Text(clean(title), style="bold"))
-    if len(shown_df):
-        # the cells are laid out here and written as lines: rich's Table would lay them out again,
-        # at a cost that grows badly with the rows (minutes for 50,000)
-        screen.lines(_rows([_header_lines(c, screen.fit) for c in shown], shown, bottom=True), style="bold")
-        screen.lines(["\u2500" * _table_width([c.width for c in shown])])
-        for i in range(len(shown_df)):
-            screen.lines(_rows([_cell_lines(c, i, screen.fit) for c in shown], shown))
+            numeric[ENVELOPE] = False
+    _print_table(names, values, numeric, len(shown_df), table, screen, title)
     if max_rows is not None and len(df) > max_rows:
         screen.line(Text(f"... {len(df) - max_rows} more rows (use --format jsonl/csv for all)", style="dim"))
     if not len(df):

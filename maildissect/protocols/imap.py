@@ -430,14 +430,15 @@ class _Pending:
 class _Partial:
     """Pieces of one section fetched with <origin.octets>, being reassembled."""
 
-    __slots__ = ("chunks", "next", "ts", "source", "complete")
+    __slots__ = ("chunks", "next", "ts", "source", "complete", "command_seq")
 
-    def __init__(self, ts, source):
+    def __init__(self, ts, source, command_seq=None):
         self.chunks: list[bytes] = []
         self.next = 0  # origin the next piece must have
         self.ts = ts
         self.source = source
         self.complete = True
+        self.command_seq = command_seq  # the FETCH that brought the first piece (Message.command_seq)
 
 
 #: MIME anomalies that only say a message was cut short; for a message already
@@ -1862,7 +1863,8 @@ class ImapDissector(Dissector):
         prefix = f"{cmdname} {ident}"
         msgs = self._fetch_messages(sections, p, key, known, prefix, item_ts, out) if sections else []
         for msg in msgs:  # keys; mailbox and UID are what webmail pages and downloads join on
-            msg.command_seq = p.cmd.seq if p is not None else None
+            if msg.command_seq is None:  # a reassembled piece keeps the command that began it
+                msg.command_seq = p.cmd.seq if p is not None else None
             msg.user, msg.mailbox, msg.uid = self.user, self.mailbox, uid
         message_id = (envelope or {}).get("message_id")
         msg_size = size
@@ -1972,7 +1974,7 @@ class ImapDissector(Dissector):
         if origin == 0:
             if asm is not None:
                 self._flush_partial(pkey, out)
-            asm = _Partial(ts, f"{prefix} {sec.att}")
+            asm = _Partial(ts, f"{prefix} {sec.att}", p.cmd.seq if p is not None else None)
             self._partials[pkey] = asm
             if len(self._partials) > _PARTIALS:
                 self._flush_partial(next(iter(self._partials)), out)
@@ -2001,8 +2003,10 @@ class ImapDissector(Dissector):
         del self._partials[pkey]
         self._partial_bytes -= sum(len(c) for c in asm.chunks)
         source = asm.source if origin == 0 else f"{asm.source}..<{origin}>"
-        return self._make_message("retrieved", asm.ts, [b"".join(asm.chunks)], "body" if asm.complete else "partial",
-                                  source, asm.complete, out)
+        msg = self._make_message("retrieved", asm.ts, [b"".join(asm.chunks)], "body" if asm.complete else "partial",
+                                 source, asm.complete, out)
+        msg.command_seq = asm.command_seq  # dated, and keyed, by the command that began it
+        return msg
 
     def _flush_partial(self, pkey, out):
         asm = self._partials.pop(pkey, None)
@@ -2010,7 +2014,7 @@ class ImapDissector(Dissector):
             return
         self._partial_bytes -= sum(len(c) for c in asm.chunks)
         msg = self._make_message("retrieved", asm.ts, [b"".join(asm.chunks)], "partial", asm.source, False, out)
-        msg.user, msg.mailbox = self.user, self.mailbox
+        msg.command_seq, msg.user, msg.mailbox = asm.command_seq, self.user, self.mailbox
         out.append(msg)
 
     def _make_message(self, direction, ts, pieces, kind, source, complete, out, header=b"") -> Message:
