@@ -94,11 +94,11 @@ def _install_hooks() -> None:
         return
     original = _base.Dissector.anomaly
 
-    def anomaly(self, ts, side, name, detail=""):
+    def anomaly(self, ts, side, name, detail="", secret_at=None):
         exc = sys.exc_info()[1]
         if exc is not None and _is_bug(name, detail):
             _active.append(exc)
-        return original(self, ts, side, name, detail)
+        return original(self, ts, side, name, detail, secret_at)
     anomaly._fuzz_hook = True
     _base.Dissector.anomaly = anomaly
 

@@ -64,19 +64,7 @@ class Analysis:
         return frames.sort_records(name, getattr(self.records, name))
 
     def _frame(self, name: str) -> pd.DataFrame:
-        df = frames.frame(name, self._records(name))
-        if self.config.redact:
-            df = self._redacted(name, df)
-        return df
-
-    def _redacted(self, name, df):
-        if name == "credentials" and len(df):
-            df["secret"] = df["secret"].where(df["secret"].isna(), frames.MASK)
-        elif name == "commands" and len(df):
-            recs = self._records("commands")
-            import pandas as pd
-            df["argument"] = pd.array([frames.redact_command(c) for c in recs], dtype="string")
-        return df
+        return frames.frame(name, self._records(name))
 
     @cached_property
     def flows(self) -> pd.DataFrame:
@@ -181,6 +169,10 @@ def analyze(paths: str | Iterable[str], *, limits: dict | Limits | None = None,
         paths = [paths]
     paths = [str(p) for p in paths]
     config = make_config(limits, **options)
+    if message_hook is not None and config.redact:
+        # the hook sees the messages as every other output does (exact bytes in ``raw`` kept)
+        from .redact import redacting
+        message_hook = redacting(message_hook)
     if keylog is not None and config.dissect:  # (the flows table reads no content: nothing to decrypt)
         if scheduler is not None:
             raise AnalysisError("TLS decryption (--keylog) runs on one machine; drop --scheduler")

@@ -49,11 +49,14 @@ def registry() -> dict[str, str]:
     return names
 
 
-def make(ts, session_id, side, name, detail="", strict=False) -> Anomaly:
-    """Build an Anomaly (or raise StrictError in strict mode)."""
+def make(ts, session_id, side, name, detail="", strict=False, secret_at=None) -> Anomaly:
+    """Build an Anomaly (or raise StrictError in strict mode).
+
+    ``secret_at``: where ``detail`` starts quoting secret bytes (see Anomaly).
+    """
     if strict:
-        raise StrictError(f"{name}: {detail}")
-    return Anomaly(ts, session_id, side, name, detail)
+        raise StrictError(f"{name}: {detail if secret_at is None else detail[:secret_at]}")
+    return Anomaly(ts, session_id, side, name, detail, secret_at)
 
 
 def markdown() -> str:

@@ -118,7 +118,9 @@ def analysis_options(fn):
                            "https for implicit TLS). Repeatable.")(fn)
     fn = click.option("--limit", "limits", multiple=True, metavar="NAME=VALUE",
                       help="Override a limit (docs/limits.md), e.g. --limit max_line=1M. Repeatable.")(fn)
-    fn = click.option("--redact", is_flag=True, help="Mask passwords and tokens in every output.")(fn)
+    fn = click.option("--redact", is_flag=True,
+                      help="Mask passwords, tokens, cookies and SASL responses in every output (in the records "
+                           "themselves; docs/robustness.md lists what).")(fn)
     fn = click.option("-q", "--quiet", is_flag=True, help="No progress bar and no warnings on stderr.")(fn)
     return fn
 
@@ -578,8 +580,9 @@ def journeys(captures, message_id, summary, fmt, output, wide, csv_raw, quiet, r
 @cli.command()
 @click.argument("captures", nargs=-1, required=True, type=click.Path(allow_dash=True))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="The HTML file to write.")
-@click.option("--show-secrets", is_flag=True, help="Show passwords and tokens in the credentials table "
-                                                   "(masked by default).")
+@click.option("--show-secrets", is_flag=True,
+              help="Show passwords and tokens (the report masks them by default, as --redact does; "
+                   "--redact wins).")
 @click.option("--ladders", "max_ladders", type=click.IntRange(0, 500), default=25, show_default=True,
               help="Draw ladder diagrams for at most this many sessions.")
 @click.option("--title", default=None, help="Title of the report (default: the capture file names).")
@@ -675,9 +678,8 @@ def live(iface, bpf, extra_ports, duration, count, write, rotate_size, fmt, back
             raise UserError(MISSING_TSHARK)
 
     from .output.livelines import LiveRenderer
-    from .redact import redact_record
-    on_record = LiveRenderer(fmt, click.echo, encoding=getattr(sys.stdout, "encoding", None) or "utf-8",
-                             prepare=redact_record if redact else None)
+    # under --redact run_live masks every record before it is rendered (config.redact)
+    on_record = LiveRenderer(fmt, click.echo, encoding=getattr(sys.stdout, "encoding", None) or "utf-8")
     if not quiet:
         from .output.terminal import echo_err
         echo_err(f"capturing on {iface} ({backend}); Ctrl-C to stop")

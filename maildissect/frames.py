@@ -18,8 +18,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pandas is imported when a table is built: the pipeline does not need it
     import pandas as pd
 
-MASK = "********"
-
 # (column, kind, meaning[, record attribute when it differs])
 SCHEMAS: dict[str, list[tuple]] = {
     "flows": [
@@ -377,7 +375,8 @@ TABLE_VIEWS = {
 NOT_COLUMNS = {
     "Message": {"raw"},
     "Attachment": {"data"},
-    "Command": {"secret"},
+    "Command": {"secret_at"},  # marks what maildissect.redact masks
+    "Anomaly": {"secret_at"},
     "Session": set(),
 }
 
@@ -520,15 +519,6 @@ class _AttachmentRow:
         if name in ("session_id", "message_index", "protocol", "direction", "ts", "message_id"):
             return getattr(self.m, name)
         return getattr(self.a, name)
-
-
-def redact_command(cmd) -> str:
-    """A command argument with its secret part masked (keeps a leading user or mechanism)."""
-    arg = cmd.argument or ""
-    if not cmd.secret or not arg:
-        return arg
-    head, sep, _rest = arg.partition(" ")
-    return f"{head} {MASK}" if sep else MASK
 
 
 def sort_records(table: str, records: list) -> list:

@@ -86,6 +86,9 @@ def run_live(iface: str, *, bpf: str | None, backend: str = "scapy", config: Con
     (:mod:`maildissect.live_decrypt`).
     """
     config = config or Config()
+    if config.redact and on_record is not None:
+        from .redact import redacting
+        on_record = redacting(on_record)  # every record masked as it leaves, as an Analysis masks them
     collector = StreamingCollector(on_record, tables)
     pipe = Pipeline(config)
     pipe.collector = collector

@@ -34,6 +34,9 @@ class Anomaly:
     side: str  # "client", "server" or "" when not tied to a side
     name: str
     detail: str = ""
+    #: where ``detail`` starts quoting secret bytes (an authentication exchange's
+    #: client bytes); they run to its end. None: no secret. maildissect.redact masks.
+    secret_at: int | None = None
 
 
 @dataclass(slots=True)
@@ -114,7 +117,9 @@ class Command:
     reply_text: str | None = None  # first reply line after the code
     reply_ts: float | None = None
     latency: float | None = None  # reply_ts - ts
-    secret: bool = False  # argument carries a secret (masked under --redact)
+    #: where ``argument`` starts carrying a secret (a password, a SASL response); it
+    #: runs to the end of the argument. None: no secret. maildissect.redact masks.
+    secret_at: int | None = None
     # keys set by the dissector, on which downstream code joins records (never on time)
     seq: int | None = None  # position in the session: 0 the greeting, 1, 2... in the order sent
     transaction: int | None = None  # SMTP: mail transaction of the session (1, 2...) it belongs to

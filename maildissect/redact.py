@@ -1,100 +1,189 @@
-"""Masking secrets in analysis records (``--redact``; the HTML report's default).
+"""Masking secrets: the one place where maildissect hides them (``--redact``;
+the HTML report's default).
 
-Secrets reach the records in three ways, and all three are masked here, on
-the records themselves, so that every output made from them (tables, exports,
-Zeek logs, the timeline, journeys, the report) is masked alike:
+The dissectors know the exchanges, so they *mark* what is secret on the
+records they emit; this module *masks*, on the records themselves, so that
+every output made from them (tables, exports, Zeek logs, the timeline,
+journeys, the report, extraction's index, live lines) is masked alike:
 
-- credentials: the ``secret`` of every Credential;
-- commands that carry a secret (AUTH responses, LOGIN, PASS...; marked
-  ``Command.secret`` by the dissectors): their argument after the first word;
-- tokens in URLs and form-like text: ``?access_token=...``, ``&pass=...`` and
-  the like, wherever a record keeps a request line or a URI (HTTP requests,
-  HTTP commands, message sources, anomaly details).
+- ``Credential.secret``: the password, token, digest or response itself;
+- ``Command.secret_at``: where a command's argument starts carrying a secret
+  (POP3 PASS and APOP, IMAP LOGIN, an AUTH/AUTHENTICATE initial response,
+  every SMTP ``AUTH-RESPONSE``); from there to the end becomes ``********``;
+- ``Anomaly.secret_at``: likewise for an anomaly detail that quotes client
+  bytes of an authentication (a SASL response cut by the end of the capture
+  or longer than ``max_line``, a malformed ``Authorization`` header line);
+- text rules, applied to every text of every record (lists, header pairs and
+  nested records included): the values of URL, form and cookie parameters
+  with a secret-looking name (``?access_token=``, ``&_pass=``, ``sid=``),
+  of JSON members with such a name (``"password": "..."``), and the token
+  after ``Bearer``/``Basic``.
+
+:func:`redact_record` masks one record, :func:`redact_collector` all of an
+analysis, :func:`redacting` wraps a record stream (live capture, the
+extraction hook), :func:`masked_analysis` gives the report its masked copy.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+from urllib.parse import unquote
 
-from .frames import MASK, redact_command
-from .model import Anomaly, Command, Credential, HttpRequest, MailboxEvent, Message
+from .model import Anomaly, Command, Credential
 
-__all__ = ["MASK", "redact_text", "is_secret_name", "redact_collector"]
+__all__ = ["MASK", "redact_text", "is_secret_name", "masked_argument", "redact_record", "redact_collector",
+           "redacting", "masked_analysis"]
 
-#: Words that make a query or form parameter secret (its name split into words, as
-#: the login-form recognition does: ``access_token`` -> access, token).
+MASK = "********"
+
+#: Words that make a query, form, cookie or JSON member name secret (its name split into
+#: words, as the login-form recognition does: ``access_token`` -> access, token).
 SECRET_WORDS = {
     "pass", "password", "passwd", "pwd", "pw", "passphrase", "pin", "secret", "passcode", "token", "auth",
     "authorization", "apikey", "key", "session", "sessid", "sid", "ticket", "code", "sig", "signature",
-    "jwt", "bearer", "otp", "credential", "credentials", "csrf", "xsrf", "nonce", "cookie",
+    "jwt", "bearer", "otp", "credential", "credentials", "csrf", "xsrf", "nonce", "cookie", "userpass",
+    "loginpass",
 }
-_PARAM = re.compile(r"([?&;])([^=&;#\s\"'<>]{1,100})=([^&;#\s\"'<>]*)")
+#: ``name=value`` after the start, ``?``, ``&``, ``;``, ``#``, ``,`` or a space (URLs, form
+#: bodies, Cookie and Set-Cookie text); the value ends where a parameter would.
+_PARAM = re.compile(r"(^|[?&;#,\s])([^=&;#,\s\"'<>]{1,100})=([^&;#,\s\"'<>]*)")
+#: ``"name": "value"`` / ``'name': 'value'`` / ``"name": 123`` (JSON bodies, Python reprs of them)
+#: (a value cut short by a length limit runs to the end of the text)
+_MEMBER = re.compile(r"""(["'])([^"'\\]{1,100})\1(\s*:\s*)(?:(["'])((?:\\.|(?!\4).)*)(?:\4|$)|(-?\d[\w.+-]*))""",
+                     re.S)
+#: the credentials after an HTTP authentication scheme, as header values write them: a
+#: token68 with a digit, symbol or capital after its first character (not "Basic Services")
+_SCHEME = re.compile(r"\b(Bearer|Basic|BEARER|BASIC|bearer|basic)(\s+)"
+                     r"([A-Za-z0-9._~+/-]+=*)(?<=[A-Za-z0-9._~+/=-]{4})")
 _WORDS = re.compile(r"[^A-Za-z0-9]+|(?<=[a-z])(?=[A-Z])")
 
 
 def is_secret_name(name: str) -> bool:
     """``access_token``, ``_pass``, ``apiKey``, ``PHPSESSID``... (not ``compass`` or ``keyword``)."""
+    if "%" in name:
+        name = unquote(name)
     for word in _WORDS.split(name):
         w = word.lower()
-        if w in SECRET_WORDS or w.startswith(("password", "token", "sessid", "session")) or w.endswith(
+        if w in SECRET_WORDS or w.startswith(("password", "token", "sess")) or w.endswith(
                 ("sessid", "sessionid", "token", "password")):
             return True
     return False
 
 
 def _mask_param(m: re.Match) -> str:
-    if m.group(3) and is_secret_name(m.group(2)):
+    if m.group(3) and m.group(3) != MASK and is_secret_name(m.group(2)):
         return f"{m.group(1)}{m.group(2)}={MASK}"
     return m.group(0)
 
 
+def _mask_member(m: re.Match) -> str:
+    value = m.group(5) if m.group(4) else m.group(6)
+    if not value or value == MASK or not is_secret_name(m.group(2)):
+        return m.group(0)
+    q = m.group(4) or ""
+    return f"{m.group(1)}{m.group(2)}{m.group(1)}{m.group(3)}{q}{MASK}{q}"
+
+
+def _mask_scheme(m: re.Match) -> str:
+    token = m.group(3)
+    if not re.search(r"[A-Z0-9._~+/=-]", token[1:]):
+        return m.group(0)
+    return f"{m.group(1)}{m.group(2)}{MASK}"
+
+
 def redact_text(text):
-    """``text`` with the values of secret-looking URL/form parameters masked (other values unchanged)."""
-    if not isinstance(text, str) or "=" not in text:
+    """``text`` with the secret-looking values of parameters, JSON members and
+    authentication schemes masked (everything else unchanged)."""
+    if not isinstance(text, str):
         return text
-    return _PARAM.sub(_mask_param, text)
+    if "=" in text:
+        text = _PARAM.sub(_mask_param, text)
+    if ":" in text and ("'" in text or '"' in text):
+        text = _MEMBER.sub(_mask_member, text)
+    if "earer" in text or "asic" in text or "EARER" in text or "ASIC" in text:
+        text = _SCHEME.sub(_mask_scheme, text)
+    return text
 
 
-def _redact_strings(record):
-    """The record with :func:`redact_text` applied to its text fields (the same object if none changed)."""
-    changes = {}
-    for f in dataclasses.fields(record):
-        value = getattr(record, f.name)
-        if isinstance(value, str):
-            masked = redact_text(value)
-            if masked != value:
-                changes[f.name] = masked
+def _mask_from(text: str | None, at: int | None) -> str | None:
+    """``text`` with everything from ``at`` on replaced by the mask."""
+    if text is None or at is None or at >= len(text) or text[at:] == MASK:
+        return text
+    return text[:max(at, 0)] + MASK
+
+
+def masked_argument(cmd: Command) -> str:
+    """A command's argument with the secret the dissector marked masked (the timeline's
+    descriptions never show one; ``--redact`` masks the text rules' secrets too)."""
+    return _mask_from(cmd.argument or "", cmd.secret_at)
+
+
+# -- records -------------------------------------------------------------------------
+
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls) -> tuple[str, ...]:
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
+
+
+def _mask_value(value):
+    """A text, list, tuple or nested record with the text rules applied (the same object if unchanged)."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, (list, tuple)):
+        masked = [_mask_value(v) for v in value]
+        if all(a is b for a, b in zip(masked, value)):
+            return value
+        return masked if isinstance(value, list) else tuple(masked)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _mask_strings(value)
+    return value
+
+
+def _mask_strings(record, changes: dict | None = None):
+    """``record`` with the text rules applied to every field (and ``changes`` made);
+    the same object when nothing changes."""
+    changes = changes or {}
+    for name in _field_names(type(record)):
+        value = changes.get(name, getattr(record, name))
+        if value is None or isinstance(value, (int, float, bytes)):
+            continue
+        masked = _mask_value(value)
+        if masked is not value:
+            changes[name] = masked
     return dataclasses.replace(record, **changes) if changes else record
 
 
 def redact_record(record):
-    """A masked version of one record (the same object when there is nothing to mask)."""
+    """A masked copy of one record (the same object when there is nothing to mask)."""
     t = type(record)
+    changes = {}
     if t is Credential:
-        record = dataclasses.replace(record, secret=MASK) if record.secret is not None else record
-        return _redact_strings(record)
-    if t is Command:
-        argument = redact_command(record)
-        if argument != (record.argument or ""):
-            record = dataclasses.replace(record, argument=argument)
-        return _redact_strings(record)
-    if t in (HttpRequest, Message, Anomaly, MailboxEvent):
-        return _redact_strings(record)
-    return record
+        if record.secret is not None and record.secret != MASK:
+            changes["secret"] = MASK
+    elif t is Command:
+        argument = _mask_from(record.argument, record.secret_at)
+        if argument is not record.argument:
+            changes["argument"] = argument
+    elif t is Anomaly:
+        detail = _mask_from(record.detail, record.secret_at)
+        if detail is not record.detail:
+            changes["detail"] = detail
+    return _mask_strings(record, changes)
 
 
-def redact_collector(collector, copy: bool = False):
-    """Mask the secrets of every record of a Collector (in place, or in a copy with ``copy``).
+#: Collector tables holding records
+_TABLES = ("flows", "sessions", "commands", "messages", "credentials", "anomalies", "http", "mailboxes")
 
-    The copy shares every record that has nothing to mask.
-    """
-    if copy:
-        new = type(collector)()
-        for name, value in vars(collector).items():
-            setattr(new, name, list(value) if isinstance(value, list) else value)
-        collector = new
-    for name in ("credentials", "commands", "http", "messages", "anomalies", "mailboxes"):
+
+def redact_collector(collector):
+    """Mask the secrets of every record of a Collector, in place."""
+    for name in _TABLES:
         records = getattr(collector, name, None)
         if records:
             for i, r in enumerate(records):
@@ -102,3 +191,24 @@ def redact_collector(collector, copy: bool = False):
                 if masked is not r:
                     records[i] = masked
     return collector
+
+
+def redacting(callback):
+    """A record stream's callback that is handed masked records: ``callback(record)``
+    or ``callback(table, record)`` (live capture, the extraction hook)."""
+    def masked(*args):
+        return callback(*args[:-1], redact_record(args[-1]))
+    return masked
+
+
+def masked_analysis(result):
+    """An Analysis over a masked copy of ``result``'s records (``result`` itself when it is masked
+    already): what the HTML report shows unless asked for secrets."""
+    if result.config.redact:
+        return result
+    from .analysis import Analysis
+    records = type(result.records)()
+    for name, value in vars(result.records).items():
+        setattr(records, name, list(value) if isinstance(value, list) else value)
+    # an Analysis made with redact masks its records (redact_collector)
+    return Analysis(records, dataclasses.replace(result.config, redact=True), result.stats)

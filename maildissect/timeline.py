@@ -19,6 +19,8 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass
 
+from .redact import masked_argument
+
 #: Event names and what they mean (the ``event`` column).
 EVENTS: dict[str, str] = {
     "tcp_connect": "a TCP connection was established (SYN, SYN-ACK, ACK); the description gives the handshake RTT",
@@ -257,7 +259,7 @@ def _command_events(ctx: _Ctx, session_id: int, cmds: list) -> list[Event]:
         outcome = reply_outcome(c.protocol, code)
         reply = _reply(code, text)
         when = c.ts
-        arg = "" if c.secret else _short(c.argument, 70)
+        arg = _short(masked_argument(c), 70)  # descriptions never show a secret
         if verb == "":
             out.append(ctx.event(c.reply_ts or c.ts, session_id, "greeting", outcome or "ok", actor="server",
                                  source="commands", order=i, description=_short(reply, 120), command_seq=c.seq))

@@ -325,7 +325,7 @@ def test_auth_plain_initial_response():
     records, sess = run([*START, (C, b"AUTH PLAIN " + ir + b"\r\n"), (S, b"235 2.7.0 Authentication successful\r\n")])
     assert creds(records) == [("PLAIN", "alice", "s3cret", True)]
     auth = [c for c in of_type(records, Command) if c.command == "AUTH"][0]
-    assert auth.argument == "PLAIN " + ir.decode() and auth.secret is True
+    assert auth.argument == "PLAIN " + ir.decode() and auth.secret_at == len("PLAIN ")
     assert (sess.auth_user, sess.auth_mechanism) == ("alice", "PLAIN")
     assert of_type(records, Credential)[0].ts == 3.0
 
@@ -334,7 +334,7 @@ def test_auth_plain_after_challenge():
     records, sess = run([*START, (C, b"AUTH PLAIN\r\n"), (S, b"334 \r\n"), (C, b64(b"admin\x00bob\x00pw") + b"\r\n"),
                          (S, b"235 ok\r\n")])
     assert creds(records) == [("PLAIN", "bob", "pw", True)]
-    assert [(c.command, c.secret) for c in of_type(records, Command)][-2:] == [("AUTH", False), ("AUTH-RESPONSE", True)]
+    assert [(c.command, c.secret_at) for c in of_type(records, Command)][-2:] == [("AUTH", None), ("AUTH-RESPONSE", 0)]
 
 
 def test_auth_login_failure_then_success():
@@ -382,7 +382,7 @@ def test_auth_cancelled():
                          (S, b"501 5.7.0 Authentication aborted\r\n"), (C, b"QUIT\r\n"), (S, b"221 bye\r\n")])
     (cred,) = of_type(records, Credential)
     assert cred.success is False and "cancelled" in cred.detail and sess.auth_user is None
-    assert [(c.command, c.secret) for c in of_type(records, Command)][-2:] == [("AUTH-RESPONSE", False), ("QUIT", False)]
+    assert [(c.command, c.secret_at) for c in of_type(records, Command)][-2:] == [("AUTH-RESPONSE", None), ("QUIT", None)]
 
 
 def test_one_sided_client_capture():

@@ -34,7 +34,6 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
-from ..frames import MASK
 from .tables import cell
 
 #: colours per protocol (timeline bars, overview)
@@ -264,7 +263,7 @@ def journey_figure(journey, hops, names: dict) -> dict:
     return {"data": data, "layout": layout}
 
 
-def _ladder_steps(flow, session, commands, messages, packets, show_secrets):
+def _ladder_steps(flow, session, commands, messages, packets):
     """(ts, direction, label, kind) steps of one connection, in time order."""
     steps = []
     if packets is not None and packets.control:
@@ -321,9 +320,6 @@ def _ladder_steps(flow, session, commands, messages, packets, show_secrets):
             steps.append((c.reply_ts or c.ts, "s2c", _reply(c), _reply_kind(c), 1))
             continue
         arg = c.argument or ""
-        if c.secret and not show_secrets:
-            head, sep, _ = arg.partition(" ")
-            arg = f"{head} {MASK}" if sep else MASK
         verb = "&lt;CRLF&gt;.&lt;CRLF&gt; (end of data)" if c.command == "." else _esc(c.command)
         label = " ".join(x for x in (_esc(c.tag) if c.tag else "", verb, _esc(_cut(arg, 60))) if x)
         steps.append((c.ts, "c2s", label, "cmd", 1))
@@ -355,10 +351,9 @@ _STEP_COLORS = {"tcp": "#7f7f7f", "cmd": "#1f77b4", "reply": "#2ca02c", "data": 
                 "deferred": "#ff7f0e"}
 
 
-def ladder_figure(flow, session, commands, messages, packets, names: dict, show_secrets: bool = False,
-                  max_steps: int = 90):
+def ladder_figure(flow, session, commands, messages, packets, names: dict, max_steps: int = 90):
     """A ladder (sequence) diagram of one connection: client and server lifelines, time downwards."""
-    steps = _ladder_steps(flow, session, commands, messages, packets, show_secrets)
+    steps = _ladder_steps(flow, session, commands, messages, packets)
     hidden, gap_at = 0, None
     if len(steps) > max_steps:
         tail = [s for s in steps[-6:] if s[3] == "tcp"]  # keep the teardown in view
@@ -586,15 +581,12 @@ def render_report(result, *, captures=None, show_secrets: bool = False, max_ladd
     from ..capture.control import flow_packets
     from ..timeline import EVENTS
     from ..correlate import ROLES
-    if not show_secrets and not result.config.redact:
-        # the report masks by default: a masked copy of the records (tokens in URLs too,
-        # in the timeline and the ladders as well as in the tables)
-        import dataclasses
-
-        from ..analysis import Analysis
-        from ..redact import redact_collector
-        result = Analysis(redact_collector(result.records, copy=True),
-                          dataclasses.replace(result.config, redact=True), result.stats)
+    show_secrets = show_secrets and not result.config.redact  # --redact wins
+    if not show_secrets:
+        # the report masks by default: it is made from masked records, as --redact makes
+        # every output (the timeline, the ladders and the tables alike)
+        from ..redact import masked_analysis
+        result = masked_analysis(result)
     records = result.records
     events = result.event_records
     jr = result.journey_records
@@ -679,7 +671,7 @@ def render_report(result, *, captures=None, show_secrets: bool = False, max_ladd
                 f" \u2014 {_human(f.start)}, {f.close}")
         fig = ladder_figure(f, s, sorted(commands.get(f.flow_id, []), key=lambda c: c.ts),
                             sorted(messages.get(f.flow_id, []), key=lambda m: m.ts or 0.0), packets.get(f.flow_id),
-                            names, show_secrets)
+                            names)
         body.append(f'<div class="ladder" id="session-{f.flow_id}"><h3>{_esc(head)}</h3>'
                     f'{_fig_html(fig, f"fig-ladder-{f.flow_id}")}</div>')
     body.append("</div>")
@@ -701,9 +693,7 @@ def render_report(result, *, captures=None, show_secrets: bool = False, max_ladd
     body.append(html_table(result.attachments, ["session_id", "ts", "protocol", "direction", "message_id",
                                                 "filename", "content_type", "size", "md5", "sha256"],
                            "attachments", max_rows))
-    creds = result.credentials.copy()
-    if not show_secrets and len(creds):
-        creds["secret"] = creds["secret"].where(creds["secret"].isna(), MASK)
+    creds = result.credentials
     body.append('</section><section id="credentials"><h2>Credentials</h2>')
     body.append(f'<p class="note">{"Secrets shown (--show-secrets)." if show_secrets else "Secrets masked; --show-secrets shows them."}</p>')
     body.append(html_table(creds, ["session_id", "protocol", "ts", "mechanism", "user", "secret", "success",
@@ -733,8 +723,9 @@ def write_report(result, path: str, *, captures=None, show_secrets: bool = False
     """Write the HTML report of an Analysis to ``path``; returns counts (sessions, journeys, ladders, bytes).
 
     ``captures``: the capture paths, read once more for exact TCP control packet
-    times in the ladders. ``show_secrets``: print passwords in the credentials
-    table and ladders (masked otherwise).
+    times in the ladders. ``show_secrets``: show passwords and tokens (masked
+    otherwise, with :func:`maildissect.redact.masked_analysis`, unless the
+    Analysis was made with ``redact``).
     """
     page, info = render_report(result, captures=captures, show_secrets=show_secrets, max_ladders=max_ladders,
                                max_journeys=max_journeys, max_lanes=max_lanes, max_rows=max_rows, title=title)

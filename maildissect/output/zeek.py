@@ -28,7 +28,6 @@ import re
 from collections import defaultdict
 from datetime import datetime, timezone
 
-MASK = "********"
 
 # (field, Zeek type) in Zeek's order
 CONN_FIELDS = [
@@ -483,13 +482,12 @@ def _file_row(ts, fuid, uid, s, source, depth, a, is_orig, complete, missing) ->
             "timedout": False, "md5": a.md5, "sha1": a.sha1, "sha256": a.sha256}
 
 
-def _command_rows(records, protocol: str, redact: bool) -> list[dict]:
+def _command_rows(records, protocol: str) -> list[dict]:
     """pop3.log / imap.log rows: one per command with its reply (Zeek's ftp.log shape).
 
     The user and the IMAP mailbox are the ones the dissector found in force at
     the command; a command's message is the one it carried (``command_seq``).
     """
-    from ..frames import redact_command
     uids = _Uids(records)
     sessions = {s.session_id: s for s in records.sessions if s.protocol == protocol}
     carried = {}  # (session, command seq) -> the first message that command carried
@@ -503,7 +501,7 @@ def _command_rows(records, protocol: str, redact: bool) -> list[dict]:
             continue  # the greeting is in conn.log's service and the sessions table
         s = sessions[c.session_id]
         uid = uids[c.session_id]
-        arg = redact_command(c) if redact else (c.argument or "")
+        arg = c.argument or ""  # masked in the records under --redact
         m = carried.get((c.session_id, c.seq)) if c.seq is not None else None
         row = {"ts": c.ts, "uid": uid, **_ids(s), "user": c.user, "command": c.command, "arg": arg or None,
                "status": c.reply_code, "reply_msg": c.reply_text or None, "tls": bool(s.tls)}
@@ -516,14 +514,14 @@ def _command_rows(records, protocol: str, redact: bool) -> list[dict]:
     return rows
 
 
-def pop3_rows(records, redact: bool = False) -> list[dict]:
+def pop3_rows(records) -> list[dict]:
     """pop3.log rows (maildissect's own log in Zeek's style: one per POP3 command)."""
-    return _command_rows(records, "pop3", redact)
+    return _command_rows(records, "pop3")
 
 
-def imap_rows(records, redact: bool = False) -> list[dict]:
+def imap_rows(records) -> list[dict]:
     """imap.log rows (maildissect's own log in Zeek's style: one per IMAP command)."""
-    return _command_rows(records, "imap", redact)
+    return _command_rows(records, "imap")
 
 
 def write_logs(result, directory: str, fmt: str = "zeek", captures=None) -> list[str]:
@@ -539,9 +537,8 @@ def write_logs(result, directory: str, fmt: str = "zeek", captures=None) -> list
     config = getattr(result, "config", None)
     packets = flow_packets(captures, records.flows, limits=config.limits if config is not None else None) \
         if captures else {}
-    redact = bool(getattr(result.config, "redact", False))
     logs = {"conn": conn_rows(records, packets), "smtp": smtp_rows(records), "files": files_rows(records),
-            "pop3": pop3_rows(records, redact), "imap": imap_rows(records, redact)}
+            "pop3": pop3_rows(records), "imap": imap_rows(records)}
     os.makedirs(directory, exist_ok=True)
     stats = getattr(result, "stats", {}) or {}
     open_ts, close_ts = stats.get("first_ts"), stats.get("last_ts")

@@ -77,11 +77,15 @@ class Dissector(ABC):
         log decrypted them): parse on from the state a fresh TLS session starts in."""
         return []
 
-    def anomaly(self, ts: float | None, side: int | None, name: str, detail: str = "") -> Anomaly:
-        """A named anomaly for this session (raises in strict mode)."""
+    def anomaly(self, ts: float | None, side: int | None, name: str, detail: str = "",
+                secret_at: int | None = None) -> Anomaly:
+        """A named anomaly for this session (raises in strict mode).
+
+        ``secret_at``: where ``detail`` starts quoting secret bytes (see :class:`Anomaly`).
+        """
         self.session.anomalies += 1
         side_name = SIDE_NAMES[side] if side is not None else ""
-        return make_anomaly(ts, self.session.session_id, side_name, name, detail, self.config.strict)
+        return make_anomaly(ts, self.session.session_id, side_name, name, detail, self.config.strict, secret_at)
 
 
 #: MIME anomalies that only say a message was cut short; for a message already

@@ -39,7 +39,7 @@ from ..anomalies import StrictError
 from ..model import Attachment, Command, Credential, HttpRequest, Message
 from .base import CLIENT, OVERLONG, SERVER, Dissector, StreamBuffer
 from .forms import (MultipartParser, decode_text, header_params, is_message_type, load_json,
-                    login_fields, parse_urlencoded, is_password_field)
+                    login_fields, parse_urlencoded)
 
 __all__ = [
     "ANOMALIES", "HttpDissector", "looks_like_http", "Headers", "Body", "ContentDecoder",
@@ -91,6 +91,11 @@ _TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb")[ \t]+(.+?)[ \t]+(HTTP/\d+\.\d+)[ \t]*")
 _REQUEST_09 = re.compile(rb"(GET)[ \t]+(\S+)[ \t]*")
 _STATUS_LINE = re.compile(rb"(HTTP/\d+\.\d+)[ \t]+(\d{3})(?:[ \t]+(.*?))?[ \t]*")
+#: the first word of a header line, and the words that make a field a carrier of
+#: credentials (Authorization, Proxy-Authorization, Cookie, Set-Cookie, X-Auth-Token...)
+_FIELD_WORD = re.compile(rb"[ \t]*([A-Za-z0-9_-]+)")
+_SECRET_FIELD_WORDS = (b"auth", b"cookie", b"token", b"key", b"secret", b"sess", b"pass", b"pwd", b"csrf",
+                       b"xsrf", b"ticket", b"signature", b"jwt", b"credential")
 _CHUNK_SIZE = re.compile(rb"[ \t]*([0-9A-Fa-f]+)[ \t]*(?:;.*)?")
 
 # Parser states of one direction.
@@ -838,15 +843,13 @@ class ExchangeProcessor:
 
     def _command(self, ex: Exchange) -> Command:
         req, resp = ex.request, ex.response
-        secret = any(is_password_field(k) for k in ex.query)
         return Command(
             session_id=self.session.session_id, protocol="http", ts=req.ts,
             command=req.method, argument=req.uri,
             reply_code=str(resp.status) if resp is not None and resp.status is not None else None,
             reply_text=resp.reason if resp is not None else None,
             reply_ts=resp.ts if resp is not None else None,
-            latency=(resp.ts - req.ts) if resp is not None else None,
-            secret=secret)
+            latency=(resp.ts - req.ts) if resp is not None else None)
 
     # credentials ---------------------------------------------------------
     def _credentials(self, ex: Exchange):
@@ -1251,9 +1254,21 @@ class HttpDissector(Dissector):
         name, sep, value = line.partition(b":")
         name = name.strip()
         if not sep or not name:
-            self._issue(st, ts, "http_bad_header_line", repr(line[:80].rstrip(b"\r\n"))[2:-1])
+            self._bad_header_line(st, ts, line)
             return
         headers.add(decode_text(name), decode_text(value.strip()))
+
+    def _bad_header_line(self, st: _Side, ts: float, line: bytes) -> None:
+        """A header line without a colon, quoted; when it names a field that carries
+        credentials (``Authorization Basic ...``), what follows the name is secret."""
+        shown = line[:80].rstrip(b"\r\n")
+        detail = repr(shown)[2:-1]
+        secret_at = None
+        m = _FIELD_WORD.match(shown)
+        if m and any(w in m.group(1).lower() for w in _SECRET_FIELD_WORDS):
+            head = repr(shown[:m.end()])[2:-1]
+            secret_at = len(head) if detail.startswith(head) and m.end() < len(shown) else 0
+        self._out.append(self.anomaly(ts, st.side, "http_bad_header_line", detail, secret_at=secret_at))
 
     def _head_done(self, st: _Side, ts: float) -> None:
         if st.side == CLIENT:

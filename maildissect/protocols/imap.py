@@ -263,6 +263,16 @@ def tokenize(parts: list[bytes], lits: list, max_nesting: int = 100) -> tuple[li
     return root, problems
 
 
+_FIRST_ARGUMENT = re.compile(r'[ \t]*(?:"(?:[^"\\]|\\.)*"|~?\{\d+\+?\}|[^\x00-\x20()"\[\x7f{]+)[ \t]*', re.S)
+
+
+def _after_first_argument(argtext: str) -> int:
+    """Where the arguments after the first (an atom, quoted string or literal marker) begin
+    in a command's argument text; 0 when the first cannot be told apart (all is secret then)."""
+    m = _FIRST_ARGUMENT.match(argtext)
+    return m.end() if m else 0
+
+
 def as_text(tok) -> str | None:
     """An atom, string or literal as text (UTF-8, invalid bytes replaced)."""
     if tok is None or isinstance(tok, str):
@@ -1058,8 +1068,6 @@ class ImapDissector(Dissector):
         sasl = p.sasl
         before = sasl.malformed
         sasl.client(text)
-        if text not in (b"", b"*", b"="):
-            p.cmd.secret = True
         if sasl.malformed and not before:
             out.append(self.anomaly(ts, CLIENT, "imap_sasl_malformed",
                                     f"{sasl.mechanism} response does not decode"))
@@ -1128,7 +1136,7 @@ class ImapDissector(Dissector):
                 out.append(self.anomaly(ts, side, "imap_syntax_error", prob))
 
     def _cmd_LOGIN(self, p, args, ts, out):
-        p.cmd.secret = True
+        p.cmd.secret_at = _after_first_argument(p.cmd.argument)  # the password, atom, string or literal
         user = as_text(args[0]) if args else None
         secret = as_text(args[1]) if len(args) > 1 else None
         p.cred = Credential(self.session.session_id, "imap", ts, "LOGIN", user, secret, None, "LOGIN command")
@@ -1137,7 +1145,7 @@ class ImapDissector(Dissector):
         mech = (as_text(args[0]) or "").upper() if args else ""
         ir = as_bytes(args[1]) if len(args) > 1 else None
         if ir is not None:
-            p.cmd.secret = True
+            p.cmd.secret_at = _after_first_argument(p.cmd.argument)  # the initial response
         p.sasl = SaslExchange(mech, ir)
         if p.sasl.malformed:
             out.append(self.anomaly(ts, CLIENT, "imap_sasl_malformed", f"{mech} initial response does not decode"))

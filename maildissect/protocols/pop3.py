@@ -323,8 +323,6 @@ class Pop3Dissector(Dissector):
                 a.challenges = max(0, a.challenges - 1)
                 before = a.sasl.malformed
                 a.sasl.client(stripped)
-                if stripped not in (b"", b"*", b"="):
-                    a.cmd.secret = True
                 if a.sasl.malformed and not before:
                     out.append(self.anomaly(ts, CLIENT, "pop3_sasl_malformed",
                                             f"{a.sasl.mechanism} response does not decode"))
@@ -341,12 +339,13 @@ class Pop3Dissector(Dissector):
         sid = self.session.session_id
         if verb == "USER":
             self.user_arg = arg
-        elif verb == "PASS":
-            cmd.secret = True
-            p.cred = Credential(sid, "pop3", ts, "USER/PASS", self.user_arg, arg)
+        elif verb in ("PASS", "XOAUTH2"):
+            cmd.secret_at = 0  # the whole argument, spaces included
+            if verb == "PASS":
+                p.cred = Credential(sid, "pop3", ts, "USER/PASS", self.user_arg, arg)
         elif verb == "APOP":
-            cmd.secret = True
             name, _, digest = arg.rpartition(" ")
+            cmd.secret_at = len(name) + 1 if name else 0  # the digest
             p.cred = Credential(sid, "pop3", ts, "APOP", name or None, digest or None, None,
                                 f"timestamp {self.apop_stamp}" if self.apop_stamp else "")
         elif verb == "AUTH":
@@ -354,7 +353,7 @@ class Pop3Dissector(Dissector):
                 mech, _, ir = arg.partition(" ")
                 ir = ir.strip()
                 if ir:
-                    cmd.secret = True
+                    cmd.secret_at = len(arg) - len(ir)  # the initial response
                 p.sasl = SaslExchange(mech, ir if ir else None)
                 if p.sasl.malformed:
                     out.append(self.anomaly(ts, CLIENT, "pop3_sasl_malformed",

@@ -81,6 +81,8 @@ _LINE_MODES = (_CMD, _RESYNC)
 _REPLY = re.compile(rb"(\d{3})(?:([ -])(.*)|[ \t]*)", re.S)
 _BDAT_ARG = re.compile(r"\s*(\d{1,20})(?:\s+(LAST))?\s*", re.I)
 _BDAT_LINE = re.compile(rb"\d{1,20}(?:[ \t]+LAST)?", re.I)
+#: an AUTH command up to its initial response (what follows is secret)
+_AUTH_INITIAL = re.compile(rb"[ \t]*AUTH[ \t]+\S+[ \t]+", re.I)
 
 _VERBS = frozenset(
     "HELO EHLO LHLO MAIL RCPT DATA BDAT RSET NOOP VRFY EXPN HELP QUIT STARTTLS AUTH "
@@ -414,7 +416,7 @@ class SmtpDissector(Dissector):
             rest = bytes(self._cbuf)
             self._cbuf.clear()
             if rest.strip():
-                out.append(self.anomaly(ts, CLIENT, "smtp_incomplete_line", repr(rest[:60])))
+                self._incomplete_line(rest, ts, out)
         while self._pending:
             self._flush(self._pending.popleft(), ts, out)
         if mode == _DATA and self._data_txn is not None:
@@ -485,12 +487,19 @@ class SmtpDissector(Dissector):
                 data = buf.read_all()
 
     def _client_overlong(self, head: bytes, ts: float, out: list) -> None:
-        verb = _text(head.split(b" ", 1)[0][:32]).upper()
-        out.append(self.anomaly(ts, CLIENT, "smtp_line_too_long", f"command line over {self.limits.max_line} bytes ({verb[:32]!r})"))
+        auth = self._auth
+        if auth is not None:
+            # a SASL response (or what the exchange takes for one): its head is secret
+            prefix = f"SASL response line over {self.limits.max_line} bytes: "
+            out.append(self.anomaly(ts, CLIENT, "smtp_line_too_long", prefix + repr(_text(head[:32])),
+                                    secret_at=len(prefix)))
+        else:
+            verb = _text(head.split(b" ", 1)[0][:32]).upper()
+            out.append(self.anomaly(ts, CLIENT, "smtp_line_too_long",
+                                    f"command line over {self.limits.max_line} bytes ({verb[:32]!r})"))
         if self._cmode == _RESYNC:
             return
         # the server answers it (with an error, most likely): keep the order
-        auth = self._auth
         if auth is not None:
             auth.outstanding += 1
             self._push(_Pending("authresp", auth=auth), ts, out)
@@ -887,6 +896,25 @@ class SmtpDissector(Dissector):
         self.session.extensions = []
         return out
 
+    def _incomplete_line(self, rest: bytes, ts: float, out: list) -> None:
+        """The connection ended inside a client line: quote its start, marking
+        what belongs to an authentication (a SASL response, or the initial
+        response of an AUTH command) as secret."""
+        head = rest[:60]
+        detail = repr(head)
+        secret_at = None
+        auth = self._auth
+        if auth is not None and (auth.awaiting > 0 or not auth.exchange.done
+                                 or not _is_command_line(rest.rstrip(b"\r\n"))):
+            secret_at = 0  # the line would have been a SASL response
+        else:
+            m = _AUTH_INITIAL.match(head)
+            if m:
+                shown = repr(head[:m.end()])
+                # the quote repr chose for the prefix may differ from the whole's: then mask all
+                secret_at = len(shown) - 1 if detail.startswith(shown[:-1]) else 0
+        out.append(self.anomaly(ts, CLIENT, "smtp_incomplete_line", detail, secret_at=secret_at))
+
     # -- AUTH
 
     def _auth_command(self, cmd: Command, arg: str, ts: float, out: list) -> None:
@@ -901,7 +929,8 @@ class SmtpDissector(Dissector):
         exchange = SaslExchange(mech, initial if initial else None)
         auth = _Auth(exchange, ts)
         if initial:
-            cmd.secret = initial != "="
+            if initial != "=":
+                cmd.secret_at = len(arg) - len(initial)  # the initial response, to the end
             auth.lines = 1
         self._auth = auth
         self._auths.append(auth)
@@ -915,8 +944,8 @@ class SmtpDissector(Dissector):
             auth.exchange.client(text)
         if auth.awaiting:
             auth.awaiting -= 1
-        cmd = Command(self.session.session_id, "smtp", ts, "AUTH-RESPONSE", text, secret=text != "*",
-                      seq=self.next_seq())
+        cmd = Command(self.session.session_id, "smtp", ts, "AUTH-RESPONSE", text,
+                      secret_at=None if text == "*" else 0, seq=self.next_seq())
         auth.outstanding += 1
         self._push(_Pending("authresp", cmd, auth=auth), ts, out)
 
