@@ -13,8 +13,9 @@ journeys, the report, extraction's index, live lines) is masked alike:
 - ``Anomaly.secret_at``: likewise for an anomaly detail that quotes client
   bytes of an authentication (a SASL response cut by the end of the capture
   or longer than ``max_line``, a malformed ``Authorization`` header line);
-- text rules, applied to every text of every record (lists, header pairs and
-  nested records included): the values of URL, form and cookie parameters
+- text rules, applied to every text of every record that holds exchange text
+  (commands, messages, credentials, anomalies, http, mailboxes; lists, header
+  pairs and nested records included): the values of URL, form and cookie parameters
   with a secret-looking name (``?access_token=``, ``&_pass=``, ``sid=``),
   of JSON members with such a name (``"password": "..."``), and the token
   after ``Bearer``/``Basic``.
@@ -30,7 +31,7 @@ import dataclasses
 import re
 from urllib.parse import unquote
 
-from .model import Anomaly, Command, Credential
+from .model import Anomaly, Command, Credential, Flow, Session
 
 __all__ = ["MASK", "redact_text", "is_secret_name", "masked_argument", "redact_record", "redact_collector",
            "redacting", "masked_analysis"]
@@ -43,7 +44,7 @@ SECRET_WORDS = {
     "pass", "password", "passwd", "pwd", "pw", "passphrase", "pin", "secret", "passcode", "token", "auth",
     "authorization", "apikey", "key", "session", "sessid", "sid", "ticket", "code", "sig", "signature",
     "jwt", "bearer", "otp", "credential", "credentials", "csrf", "xsrf", "nonce", "cookie", "userpass",
-    "loginpass",
+    "loginpass", "urlauth",
 }
 #: ``name=value`` after the start, ``?``, ``&``, ``;``, ``#``, ``,`` or a space (URLs, form
 #: bodies, Cookie and Set-Cookie text); the value ends where a parameter would.
@@ -122,39 +123,63 @@ def masked_argument(cmd: Command) -> str:
 # -- records -------------------------------------------------------------------------
 
 _FIELDS: dict[type, tuple[str, ...]] = {}
+#: field types that never hold text (the annotations, as written in maildissect.model)
+_NO_TEXT = {"int", "float", "bool", "bytes", "int | None", "float | None", "bool | None", "bytes | None"}
 
 
 def _field_names(cls) -> tuple[str, ...]:
+    """The fields of a record class that may hold text."""
     names = _FIELDS.get(cls)
     if names is None:
-        names = _FIELDS[cls] = tuple(f.name for f in dataclasses.fields(cls))
+        names = _FIELDS[cls] = tuple(f.name for f in dataclasses.fields(cls)
+                                     if not (isinstance(f.type, str) and f.type in _NO_TEXT)
+                                     and f.type not in (int, float, bool, bytes))
     return names
+
+
+_SCALARS = frozenset({int, float, bool, bytes, type(None)})
 
 
 def _mask_value(value):
     """A text, list, tuple or nested record with the text rules applied (the same object if unchanged)."""
-    if isinstance(value, str):
+    t = type(value)
+    if t is str:
         return redact_text(value)
-    if isinstance(value, (list, tuple)):
-        masked = [_mask_value(v) for v in value]
-        if all(a is b for a, b in zip(masked, value)):
+    if t is list or t is tuple:
+        out = None
+        for i, v in enumerate(value):
+            masked = _mask_value(v)
+            if masked is not v:
+                if out is None:
+                    out = list(value)
+                out[i] = masked
+        if out is None:
             return value
-        return masked if isinstance(value, list) else tuple(masked)
+        return out if t is list else tuple(out)
+    if t in _SCALARS:
+        return value
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return _mask_strings(value)
     return value
 
 
 def _mask_strings(record, changes: dict | None = None):
-    """``record`` with the text rules applied to every field (and ``changes`` made);
-    the same object when nothing changes."""
-    changes = changes or {}
+    """``record`` with the text rules applied to every field but those in ``changes``
+    (which are made too); the same object when nothing changes."""
     for name in _field_names(type(record)):
-        value = changes.get(name, getattr(record, name))
-        if value is None or isinstance(value, (int, float, bytes)):
+        if changes and name in changes:
             continue
-        masked = _mask_value(value)
+        value = getattr(record, name)
+        t = type(value)
+        if t is str:
+            masked = redact_text(value)
+        elif t in _SCALARS:
+            continue
+        else:
+            masked = _mask_value(value)
         if masked is not value:
+            if changes is None:
+                changes = {}
             changes[name] = masked
     return dataclasses.replace(record, **changes) if changes else record
 
@@ -162,18 +187,18 @@ def _mask_strings(record, changes: dict | None = None):
 def redact_record(record):
     """A masked copy of one record (the same object when there is nothing to mask)."""
     t = type(record)
-    changes = {}
+    if t is Session or t is Flow:
+        return record  # names, addresses and counters: no secret travels there
+    changes = None
     if t is Credential:
         if record.secret is not None and record.secret != MASK:
-            changes["secret"] = MASK
+            changes = {"secret": MASK}
     elif t is Command:
-        argument = _mask_from(record.argument, record.secret_at)
-        if argument is not record.argument:
-            changes["argument"] = argument
+        if record.secret_at is not None:
+            changes = {"argument": redact_text(_mask_from(record.argument, record.secret_at))}
     elif t is Anomaly:
-        detail = _mask_from(record.detail, record.secret_at)
-        if detail is not record.detail:
-            changes["detail"] = detail
+        if record.secret_at is not None:
+            changes = {"detail": redact_text(_mask_from(record.detail, record.secret_at))}
     return _mask_strings(record, changes)
 
 

@@ -138,6 +138,18 @@ def _build_conversations():
                     ("c", b64(b"\0nora\0" + s.encode() + b"A" * 60000) + b"\r\n"), ("s", b"500 5.5.6 too long\r\n"),
                     ("c", b"QUIT\r\n"), ("s", b"221 bye\r\n")]))
 
+    # captures that begin inside an exchange (its AUTH command not captured): the server's
+    # challenge says the client's next line is a SASL response
+    s = plant("smtp_midstream", _secret(), "olaf", [b"\0olaf\0"])
+    add(587, [("s", b"334 \r\n"), ("c", b64(b"\0olaf\0" + s.encode()) + b"\r\n"), ("s", b"235 2.7.0 ok\r\n"),
+              ("c", b"QUIT\r\n"), ("s", b"221 bye\r\n")], handshake=False)
+    s = plant("imap_midstream", _secret(), "pia", [b"\0pia\0"], shown=False)
+    add(143, [("s", b"+ \r\n"), ("c", b64(b"\0pia\0" + s.encode()) + b"\r\n"), ("s", b"c1 OK done\r\n"),
+              ("c", b"c2 LOGOUT\r\n"), ("s", b"* BYE\r\nc2 OK\r\n")], handshake=False)
+    s = plant("pop3_midstream", _secret(), "rex", [b"\0rex\0"], shown=False)
+    add(110, [("s", b"+ \r\n"), ("c", b64(b"\0rex\0" + s.encode()) + b"\r\n"), ("s", b"+OK\r\n"),
+              ("c", b"STAT\r\n"), ("s", b"+OK 0 0\r\n")], handshake=False)
+
     # IMAP: LOGIN as atom, quoted string (with spaces) and literal; AUTHENTICATE
     g = b"* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN AUTH=XOAUTH2] ready\r\n"
     i1, i2, i3 = (plant("imap_login_atom", _secret(), "olga"),

@@ -743,6 +743,7 @@ class ImapDissector(Dissector):
         self.exists: int | None = None
         self.uids: list = []  # sequence number - 1 -> UID (None when unknown)
         self.auth: _Pending | None = None  # AUTHENTICATE awaiting completion
+        self.sasl_unseen = False  # a "+" continuation came with nothing in flight
         self.idle: _Pending | None = None
         self.utf8 = False  # UTF8=ACCEPT enabled: mailbox names are UTF-8, not modified UTF-7
         self._known: OrderedDict = OrderedDict()  # (mailbox, uidvalidity, id) -> {size, parts}
@@ -928,6 +929,12 @@ class ImapDissector(Dissector):
                 if self.auth is not None and b" " not in stripped and stripped.upper() != b"DONE":
                     self._sasl_line(stripped, ts, out)
                     return
+                if self.sasl_unseen:
+                    # the capture began inside an AUTHENTICATE: a single token after the
+                    # continuation is a SASL response (secret, not recorded)
+                    self.sasl_unseen = False
+                    if stripped and b" " not in stripped and stripped.upper() != b"DONE":
+                        return
                 if stripped.upper() == b"DONE":
                     self._done(ts, out)
                     return
@@ -1311,6 +1318,7 @@ class ImapDissector(Dissector):
         if not self.pending and not c.parts and c.mode != _LITERAL:
             # "+" answers a command in flight or a synchronising literal being sent
             out.append(self.anomaly(ts, SERVER, "imap_unexpected_response", "continuation with no command in flight"))
+            self.sasl_unseen = True
 
     def _resp_code(self, rest: bytes):
         """Split resp-text into (code name, code tokens, text)."""

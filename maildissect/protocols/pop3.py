@@ -179,6 +179,7 @@ class Pop3Dissector(Dissector):
         self.user_arg: str | None = None  # USER argument awaiting PASS
         self.user: str | None = None  # authenticated user
         self.auth: _Pending | None = None
+        self.sasl_unseen = False  # a "+" challenge came with no AUTH in progress
         self.stls: _Pending | None = None
         self.multi: _Multi | None = None
         self.last_ok: _Pending | None = None  # last single-line +OK, in case it was multi-line after all
@@ -313,6 +314,13 @@ class Pop3Dissector(Dissector):
     # -- client --------------------------------------------------------------
 
     def _client_line(self, text, ts, out):
+        if self.sasl_unseen:
+            # the capture began inside an AUTH exchange: a single word that is no command,
+            # after the challenge, is a SASL response (secret, not recorded)
+            self.sasl_unseen = False
+            stripped = text.strip()
+            if stripped and b" " not in stripped and stripped.upper() not in _KNOWN_BYTES:
+                return
         a = self.auth
         if a is not None:
             stripped = text.strip()
@@ -446,6 +454,7 @@ class Pop3Dissector(Dissector):
         a = self.auth
         if a is None:
             out.append(self.anomaly(ts, SERVER, "pop3_bad_reply", "continuation outside AUTH"))
+            self.sasl_unseen = True
             return
         a.challenges += 1
         a.sasl.server(text)

@@ -292,11 +292,12 @@ class _Txn:
 class _Auth:
     """One AUTH exchange."""
 
-    __slots__ = ("exchange", "ts", "outstanding", "awaiting", "emitted", "lines")
+    __slots__ = ("exchange", "ts", "outstanding", "awaiting", "emitted", "lines", "unseen")
 
     def __init__(self, exchange: SaslExchange, ts: float):
         self.exchange = exchange
         self.ts = ts
+        self.unseen = False  # its AUTH command was not captured: no credential to report
         self.outstanding = 0  # pending entries (AUTH, AUTH-RESPONSE) awaiting a reply
         self.awaiting = 0  # 334 challenges not yet answered by the client
         self.emitted = False
@@ -949,6 +950,14 @@ class SmtpDissector(Dissector):
         auth.outstanding += 1
         self._push(_Pending("authresp", cmd, auth=auth), ts, out)
 
+    def _auth_unseen(self, ts: float) -> None:
+        """A 334 challenge that no AUTH command asked for: the capture began (or a gap fell)
+        inside an exchange. The client's next line is a SASL response, secret like any other."""
+        if self._auth is None:
+            self._auth = _Auth(SaslExchange(""), ts)
+            self._auth.unseen = True
+        self._auth.awaiting += 1
+
     def _emit_credential(self, auth: _Auth, success: bool | None, ts: float, out: list) -> None:
         if auth.emitted:
             return
@@ -957,6 +966,8 @@ class SmtpDissector(Dissector):
             self._auths.remove(auth)
         if self._auth is auth:
             self._auth = None
+        if auth.unseen:
+            return
         ex = auth.exchange
         if ex.malformed:
             out.append(self.anomaly(ts, CLIENT, "smtp_bad_auth_response", ex.mechanism[:40]))
@@ -1107,6 +1118,9 @@ class SmtpDissector(Dissector):
                 # the capture began after the greeting: this answers a command
                 self._on_reply(code, lines, ts, out)
                 return
+            if code == "334":  # the capture began inside an AUTH exchange
+                self._auth_unseen(ts)
+                return
             self.session.banner = "\n".join(lines)
             if self.session.server_software is None:
                 self.session.server_software = _server_software(self.session.banner)
@@ -1163,6 +1177,8 @@ class SmtpDissector(Dissector):
                 auth.exchange.server(text)
             else:
                 self._emit_credential(auth, positive, ts, out)
+        elif code == "334":  # a challenge, though the command it answers was not seen as AUTH
+            self._auth_unseen(ts)
         if cmd is not None:  # after the reply's effect: an accepted AUTH names its user
             cmd.user = self.session.auth_user
 
@@ -1186,6 +1202,8 @@ class SmtpDissector(Dissector):
             self._begin_data(txn, ts)
             self._acked = True
             return
+        if code == "334":
+            self._auth_unseen(ts)
         if not self._recovering:
             out.append(self.anomaly(ts, SERVER, "smtp_unmatched_reply", f"{code} {text[:60]}"))
 
