@@ -138,6 +138,10 @@ def _build_conversations():
                     ("c", b64(b"\0nora\0" + s.encode() + b"A" * 60000) + b"\r\n"), ("s", b"500 5.5.6 too long\r\n"),
                     ("c", b"QUIT\r\n"), ("s", b"221 bye\r\n")]))
 
+    # a client that sends one more line of SASL data than its mechanism needs
+    s = plant("smtp_extra_response", _secret(), "ugo", [b"\0ugo\0"])
+    add(587, _smtp([("c", b"AUTH PLAIN " + b64(b"\0ugo\0x") + b"\r\n" + b64(b"\0ugo\0" + s.encode()) + b"\r\n"),
+                    ("s", b"535 5.7.8 no\r\n503 5.5.1 what\r\n"), ("c", b"QUIT\r\n"), ("s", b"221 bye\r\n")]))
     # captures that begin inside an exchange (its AUTH command not captured): the server's
     # challenge says the client's next line is a SASL response
     s = plant("smtp_midstream", _secret(), "olaf", [b"\0olaf\0"])

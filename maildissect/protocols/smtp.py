@@ -154,6 +154,12 @@ def _is_command_line(line: bytes) -> bool:
     return verb in (b"NOOP", b"HELP")
 
 
+def _starts_with_verb(line: bytes) -> bool:
+    """The line's first word is an SMTP verb (however well-formed the rest)."""
+    words = line.split(None, 1)
+    return bool(words) and words[0][:16].upper().decode("latin-1") in _VERBS
+
+
 def _parse_path(arg: str, keyword: str) -> tuple[str | None, bool]:
     """``FROM:<a@b> SIZE=1`` -> (address without brackets, well-formed).
 
@@ -511,7 +517,10 @@ class SmtpDissector(Dissector):
         raw = line.rstrip(b"\r\n")
         auth = self._auth
         if auth is not None:
-            if auth.awaiting > 0 or (not auth.exchange.done and not _is_command_line(raw)):
+            # a line that is no command is a response; once the mechanism has had all it
+            # needs, so is one that does not even start with an SMTP verb (SASL data, secret)
+            if auth.awaiting > 0 or (not _is_command_line(raw) and (
+                    not auth.exchange.done or not _starts_with_verb(raw))):
                 self._auth_response(auth, raw, ts, out)
                 return
             # the client moved on: no more responses belong to this exchange
