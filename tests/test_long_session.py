@@ -79,7 +79,7 @@ def test_ladder_places_every_message_after_its_354(long_session):
     (session,) = a.records.sessions
     cmds = sorted(a.records.commands, key=lambda c: c.ts)
     msgs = sorted(a.records.messages, key=lambda m: m.ts)
-    steps = _ladder_steps(flow, session, cmds, msgs, None, False)
+    steps = _ladder_steps(flow, session, cmds, msgs, None)
     data = [s for s in steps if s[3] == "data"]
     assert len(data) == N
     replies_354 = sorted(c.reply_ts for c in cmds if c.command == "DATA")
