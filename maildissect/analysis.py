@@ -23,7 +23,7 @@ class Analysis:
     """Everything found in one or more captures.
 
     DataFrames (built on first access): ``flows``, ``sessions``, ``commands``,
-    ``messages``, ``attachments``, ``credentials``, ``anomalies``, ``http``,
+    ``messages``, ``attachments``, ``files``, ``credentials``, ``anomalies``, ``http``,
     ``mailboxes``, and derived from them ``events`` (the timeline),
     ``journeys`` and ``hops`` (messages followed across hops). The
     underlying records are in ``records`` (a Collector); ``stats`` holds
@@ -57,6 +57,8 @@ class Analysis:
     def _records(self, name: str) -> list:
         if name == "attachments":
             return frames.attachment_rows(self._records("messages"))
+        if name == "files":
+            return frames.file_rows(self.records)
         if name == "events":
             return self.event_records
         if name in ("journeys", "hops"):
@@ -85,6 +87,11 @@ class Analysis:
     @cached_property
     def attachments(self) -> pd.DataFrame:
         return self._frame("attachments")
+
+    @cached_property
+    def files(self) -> pd.DataFrame:
+        """Every MIME leaf entity of every message and every file carried over HTTP, with hashes."""
+        return self._frame("files")
 
     @cached_property
     def credentials(self) -> pd.DataFrame:
@@ -150,7 +157,7 @@ def make_config(limits: dict | Limits | None = None, **options) -> Config:
 def analyze(paths: str | Iterable[str], *, limits: dict | Limits | None = None,
             progress: Callable[[int, int], None] | None = None,
             message_hook: Callable | None = None, jobs: int = 1, scheduler: str | None = None,
-            keylog: str | None = None, **options) -> Analysis:
+            keylog: str | None = None, file_hook: Callable | None = None, **options) -> Analysis:
     """Analyse capture files (pcap, pcapng, gzip; '-' for stdin), merged in time order.
 
     Options: ``redact`` (mask secrets), ``keep_bodies`` (keep raw messages and
@@ -160,7 +167,10 @@ def analyze(paths: str | Iterable[str], *, limits: dict | Limits | None = None,
     ({name: value}, see docs/limits.md). ``keylog``: an NSS key log
     (SSLKEYLOGFILE format); TLS connections it has keys for are decrypted with
     tshark and their plaintext dissected like any other (one process; see
-    docs/protocols/tls.md). Raises
+    docs/protocols/tls.md). ``message_hook`` is called with each Message as it
+    completes and ``file_hook`` with each HttpRequest that carries files (with
+    ``keep_bodies`` their bytes are on the records only during the call: extraction);
+    either one runs the analysis in one process. Raises
     :class:`maildissect.capture.files.CaptureError` for a file that is not a
     capture, :class:`AnalysisError` when decryption cannot run (no tshark, a
     file that is not a key log).
@@ -176,9 +186,9 @@ def analyze(paths: str | Iterable[str], *, limits: dict | Limits | None = None,
     if keylog is not None and config.dissect:  # (the flows table reads no content: nothing to decrypt)
         if scheduler is not None:
             raise AnalysisError("TLS decryption (--keylog) runs on one machine; drop --scheduler")
-        return analyze_decrypted(paths, str(keylog), config, progress, message_hook)
+        return analyze_decrypted(paths, str(keylog), config, progress, message_hook, file_hook)
     if scheduler is not None:
-        if message_hook is not None:
+        if message_hook is not None or file_hook is not None:
             raise AnalysisError("extraction runs on one machine; drop --scheduler")
         collector, wstats = _run_scheduler(paths, config, scheduler)
         d = wstats["decoder"]
@@ -187,7 +197,7 @@ def analyze(paths: str | Iterable[str], *, limits: dict | Limits | None = None,
                  "ip_fragments": d.get("fragments", 0), "linktypes": wstats["linktypes"], "scheduler": scheduler}
         stats.update(_span(collector))
         return Analysis(collector, config, stats)
-    if message_hook is None and parallel.worth_parallel(paths, jobs):
+    if message_hook is None and file_hook is None and parallel.worth_parallel(paths, jobs):
         collector, wstats = parallel.run_parallel(paths, config, jobs, progress)
         d = wstats["decoder"]
         stats = {"files": list(paths), "frames": wstats["frames"], "tcp_segments": d["tcp"],
@@ -195,12 +205,13 @@ def analyze(paths: str | Iterable[str], *, limits: dict | Limits | None = None,
                  "ip_fragments": d["fragments"], "linktypes": wstats["linktypes"], "jobs": jobs}
         stats.update(_span(collector))
         return Analysis(collector, config, stats)
-    pipe = Pipeline(config, message_hook=message_hook)
+    pipe = Pipeline(config, message_hook=message_hook, file_hook=file_hook)
     collector = pipe.run(paths, progress)
     return Analysis(collector, config, pipeline_stats(pipe, paths))
 
 
-def analyze_decrypted(paths: list[str], keylog: str, config: Config, progress=None, message_hook=None) -> Analysis:
+def analyze_decrypted(paths: list[str], keylog: str, config: Config, progress=None, message_hook=None,
+                      file_hook=None) -> Analysis:
     """Analyse with tshark's decryption spliced in (maildissect.decrypt), in one process."""
     import os
     import shutil
@@ -224,7 +235,7 @@ def analyze_decrypted(paths: list[str], keylog: str, config: Config, progress=No
         except decrypt.DecryptError as e:
             raise AnalysisError(str(e)) from None
         with decryption:
-            pipe = Pipeline(config, message_hook=message_hook)
+            pipe = Pipeline(config, message_hook=message_hook, file_hook=file_hook)
             pipe.decryption = decryption
             collector = pipe.run(paths, progress)
             collector.anomalies.extend(decryption.capture_anomalies())

@@ -22,7 +22,8 @@ TABLE_HELP = {
     "flows": "TCP connections: endpoints, packets, bytes and sha256 each way, gaps, handshake RTT, close.",
     "sessions": "Mail sessions: protocol, endpoints, HELO, authenticated user, TLS, counts.",
     "messages": "Messages sent, retrieved, appended, uploaded or downloaded, with headers and attachments.",
-    "attachments": "Attachments of every message, with decoded names and md5/sha1/sha256.",
+    "attachments": "Attachments of every message, with decoded names and md5/sha1/sha256 (the attachments "
+                   "among `files`).",
     "credentials": "User names and secrets seen on the wire, with the server's verdict.",
     "commands": "Every command with its reply code, reply text and latency.",
     "anomalies": "Broken, truncated or suspicious input (like Zeek's weird.log).",
@@ -176,7 +177,7 @@ def _progress_callback(quiet: bool):
 
 
 def run_analysis(captures, *, quiet=False, redact=False, limits=(), ports=(), keep_bodies=False,
-                 message_hook=None, dissect=True, jobs=1, scheduler=None, keylog=None):
+                 message_hook=None, dissect=True, jobs=1, scheduler=None, keylog=None, file_hook=None):
     """Parse the shared options and run :func:`maildissect.analyze` with a progress bar.
 
     ``keylog`` defaults to the ``--keylog`` option of the running command.
@@ -207,7 +208,7 @@ def run_analysis(captures, *, quiet=False, redact=False, limits=(), ports=(), ke
             progress.start()
         result = analyze(list(captures), limits=lim, progress=update, redact=redact, ports=port_map,
                          keep_bodies=keep_bodies, message_hook=message_hook, dissect=dissect, jobs=jobs,
-                         scheduler=scheduler, keylog=keylog)
+                         scheduler=scheduler, keylog=keylog, file_hook=file_hook)
     finally:
         if progress is not None:
             progress.stop()
@@ -301,6 +302,7 @@ def cli():
       maildissect analyze mail.pcap          # a summary of your capture
       maildissect messages mail.pcap -f jsonl
       maildissect extract mail.pcap -o out/  # .eml files and attachments
+      maildissect files mail.pcap --hash 44d88612  # where a file was seen
       maildissect flows mail.pcap            # every TCP connection
       maildissect follow mail.pcap --flow 3  # one conversation's bytes
 
@@ -330,6 +332,57 @@ def _listing_command(table: str):
 
 for _table in TABLE_HELP:
     _listing_command(_table)
+
+
+#: The columns of `files --hash` on a terminal: where the file was seen.
+WHERE_SEEN = ["ts", "protocol", "session_id", "client_ip", "server_ip", "direction", "from", "to", "subject",
+              "message_id", "method", "host", "uri", "part", "filename", "size", "sha256"]
+
+
+def _hash_prefix(ctx, param, value):
+    if value is None:
+        return None
+    text = value.strip().lower()
+    if not text or len(text) > 64 or any(c not in "0123456789abcdef" for c in text):
+        raise click.BadParameter("expected an md5, sha1 or sha256 in hex (a prefix is enough)")
+    return text
+
+
+def match_hash(df, prefix: str):
+    """Rows of the files table whose md5, sha1 or sha256 starts with ``prefix`` (lower-case hex)."""
+    import pandas as pd
+    mask = pd.Series(False, index=df.index)
+    for col in ("md5", "sha1", "sha256"):
+        mask |= df[col].fillna("").str.startswith(prefix)
+    return df[mask].reset_index(drop=True)
+
+
+@cli.command("files")
+@click.argument("captures", nargs=-1, required=True, type=click.Path(allow_dash=True))
+@click.option("--hash", "hash_", default=None, metavar="HEX", callback=_hash_prefix,
+              help="Only files whose md5, sha1 or sha256 starts with HEX (case-insensitive): where a hash was "
+                   "seen, with its message or request, session, endpoints and time.")
+@output_options
+@filter_options
+@analysis_options
+@handle_errors
+def files_command(captures, hash_, fmt, output, wide, csv_raw, protocol, from_, to_, subject, session_id, quiet,
+                  redact, limits, ports, jobs):
+    """Every file: each MIME entity of every message (body parts, attachments, forwarded messages) and
+    every file carried over HTTP, with md5/sha1/sha256 of the decoded bytes.
+
+    Columns are described in docs/data.md (files).
+    """
+    result = run_analysis(captures, quiet=quiet, redact=redact, limits=limits, ports=ports, jobs=jobs)
+    df = apply_filters(result.table("files"), protocol, from_, to_, subject, session_id)
+    if hash_ is not None:
+        df = match_hash(df, hash_)
+        if fmt == "table":
+            with screen_for(output, wide) as screen:
+                from .output.tables import render
+                render(df, "files", screen, columns=WHERE_SEEN)
+            return
+    emit_table(df, "files", fmt, output, wide=wide, csv_raw=csv_raw)
 
 
 @cli.command()
@@ -414,22 +467,28 @@ def follow(capture, flow_id, fmt, side, output, limits):
               help="Directory to write into (created if missing).")
 @click.option("--overwrite", is_flag=True, help="Replace files that already exist (default: keep them and "
                                                 "write a numbered variant).")
-@click.option("--no-attachments", is_flag=True, help="Write .eml files only.")
+@click.option("--no-attachments", is_flag=True, help="Write .eml files only (no attachments, no HTTP files).")
+@click.option("--bodies", is_flag=True, help="Also write each message's text body parts (decoded) into "
+                                             "DIR/bodies/.")
 @click.option("--csv-raw", is_flag=True, help="index.csv: write text cells as they are (by default a cell "
                                               "starting with = + - @ TAB or CR gets a leading ').")
 @filter_options
 @analysis_options
 @handle_errors
-def extract(captures, directory, overwrite, no_attachments, csv_raw, protocol, from_, to_, subject, session_id,
-            quiet, redact, limits, ports, jobs):
-    """Write every message as .eml (exact bytes as transferred) and its attachments.
+def extract(captures, directory, overwrite, no_attachments, bodies, csv_raw, protocol, from_, to_, subject,
+            session_id, quiet, redact, limits, ports, jobs):
+    """Write every message as .eml (exact bytes as transferred), its attachments and the files carried over HTTP.
 
-    Layout: DIR/messages/*.eml, DIR/attachments/* (identical files written
-    once) and DIR/index.csv. Names are sanitised; nothing is written outside
-    DIR and existing files are not overwritten unless --overwrite.
+    Layout: DIR/messages/*.eml, DIR/attachments/*, DIR/files/* (HTTP uploads and downloads),
+    DIR/bodies/* (with --bodies; identical files written once) and DIR/index.csv: one row per
+    file with its size, md5, sha1, sha256 and where it came from (the message, or the HTTP
+    request). Names are sanitised; nothing is written outside DIR and existing files are not
+    overwritten unless --overwrite. A file larger than the limit max_extract_size is hashed
+    but not written.
     """
     from .output.extract import Extractor
-    ext = Extractor(directory, overwrite=overwrite, attachments=not no_attachments, csv_raw=csv_raw)
+    ext = Extractor(directory, overwrite=overwrite, attachments=not no_attachments, csv_raw=csv_raw,
+                    bodies=bodies, http=not no_attachments)
 
     def hook(msg):
         if protocol and msg.protocol != protocol:
@@ -443,15 +502,23 @@ def extract(captures, directory, overwrite, no_attachments, csv_raw, protocol, f
         if subject and subject.lower() not in (msg.subject or "").lower():
             return
         ext(msg)
+
+    def file_hook(req):
+        # files carried over HTTP have no sender, recipients or subject: those filters leave them out
+        if (protocol and protocol != "http") or from_ or to_ or subject:
+            return
+        if session_id is not None and req.session_id != session_id:
+            return
+        ext.http(req)
     try:
         run_analysis(captures, quiet=quiet, redact=redact, limits=limits, ports=ports, keep_bodies=True,
-                     message_hook=hook)
+                     message_hook=hook, file_hook=file_hook)
         index = ext.write_index()
     finally:
         ext.close()
     if not quiet:
         from .output.terminal import echo_err, warn
-        echo_err(f"{len(ext.rows)} messages, {ext.written} files written to {directory} (index: {index})")
+        echo_err(f"{ext.messages} messages, {ext.written} files written to {directory} (index: {index})")
         for s in ext.skipped:
             warn(f"skipped {s}")
 

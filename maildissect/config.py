@@ -49,6 +49,8 @@ class Limits:
     max_headers: int = 10_000  # header fields in one header block
     max_header_bytes: int = 1024 * 1024  # one header block
     preview_chars: int = 200  # text preview length in tables
+    # extraction
+    max_extract_size: int = 64 * 1024 * 1024  # bytes of one file kept for `extract` (larger files are hashed whole but not written)
 
     @classmethod
     def names(cls) -> list[str]:

@@ -183,6 +183,51 @@ SCHEMAS: dict[str, list[tuple]] = {
         ("encoding", "str", "Content-Transfer-Encoding"),
         ("content_id", "str", "Content-ID"),
     ],
+    "files": [
+        ("ts", "ts", "time of the message that carried it (its ts), or of the HTTP request (an upload) or "
+                     "response (a download)"),
+        ("protocol", "cat", "smtp, imap, pop3 or http"),
+        ("session_id", "int", "session that carried it"),
+        ("client_ip", "str", "client address"),
+        ("client_port", "int", "client port"),
+        ("server_ip", "str", "server address"),
+        ("server_port", "int", "server port"),
+        ("source", "cat", "message: a MIME entity of a message (messages table); http: a file carried over HTTP "
+                          "that no message holds (an upload, a download, a response body that is a file)"),
+        ("direction", "cat", "the message's direction (sent, retrieved, appended, uploaded, downloaded); http: "
+                             "uploaded (client to server) or downloaded (server to client)"),
+        ("message_index", "int", "the message within its session (messages.message_index); empty for http"),
+        ("message_id", "str", "Message-ID of the message; http: of the message a webmail download belongs to "
+                              "when known"),
+        ("from", "str", "From header of the message", "from_"),
+        ("to", "list", "To header addresses of the message"),
+        ("subject", "str", "Subject of the message"),
+        ("mailbox", "str", "IMAP or webmail: the mailbox the message is in"),
+        ("uid", "int", "IMAP or webmail: the message's UID in that mailbox"),
+        ("part", "str", "MIME part path in IMAP numbering (\"1\", \"2.1\"; a forwarded message's entities are "
+                        "below its own part); http: the form part number of an upload, or the webmail part "
+                        "number of a download"),
+        ("content_type", "str", "MIME type declared (Content-Type of the entity, part or HTTP message)"),
+        ("charset", "str", "charset parameter of the Content-Type, as written"),
+        ("disposition", "str", "Content-Disposition: attachment, inline or empty"),
+        ("filename", "str", "file name, decoded (RFC 2231/2047); empty for most body parts"),
+        ("content_id", "str", "Content-ID"),
+        ("encoding", "str", "Content-Transfer-Encoding of the entity (base64, quoted-printable, 7bit...); http: "
+                            "the Content-Encoding undone (gzip, br...)"),
+        ("size", "int", "bytes after decoding (the transfer encoding; HTTP chunking and content coding)"),
+        ("md5", "str", "md5 of those bytes"),
+        ("sha1", "str", "sha1 of those bytes"),
+        ("sha256", "str", "sha256 of those bytes"),
+        ("is_attachment", "bool", "an attachment or inline file (the attachments table lists these); false for "
+                                  "text body parts"),
+        ("complete", "bool", "false when some of its bytes were not seen or not decoded: a gap, a part without "
+                             "its closing boundary, an incomplete message, a limit"),
+        ("http_seq", "int", "http: the exchange that carried it (http.seq of the session)"),
+        ("method", "str", "http: request method"),
+        ("host", "str", "http: Host header"),
+        ("uri", "str", "http: request target"),
+        ("status", "int", "http: response status"),
+    ],
     "credentials": [
         ("session_id", "int", "session"),
         ("protocol", "cat", "smtp, imap, pop3 or http"),
@@ -359,6 +404,8 @@ TABLE_VIEWS = {
     "messages": ["session_id", "ts", "protocol", "direction", "kind", "from", "to", "subject", "attachments",
                  "size", "complete"],
     "attachments": ["session_id", "message_id", "filename", "content_type", "size", "sha256"],
+    "files": ["session_id", "ts", "protocol", "direction", "part", "filename", "content_type", "size", "sha256",
+              "is_attachment"],
     "credentials": ["session_id", "protocol", "ts", "mechanism", "user", "secret", "success"],
     "anomalies": ["session_id", "ts", "side", "name", "detail"],
     "http": ["session_id", "ts", "method", "host", "uri", "status", "response_content_type", "response_size",
@@ -373,7 +420,8 @@ TABLE_VIEWS = {
 
 # record attributes that are deliberately not columns
 NOT_COLUMNS = {
-    "Message": {"raw"},
+    "Message": {"raw", "entities"},  # entities: rows of the files table
+    "HttpRequest": {"response_file"},  # a row of the files table
     "Attachment": {"data"},
     "Command": {"secret_at"},  # marks what maildissect.redact masks
     "Anomaly": {"secret_at"},
@@ -396,6 +444,8 @@ def _iso(ts):
 def _plain(value):
     """Nested records (attachments, Received) to JSON-ready dicts."""
     if dataclasses.is_dataclass(value):
+        if type(value).__name__ == "Attachment":  # the keys of the nested attachment objects
+            return {k: getattr(value, k) for k in ATTACHMENT_KEYS}
         out = {}
         for f in dataclasses.fields(value):
             if f.name == "data":
@@ -500,6 +550,103 @@ def arrow_schema(df: pd.DataFrame):
     return pa.schema(fields)
 
 
+def file_rows(records) -> list:
+    """The files table's rows: every entity of every message, then the files of HTTP
+    exchanges that no message of the same exchange holds, in time order.
+
+    A webmail upload or download that became a message (its form files, a Roundcube or
+    JMAP attachment download) is listed once, with its message; an HTTP body that is a
+    whole message (an .eml downloaded) is a file of its own besides the entities of the
+    message read from it.
+    """
+    rows: list = []
+    held: set = set()  # (session_id, exchange seq, sha256) of files that messages hold
+    for m in sort_records("messages", records.messages):
+        for a in message_files(m):
+            rows.append(_FileRow.of_message(m, a))
+            if m.command_seq is not None and a.sha256:
+                held.add((m.session_id, m.command_seq, a.sha256))
+    sessions = {s.session_id: s for s in records.sessions}
+    for r in sort_records("http", records.http):
+        files = list(r.files)
+        if r.response_file is not None:
+            files.append(r.response_file)
+        if not files:
+            continue
+        s = sessions.get(r.session_id)
+        for a in files:
+            if a.sha256 and (r.session_id, r.seq, a.sha256) in held:
+                continue
+            rows.append(_FileRow.of_http(r, s, a, a is not r.response_file))
+    rows.sort(key=lambda x: (x.ts if x.ts is not None else 0.0, x.session_id))  # stable: part order kept
+    return rows
+
+
+def message_files(m) -> list:
+    """The files of a message: its MIME entities, and attachments it names without MIME
+    (a webmail page's list, a downloaded attachment), in part order."""
+    entities = m.entities
+    if not m.attachments:
+        return entities
+    if not entities:
+        return m.attachments
+    if len(m.attachments) > sum(1 for e in entities if e.is_attachment):
+        known = {id(e) for e in entities}
+        entities = entities + [a for a in m.attachments if id(a) not in known]
+    return entities
+
+
+class _FileRow:
+    """One row of the files table (attributes named as its columns)."""
+
+    # a: the Attachment itself (its bytes for extraction); missing: bytes known missing (Zeek's files.log)
+    __slots__ = tuple(spec[3] if len(spec) > 3 else spec[0] for spec in SCHEMAS["files"]) + ("a", "missing")
+
+    @classmethod
+    def of_message(cls, m, a) -> "_FileRow":
+        row = cls()
+        row.a = a
+        for name in ("ts", "protocol", "session_id", "client_ip", "client_port", "server_ip", "server_port",
+                     "direction", "message_index", "message_id", "from_", "to", "subject", "mailbox", "uid"):
+            setattr(row, name, getattr(m, name))
+        row.source = "message"
+        row._file(a)
+        row.complete = a.complete and m.complete
+        row.missing = 0 if row.complete else (m.missing_bytes or 0)
+        row.http_seq = row.method = row.host = row.uri = row.status = None
+        if m.protocol == "http":
+            row.http_seq = m.command_seq
+        return row
+
+    @classmethod
+    def of_http(cls, r, s, a, upload: bool) -> "_FileRow":
+        row = cls()
+        row.a = a
+        row.ts = r.ts if upload or r.response_ts is None else r.response_ts
+        row.protocol = "http"
+        row.session_id = r.session_id
+        for name in ("client_ip", "client_port", "server_ip", "server_port"):
+            setattr(row, name, getattr(s, name) if s is not None else None)
+        row.source = "http"
+        row.direction = "uploaded" if upload else "downloaded"
+        row.message_index = None
+        row.message_id, row.mailbox, row.uid = r.message_id, r.mailbox, r.uid
+        row.from_ = row.subject = None
+        row.to = []
+        row._file(a)
+        if not upload and r.part and not a.part:
+            row.part = r.part
+        row.complete = a.complete
+        row.missing = 0
+        row.http_seq, row.method, row.host, row.uri, row.status = r.seq, r.method, r.host, r.uri, r.status
+        return row
+
+    def _file(self, a) -> None:
+        for name in ("part", "content_type", "charset", "disposition", "filename", "content_id", "encoding",
+                     "size", "md5", "sha1", "sha256", "is_attachment"):
+            setattr(self, name, getattr(a, name))
+
+
 def attachment_rows(messages: list) -> list:
     """Flatten message attachments into attachment-table rows."""
     rows = []
@@ -535,6 +682,21 @@ def sort_records(table: str, records: list) -> list:
     return records
 
 
+#: A paragraph under a table's heading in docs/data.md.
+TABLE_NOTES = {
+    "attachments": "The view of the files table's rows that are attachments of a message (`is_attachment`), "
+                   "with the message's keys: the same objects, the same hashes.",
+    "files": "One row per file, as Zeek's files.log sees them: every MIME leaf entity of every message (text and "
+             "HTML body parts, inline images, attachments; a forwarded message that is an attachment, and the "
+             "entities inside it below its part), then every file carried over HTTP that no message holds "
+             "(multipart/form-data uploads, request bodies with a file name, responses with a "
+             "Content-Disposition, response bodies that are not HTML, JSON, JavaScript or CSS). Sizes and hashes "
+             "are of the decoded bytes. A webmail upload or attachment download that became a message is listed "
+             "once, with its message (mailbox, uid, part, Message-ID). `maildissect files --hash H` finds a hash; "
+             "`maildissect extract` writes the files (docs/mime.md, docs/protocols/http.md).",
+}
+
+
 def markdown() -> str:
     """docs/data.md: every column of every table."""
     lines = ["# Data dictionary", "",
@@ -545,7 +707,10 @@ def markdown() -> str:
     kinds = {"int": "integer", "float": "float", "str": "string", "bool": "boolean", "ts": "timestamp",
              "cat": "category", "list": "list of strings", "dicts": "list of objects"}
     for table, cols in SCHEMAS.items():
-        lines += [f"## {table}", "", "| column | type | meaning |", "|---|---|---|"]
+        lines += [f"## {table}", ""]
+        if table in TABLE_NOTES:
+            lines += [TABLE_NOTES[table], ""]
+        lines += ["| column | type | meaning |", "|---|---|---|"]
         for spec in cols:
             lines.append(f"| `{spec[0]}` | {kinds[spec[1]]} | {spec[2]} |")
         lines.append("")

@@ -78,6 +78,9 @@ ANOMALIES = {
     "mime_too_deep": "multipart / message nesting deeper than max_mime_depth (the deeper parts are skipped)",
     "mime_too_many_parts": "more MIME entities than max_mime_parts (the rest are skipped)",
     "mime_bad_date": "a Date header that cannot be parsed",
+    "mime_encoded_composite": "a multipart or message entity declares base64 or quoted-printable, which RFC 2045 "
+                              "forbids: the body is decoded and parsed, as mail clients do (or read as written "
+                              "when it is plainly not encoded)",
     "mime_parser_error": "an internal error of the MIME parser (a bug: please report the message)",
 }
 
@@ -532,7 +535,9 @@ class _Parser:
     # -- the walk ----------------------------------------------------------------------
 
     def split_multipart(self, buf: bytes, start: int, end: int, boundary: str, where: str):
-        """Body ranges of the parts of a multipart body between start and end."""
+        """Body ranges of the parts of a multipart body between start and end:
+        ``(start, end, closed)``, closed False for a last part that runs to the end
+        because the closing delimiter is missing."""
         delim = b"--" + boundary.encode("utf-8", "surrogateescape")
         dlen = len(delim)
         parts: list[tuple[int, int]] = []
@@ -561,7 +566,7 @@ class _Parser:
                     pe -= 1
                     if pe > cur and buf[pe - 1] == 13:
                         pe -= 1
-                parts.append((cur, pe))
+                parts.append((cur, pe, True))
             if is_close:
                 closed = True
                 break
@@ -570,7 +575,7 @@ class _Parser:
             self.note("mime_boundary_not_found", where)
         elif not closed:
             self.note("mime_missing_closing_boundary", where)
-            parts.append((cur, end))
+            parts.append((cur, end, False))
         return parts
 
     def walk(self, raw: bytes, top_fields, body_start: int) -> None:
@@ -579,10 +584,12 @@ class _Parser:
         max_parts = limits.max_mime_parts
         keep = self.config.keep_bodies
         msg = self.msg
-        # (buffer, start, end, path, depth, is_message_root, default type, pre-parsed fields)
-        stack = [(raw, 0, len(raw), "", 0, True, "text/plain", (top_fields, body_start))]
+        # (buffer, start, end, path, depth, is_message_root, default type, pre-parsed fields,
+        #  closed: the entity's bytes end at a delimiter or with its message, not where a
+        #  multipart without its closing boundary ran out)
+        stack = [(raw, 0, len(raw), "", 0, True, "text/plain", (top_fields, body_start), True)]
         while stack:
-            buf, start, end, path, depth, root, default, parsed = stack.pop()
+            buf, start, end, path, depth, root, default, parsed, closed = stack.pop()
             self.parts += 1
             if self.parts > max_parts:
                 self.note("mime_too_many_parts", f"over {max_parts} entities")
@@ -596,6 +603,8 @@ class _Parser:
             for name, value in fields:
                 hdr.setdefault(name.lower(), value)
             ctype, cparams = self.content_type(hdr.get("content-type"), default, where)
+            cte = hdr.get("content-transfer-encoding")
+            cte = cte.strip().lower().split(None, 1)[0] if cte and cte.strip() else None
             if ctype.startswith("multipart/"):
                 boundary = cparams.get("boundary")
                 if not boundary:
@@ -605,17 +614,19 @@ class _Parser:
                     self.note("mime_too_deep", f"{where}: depth {depth}")
                     continue
                 else:
+                    if cte not in _TEXT_CTE:
+                        buf, bstart, end = self.composite_body(buf, bstart, end, cte, ctype, boundary, where)
                     children = self.split_multipart(buf, bstart, end, boundary, where)
                     child_default = "message/rfc822" if ctype == "multipart/digest" else "text/plain"
-                    for index in range(len(children), 0, -1):
-                        s, e = children[index - 1]
+                    last = len(children)
+                    for index in range(last, 0, -1):
+                        s, e, child_closed = children[index - 1]
                         child_path = f"{path}.{index}" if path else str(index)
-                        stack.append((buf, s, e, child_path, depth + 1, False, child_default, None))
+                        stack.append((buf, s, e, child_path, depth + 1, False, child_default, None,
+                                      closed and child_closed))
                     continue
             own_path = (f"{path}.1" if path else "1") if root else path
             where = f"part {own_path}"
-            cte = hdr.get("content-transfer-encoding")
-            cte = cte.strip().lower().split(None, 1)[0] if cte and cte.strip() else None
             disposition, dparams = self.params(hdr.get("content-disposition"), where)
             disposition = disposition or None
             filename = self.filename(dparams, cparams)
@@ -627,28 +638,37 @@ class _Parser:
                                  or not ctype.startswith("text/"))
             whole = not bstart and end == len(buf)
             identity = cte in _TEXT_CTE
+            if is_message and not identity and not self.encoded_message(buf, bstart, end, cte, where):
+                identity = True  # declared encoded but written plain: read as written
             if identity:
                 # no copy: a view for hashing, offsets for walking into a message
                 body = buf if whole else memoryview(buf)[bstart:end]
             else:
                 body = self.decode_body(buf if whole else buf[bstart:end], cte, where)
-            if is_attachment:
+            if is_attachment or not is_message:
+                # a file: every leaf entity, and a forwarded message that is an attachment
                 cid = hdr.get("content-id")
-                att = Attachment(
+                charset = cparams.get("charset")
+                entity = Attachment(
                     filename=filename, content_type=ctype, size=len(body), md5="", sha1="",
                     sha256="", disposition=disposition, part=own_path, encoding=cte,
-                    content_id=cid.strip() if cid else None, data=bytes(body) if keep else None)
-                msg.attachments.append(att)
-                self.digests.append((att, _later(_file_digests, body)))
+                    content_id=cid.strip() if cid else None,
+                    data=bytes(body) if keep and len(body) <= limits.max_extract_size else None,
+                    charset=charset.strip()[:100] if charset else None, is_attachment=is_attachment,
+                    complete=closed, index=self.parts)
+                msg.entities.append(entity)
+                if is_attachment:
+                    msg.attachments.append(entity)
+                self.digests.append((entity, _later(_file_digests, body)))
             if is_message:
                 if depth >= max_depth:
                     self.note("mime_too_deep", f"{where}: depth {depth}")
                 elif identity:
                     # nested 7bit messages share the outer buffer: copying each
                     # level would hold depth x size bytes
-                    stack.append((buf, bstart, end, own_path, depth + 1, True, "text/plain", None))
+                    stack.append((buf, bstart, end, own_path, depth + 1, True, "text/plain", None, closed))
                 else:
-                    stack.append((body, 0, len(body), own_path, depth + 1, True, "text/plain", None))
+                    stack.append((body, 0, len(body), own_path, depth + 1, True, "text/plain", None, closed))
                 continue
             if is_attachment or not ctype.startswith("text/"):
                 continue
@@ -663,6 +683,42 @@ class _Parser:
                 self.plain = self.decode_charset(bytes(body[:_PREVIEW_SCAN]), charset, where)
             else:
                 self.decode_charset(bytes(body), charset, where)
+
+    # -- encoded composites -----------------------------------------------------------------
+    #
+    # RFC 2045 6.4 allows only 7bit, 8bit and binary on multipart and message entities, but
+    # senders do encode them and mail clients decode an encoded message/rfc822 (Thunderbird
+    # does); a reader that does not is blind to what the encoding hides (docs/mime.md). The
+    # body is read as written when it is plainly not encoded (a multipart whose delimiters are
+    # in the clear, a message whose "base64" holds header lines), else decoded and parsed.
+
+    def composite_body(self, buf: bytes, bstart: int, end: int, cte: str, ctype: str, boundary: str,
+                       where: str) -> tuple[bytes, int, int]:
+        """The bytes to split a multipart with a declared transfer encoding: decoded when its
+        delimiters are only found after decoding."""
+        if cte not in ("base64", "quoted-printable") and cte not in _UU_ENCODINGS:
+            return buf, bstart, end  # an unknown encoding on a composite: read as written
+        delim = b"--" + boundary.encode("utf-8", "surrogateescape")
+        i = buf.find(delim, bstart, end)
+        if i >= 0 and (i == bstart or buf[i - 1] == 10):
+            self.note("mime_encoded_composite", f"{where}: {ctype} declared {cte}, written plain (read as written)")
+            return buf, bstart, end
+        decoded = self.decode_body(buf[bstart:end], cte, where)
+        self.note("mime_encoded_composite", f"{where}: {ctype} encoded {cte} (decoded and parsed)")
+        return decoded, 0, len(decoded)
+
+    def encoded_message(self, buf: bytes, bstart: int, end: int, cte: str, where: str) -> bool:
+        """Whether a message/* entity declared with transfer encoding ``cte`` is to be decoded
+        (noted as ``mime_encoded_composite`` either way)."""
+        if cte == "base64" and memoryview(buf)[bstart:min(end, bstart + 4096)].tobytes().translate(
+                None, _B64_ALLOWED):
+            self.note("mime_encoded_composite", f"{where}: message declared base64, written plain (read as written)")
+            return False
+        if cte not in ("base64", "quoted-printable") and cte not in _UU_ENCODINGS:
+            self.note("mime_unknown_transfer_encoding", f"{where}: {cte[:40]}")
+            return False
+        self.note("mime_encoded_composite", f"{where}: message encoded {cte} (decoded and parsed)")
+        return True
 
     # -- top level ------------------------------------------------------------------------
 

@@ -143,7 +143,13 @@ class Credential:
 
 @dataclass(slots=True)
 class Attachment:
-    """A MIME leaf part that is an attachment or inline file."""
+    """A file: a MIME leaf entity of a message (an attachment, an inline file or a
+    body part), a forwarded message attached to one, or a file carried over HTTP.
+
+    Size and hashes are of the decoded bytes (after the Content-Transfer-Encoding,
+    or HTTP's transfer and content codings). The files table lists every one; the
+    attachments table those with ``is_attachment``.
+    """
 
     filename: str | None
     content_type: str
@@ -156,6 +162,10 @@ class Attachment:
     encoding: str | None = None  # Content-Transfer-Encoding
     content_id: str | None = None
     data: bytes | None = None  # decoded bytes, only when extraction asks
+    charset: str | None = None  # charset parameter of the Content-Type, as written
+    is_attachment: bool = True  # an attachment or inline file (False: a text body part)
+    complete: bool = True  # False when its bytes were cut (no closing boundary, a gap, a limit)
+    index: int = 0  # MIME: the entity's number in its message, containers counted (1: the message itself)
 
 
 @dataclass(slots=True)
@@ -219,6 +229,9 @@ class Message:
     complete: bool = True
     missing_bytes: int = 0
     attachments: list[Attachment] = field(default_factory=list)
+    # every MIME leaf entity (body parts and attachments, the same objects as in
+    # attachments), in part order: the message's rows of the files table
+    entities: list[Attachment] = field(default_factory=list)
     text_preview: str | None = None
     has_html: bool = False
     queue_id: str | None = None  # SMTP "queued as X"
@@ -273,6 +286,9 @@ class HttpRequest:
     uid: int | None = None
     part: str | None = None  # IMAP part number of a downloaded attachment
     message_id: str | None = None  # from the page, the webmail server's IMAP fetch, or the message itself
+    # the response body when it is a file (a download, any body that is not a page, data or code):
+    # a row of the files table, with its bytes when extraction asks
+    response_file: Attachment | None = None
 
 
 @dataclass(slots=True)

@@ -328,10 +328,11 @@ class Pipeline:
     """Runs captures through decoding, reassembly and the dissectors."""
 
     def __init__(self, config: Config | None = None, message_hook: Callable[[Message], None] | None = None,
-                 flow_hook: Callable | None = None):
+                 flow_hook: Callable | None = None, file_hook: Callable | None = None):
         self.config = config or Config()
         self.collector = Collector()
         self.message_hook = message_hook
+        self.file_hook = file_hook  # called with each HttpRequest that carries files (extraction)
         self.flow_hook = flow_hook  # called with each closed Connection (e.g. follow)
         self.decryption = None  # a maildissect.decrypt.Decryption when a key log decrypts TLS
         lim = self.config.limits
@@ -398,14 +399,22 @@ class Pipeline:
                     r.helo = session.helo
                 if self.message_hook is not None:
                     self.message_hook(r)
-                    r.raw = None
+                    r.raw = None  # written: the bytes are not kept for the rest of the run
                     for a in r.attachments:
+                        a.data = None
+                    for a in r.entities:
                         a.data = None
                 if session.messages <= cap:
                     c.messages.append(r)
                 else:
                     self._over(session, "messages", r.ts)
             else:
+                if t is HttpRequest and self.file_hook is not None and (r.files or r.response_file is not None):
+                    self.file_hook(r)
+                    for a in r.files:
+                        a.data = None
+                    if r.response_file is not None:
+                        r.response_file.data = None
                 table = _TABLES.get(t)
                 if table is None:
                     if t is TlsStart:

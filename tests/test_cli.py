@@ -104,10 +104,13 @@ def test_extract_writes_eml_and_attachments_matching_hashes(tmp_path):
     out = tmp_path / "ex"
     run("extract", SMTP, "-o", out, "-q")
     index = pd.read_csv(out / "index.csv")
-    assert len(index) == 2  # Zeek's smtp.log has two transactions
-    for _, row in index.iterrows():
-        data = (out / row["eml"]).read_bytes()
-        assert hashlib.sha256(data).hexdigest() == row["sha256"]
+    emls = index[index["kind"] == "message"]
+    assert len(emls) == 2  # Zeek's smtp.log has two transactions
+    for _, row in index.iterrows():  # every written file, with its hashes
+        data = (out / row["path"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == row["sha256"] and hashlib.md5(data).hexdigest() == row["md5"]
+        assert hashlib.sha1(data).hexdigest() == row["sha1"] and len(data) == row["size"]
+    assert list(index[index["kind"] == "attachment"]["filename"]) == ["NEWS.txt"]
     atts = {p.name: p.stat().st_size for p in (out / "attachments").iterdir()}
     assert atts  # Zeek's smtp.pcap carries attachments
     again = run("extract", SMTP, "-o", out, "-q")

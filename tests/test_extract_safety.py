@@ -182,7 +182,7 @@ def test_existing_files_are_kept_unless_overwrite(tmp_path):
     assert (out / "index.csv").read_text() == "my own index\n" and (out / "index-1.csv").is_file()
     extract(out, message(("notes.txt", b"theirs again")), overwrite=True)
     assert (out / "attachments" / "notes.txt").read_bytes() == b"theirs again"
-    assert (out / "index.csv").read_text().startswith("session_id,")
+    assert (out / "index.csv").read_text().startswith("kind,path,size,md5,sha1,sha256,")
 
 
 def test_identical_rerun_writes_nothing_new(tmp_path):

@@ -8,8 +8,9 @@ directory, a symlink planted there is never followed, and an existing file is
 never overwritten unless ``overwrite`` is set. Even then an existing entry is
 not opened for writing but replaced by a rename: a hard link planted in the
 directory keeps its (outside) content, and a FIFO cannot block the run.
-Identical attachments are written once (deduplicated by sha256). The index
-is a CSV meant for spreadsheets: its cells go through the same formula
+Identical files are written once (deduplicated by sha256). The index lists
+every file with its size, hashes and origin (a message, or an HTTP request);
+it is a CSV meant for spreadsheets: its cells go through the same formula
 defusing as every CSV maildissect writes (:mod:`maildissect.output.spreadsheet`).
 """
 
@@ -76,25 +77,56 @@ def safe_name(name: str | None, default: str = "attachment") -> str:
 
 
 def _slug(text: str | None, limit: int = 40) -> str:
-    text = (text or "").strip("<>")
-    s = re.sub(r"[^A-Za-z0-9._@-]+", "_", text)[:limit].strip("._")
+    """A Message-ID or subject as part of a file name: letters and digits of every script
+    (NFC) and ``._@-`` kept, each run of anything else one ``_``."""
+    text = unicodedata.normalize("NFC", (text or "").strip().strip("<>"))
+    out: list[str] = []
+    for ch in text:
+        if ch in "._@-" or unicodedata.category(ch)[0] in "LNM":
+            out.append(ch)
+        elif not out or out[-1] != "_":
+            out.append("_")
+    s = "".join(out)[:limit].strip("._")
     return s or "message"
 
 
-class Extractor:
-    """Writes each message handed to it (a pipeline message hook).
+#: Extensions of body parts written with --bodies, by MIME type.
+_BODY_EXT = {"text/plain": "txt", "text/html": "html", "text/calendar": "ics", "text/csv": "csv",
+             "text/xml": "xml", "text/markdown": "md", "text/enriched": "txt", "text/rtf": "rtf"}
 
-    Layout: ``DIR/messages/<session>-<n>-<slug>.eml``,
-    ``DIR/attachments/<name>`` and ``DIR/index.csv``.
+#: index.csv: one row per file handed to the extractor, written or not.
+INDEX_FIELDS = ["kind", "path", "size", "md5", "sha1", "sha256", "complete", "source", "protocol", "session_id",
+                "message_index", "direction", "ts", "from", "to", "subject", "message_id", "mailbox", "uid", "part",
+                "filename", "content_type", "http_seq", "method", "host", "uri", "note"]
+
+
+def _iso(ts) -> str:
+    try:
+        return datetime.fromtimestamp(ts, timezone.utc).isoformat() if ts is not None else ""
+    except (OverflowError, OSError, ValueError):
+        return ""
+
+
+class Extractor:
+    """Writes each message and HTTP file handed to it (the pipeline's message and file hooks).
+
+    Layout: ``DIR/messages/<session>-<n>-<slug>.eml``, ``DIR/attachments/<name>``,
+    ``DIR/files/<name>`` (files carried over HTTP), ``DIR/bodies/<session>-<n>-<part>.<ext>``
+    (body parts, with ``bodies``) and ``DIR/index.csv``: one row per file with its size,
+    hashes and where it came from.
     """
 
-    def __init__(self, directory: str, overwrite: bool = False, attachments: bool = True, csv_raw: bool = False):
+    def __init__(self, directory: str, overwrite: bool = False, attachments: bool = True, csv_raw: bool = False,
+                 bodies: bool = False, http: bool = True):
         self.directory = directory
         self.csv_raw = csv_raw
         self.overwrite = overwrite
         self.write_attachments = attachments
+        self.write_bodies = bodies
+        self.write_http = http
         self.rows: list[dict] = []
-        self._messages: list = []  # the records of the rows, read again when the index is written
+        self._messages: list = []  # (row, Message) of message rows, read again when the index is written
+        self._held: set = set()  # (session, exchange seq, sha256) of files a message holds
         self.by_hash: dict[str, str] = {}  # sha256 -> relative path already written
         self.written = 0
         self.skipped: list[str] = []
@@ -115,6 +147,11 @@ class Extractor:
         except BaseException:
             self.close()
             raise
+
+    @property
+    def messages(self) -> int:
+        """Messages handed to the extractor."""
+        return len(self._messages)
 
     def _subdir(self, sub: str) -> int:
         try:
@@ -146,6 +183,8 @@ class Extractor:
         """
         if dedupe and sha256 and sha256 in self.by_hash:
             return self.by_hash[sha256]
+        if sub and sub not in self.dirs:
+            self.dirs[sub] = self._subdir(sub)  # files/ and bodies/ are made when first needed
         dfd = self.dirs[sub] if sub else self.root
         prefix = f"{sub}/" if sub else ""
         stem, dot, ext = name.rpartition(".")
@@ -230,47 +269,106 @@ class Extractor:
             return hashlib.sha256(f.read()).hexdigest() == sha256
 
     def __call__(self, msg: Message) -> None:
+        """Write a message (.eml) and its files; index them."""
+        from ..frames import message_files
         eml = None
         if msg.raw is not None:
             name = safe_name(f"{msg.session_id}-{msg.message_index}-{_slug(msg.message_id or msg.subject)}.eml")
             eml = self._write("messages", name, msg.raw, msg.sha256)
-        files = []
-        if self.write_attachments:
-            for a in msg.attachments:
-                if a.data is None:
+        where = self._message_fields(msg)
+        row = {"kind": "message", "path": eml or "", "size": msg.size if msg.raw is not None else "",
+               "md5": "", "sha1": "", "sha256": msg.sha256 or "", "complete": msg.complete, **where,
+               "part": "", "filename": "", "content_type": "message/rfc822",
+               "note": "" if eml or msg.raw is None else "not written"}
+        if msg.raw is not None:
+            row["md5"], row["sha1"] = hashlib.md5(msg.raw).hexdigest(), hashlib.sha1(msg.raw).hexdigest()
+        else:
+            row["note"] = "bytes not seen (a page or a download that is not the whole message)"
+        self.rows.append(row)
+        self._messages.append((row, msg))
+        for a in message_files(msg):
+            if msg.command_seq is not None and a.sha256:
+                self._held.add((msg.session_id, msg.command_seq, a.sha256))
+            if a.is_attachment:
+                if not self.write_attachments:
                     continue
-                files.append(self._write("attachments", safe_name(a.filename), a.data, a.sha256) or "")
-        self.rows.append({
-            "session_id": msg.session_id, "message_index": msg.message_index, "protocol": msg.protocol,
-            "direction": msg.direction,
-            "ts": datetime.fromtimestamp(msg.ts, timezone.utc).isoformat() if msg.ts is not None else "",
-            "from": msg.from_ or "", "to": "; ".join(msg.to), "subject": msg.subject or "",
-            "message_id": msg.message_id or "", "sha256": msg.sha256 or "", "complete": msg.complete,
-            "eml": eml or "", "attachments": "; ".join(f for f in files if f),
-        })
-        self._messages.append(msg)
+                sub, name = "attachments", safe_name(a.filename)
+            else:
+                if not self.write_bodies:
+                    continue
+                ext = _BODY_EXT.get(a.content_type, "bin")
+                sub, name = "bodies", safe_name(f"{msg.session_id}-{msg.message_index}-{a.part or 'body'}.{ext}")
+            frow = self._file_row("attachment" if a.is_attachment else "body", sub, name, a, where)
+            frow["complete"] = a.complete and msg.complete
+            self.rows.append(frow)
+            self._messages.append((frow, msg))
+
+    def http(self, req) -> None:
+        """Write the files of an HTTP exchange (uploads and a downloaded body); index them."""
+        if not self.write_http:
+            return
+        where = {"source": "http", "protocol": "http", "session_id": req.session_id, "message_index": "",
+                 "from": "", "to": "", "subject": "", "message_id": req.message_id or "",
+                 "mailbox": req.mailbox or "", "uid": "" if req.uid is None else req.uid,
+                 "http_seq": "" if req.seq is None else req.seq, "method": req.method, "host": req.host or "",
+                 "uri": req.uri}
+        for a in req.files:
+            row = self._file_row("http", "files", safe_name(a.filename, "upload"), a,
+                                 {**where, "direction": "uploaded", "ts": _iso(req.ts)})
+            self.rows.append(row)
+        a = req.response_file
+        if a is not None:
+            default = safe_name(req.uri.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1], "download")
+            row = self._file_row("http", "files", safe_name(a.filename, default), a,
+                                 {**where, "direction": "downloaded",
+                                  "ts": _iso(req.response_ts if req.response_ts is not None else req.ts)})
+            if not row["part"] and req.part:
+                row["part"] = req.part
+            self.rows.append(row)
+
+    def _file_row(self, kind: str, sub: str, name: str, a, where: dict) -> dict:
+        path, note = "", ""
+        if a.data is not None:
+            path = self._write(sub, name, a.data, a.sha256) or ""
+            note = "" if path else "not written (see the warnings)"
+        elif a.size:
+            note = "not kept: larger than limits.max_extract_size, or its bytes were not all seen"
+        return {"kind": kind, "path": path, "size": a.size, "md5": a.md5 or "", "sha1": a.sha1 or "",
+                "sha256": a.sha256 or "", "complete": a.complete, **where, "part": a.part or "",
+                "filename": a.filename or "", "content_type": a.content_type or "", "note": note}
+
+    @staticmethod
+    def _message_fields(msg: Message) -> dict:
+        return {"source": "message", "protocol": msg.protocol, "session_id": msg.session_id,
+                "message_index": msg.message_index, "direction": msg.direction, "ts": _iso(msg.ts),
+                "from": msg.from_ or "", "to": "; ".join(msg.to), "subject": msg.subject or "",
+                "message_id": msg.message_id or "", "mailbox": msg.mailbox or "",
+                "uid": "" if msg.uid is None else msg.uid,
+                "http_seq": msg.command_seq if msg.protocol == "http" and msg.command_seq is not None else "",
+                "method": "", "host": "", "uri": ""}
 
     def write_index(self) -> str:
-        """Write index.csv (one row per message) and return its path.
+        """Write index.csv (one row per file: messages, attachments, body parts, HTTP files) and
+        return its path.
 
         Like every other file it never replaces an existing one unless
         ``overwrite`` (a second run into the same directory writes
         index-1.csv, unless the index is the same).
         """
-        fields = ["session_id", "message_index", "protocol", "direction", "ts", "from", "to", "subject",
-                  "message_id", "sha256", "complete", "eml", "attachments"]
         # a webmail read or download learns its message's fields after it was written (from the
         # webmail server's IMAP fetch, maildissect.webmail_backend): the index says what is known now
-        for row, msg in zip(self.rows, self._messages):
+        for row, msg in self._messages:
             row.update({"from": msg.from_ or "", "to": "; ".join(msg.to), "subject": msg.subject or "",
                         "message_id": msg.message_id or ""})
+        # an HTTP file that a message of the same exchange holds is listed with that message
+        rows = [r for r in self.rows if not (r["kind"] == "http" and r["sha256"] and (
+            r["session_id"], r["http_seq"], r["sha256"]) in self._held)]
         text = io.StringIO(newline="")
-        w = csv.DictWriter(text, fieldnames=fields)
+        w = csv.DictWriter(text, fieldnames=INDEX_FIELDS)
         w.writeheader()
-        w.writerows({k: csv_cell(v, self.csv_raw) for k, v in row.items()} for row in self.rows)
+        w.writerows({k: csv_cell(v, self.csv_raw) for k, v in row.items()} for row in rows)
         data = text.getvalue().encode("utf-8")
         rel = self._write("", "index.csv", data, hashlib.sha256(data).hexdigest(), dedupe=False)
         if rel is None:
             raise ExtractError(f"cannot write the index in {self.directory}: {'; '.join(self.skipped[-1:])}")
         return os.path.join(self.directory, rel)
-

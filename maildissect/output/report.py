@@ -14,7 +14,7 @@ holds, in order:
 * a ladder (sequence) diagram per session, as networking textbooks draw
   them: client and server lifelines, SYN, SYN-ACK and ACK, every command and
   reply, the message data, then FIN or RST;
-* sortable, filterable tables of sessions, messages, attachments,
+* sortable, filterable tables of sessions, messages, attachments, files,
   credentials (secrets masked unless asked) and anomalies.
 
 Charts are plotly figures (SVG). The size is bounded: at most ``max_ladders``
@@ -539,6 +539,7 @@ def _cards(result, journeys) -> str:
         (f"{len(r.messages):,}", "message transfers"),
         (f"{len(journeys.journeys):,}", "distinct messages (journeys)"),
         (f"{sum(len(m.attachments) for m in r.messages):,}", "attachments"),
+        (f"{len(result.files):,}", "files (MIME entities and HTTP files)"),
         (f"{len(r.credentials):,}", "credentials"),
         (f"{len(r.anomalies):,}", "anomalies"),
         (span or "\u2013", "time span"),
@@ -613,7 +614,7 @@ def render_report(result, *, captures=None, show_secrets: bool = False, max_ladd
                 f" \u00b7 all times UTC</p></header>")
     body.append('<nav><a href="#overview">Overview</a><a href="#timeline">Timeline</a>'
                 '<a href="#journeys">Journeys</a><a href="#ladders">Ladders</a><a href="#sessions">Sessions</a>'
-                '<a href="#messages">Messages</a><a href="#attachments">Attachments</a>'
+                '<a href="#messages">Messages</a><a href="#attachments">Attachments</a><a href="#files">Files</a>'
                 '<a href="#credentials">Credentials</a><a href="#anomalies">Anomalies</a>'
                 '<a href="#legend">Legend</a></nav><main>')
     # overview
@@ -693,6 +694,12 @@ def render_report(result, *, captures=None, show_secrets: bool = False, max_ladd
     body.append(html_table(result.attachments, ["session_id", "ts", "protocol", "direction", "message_id",
                                                 "filename", "content_type", "size", "md5", "sha256"],
                            "attachments", max_rows))
+    body.append('</section><section id="files"><h2>Files</h2>')
+    body.append('<p class="note">Every MIME leaf entity of every message (body parts too) and every file carried '
+                'over HTTP, hashed over its decoded bytes.</p>')
+    body.append(html_table(result.files, ["ts", "protocol", "session_id", "direction", "source", "message_id",
+                                          "part", "filename", "content_type", "size", "md5", "sha1", "sha256",
+                                          "is_attachment", "uri", "complete"], "files", max_rows))
     creds = result.credentials
     body.append('</section><section id="credentials"><h2>Credentials</h2>')
     body.append(f'<p class="note">{"Secrets shown (--show-secrets)." if show_secrets else "Secrets masked; --show-secrets shows them."}</p>')

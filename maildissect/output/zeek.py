@@ -352,7 +352,9 @@ def _valid_ip(text: str) -> bool:
 
 
 def _fuids(uid: str, m) -> list[str]:
-    return [file_uid(uid, m.session_id, m.message_index, i, a.sha256) for i, a in enumerate(m.attachments, 1)]
+    """The fuids of a message's files (files.log), in part order."""
+    from ..frames import message_files
+    return [file_uid(uid, m.session_id, m.message_index, a.part, a.sha256) for a in message_files(m)]
 
 
 def smtp_rows(records) -> list[dict]:
@@ -450,36 +452,44 @@ def smtp_rows(records) -> list[dict]:
 
 
 def files_rows(records) -> list[dict]:
-    """files.log rows: every attachment of every message, and every file of a multipart upload."""
+    """files.log rows: one per row of the files table (every MIME leaf entity of every
+    message, a forwarded message that is an attachment, every file carried over HTTP)."""
+    from ..frames import file_rows
     uids = _Uids(records)
     sessions = {s.session_id: s for s in records.sessions}
     rows = []
-    for m in sorted(records.messages, key=lambda m: (m.ts or 0.0, m.session_id, m.message_index)):
-        s = sessions.get(m.session_id)
+    # Zeek's depth counts the MIME entities of a session, containers included, across its messages
+    before: dict = {}  # (session, message_index) -> entities of the session's earlier messages
+    seen: dict = {}  # session -> entities counted so far
+    for m in sorted(records.messages, key=lambda m: (m.session_id, m.message_index)):
+        before[(m.session_id, m.message_index)] = seen.get(m.session_id, 0)
+        seen[m.session_id] = before[(m.session_id, m.message_index)] + max(
+            (a.index for a in m.entities), default=len(m.attachments))
+    position: dict = {}  # files of an HTTP exchange so far
+    for f in file_rows(records):
+        s = sessions.get(f.session_id)
         if s is None:
             continue
-        uid = uids[m.session_id]
-        fuids = _fuids(uid, m)
-        for i, (a, fu) in enumerate(zip(m.attachments, fuids), 1):
-            rows.append(_file_row(m.ts, fu, uid, s, m.protocol.upper(), i, a,
-                                  m.direction in ("sent", "appended", "uploaded"), m.complete, m.missing_bytes))
-    for r in sorted(records.http, key=lambda r: (r.ts, r.session_id)):
-        s = sessions.get(r.session_id)
-        if s is None:
-            continue
-        uid = uids[r.session_id]
-        for i, a in enumerate(r.files, 1):
-            fu = file_uid(uid, "http", r.ts, i, a.sha256)
-            rows.append(_file_row(r.ts, fu, uid, s, "HTTP", i, a, True, r.complete, 0))
+        uid = uids[f.session_id]
+        if f.source == "message":
+            key = (f.session_id, f.message_index)
+            position[key] = position.get(key, 0) + 1
+            depth = before.get(key, 0) + (f.a.index or position[key])
+            fuid = file_uid(uid, f.session_id, f.message_index, f.part, f.sha256)
+            source = f.protocol.upper()
+        else:
+            key = (f.session_id, "http", f.http_seq)
+            depth = position[key] = position.get(key, 0) + 1
+            fuid = file_uid(uid, "http", f.http_seq, f.direction, f.part, f.sha256)
+            source = "HTTP"
+        rows.append({
+            "ts": f.ts, "fuid": fuid, "uid": uid, **_ids(s), "source": source, "depth": depth,
+            "analyzers": ["MD5", "SHA1", "SHA256"], "mime_type": f.content_type or None,
+            "filename": f.filename or None, "duration": 0.0,
+            "is_orig": f.direction in ("sent", "appended", "uploaded"), "seen_bytes": f.size,
+            "total_bytes": None, "missing_bytes": f.missing, "overflow_bytes": 0, "timedout": False,
+            "md5": f.md5 or None, "sha1": f.sha1 or None, "sha256": f.sha256 or None})
     return rows
-
-
-def _file_row(ts, fuid, uid, s, source, depth, a, is_orig, complete, missing) -> dict:
-    return {"ts": ts, "fuid": fuid, "uid": uid, **_ids(s), "source": source, "depth": depth,
-            "analyzers": ["MD5", "SHA1", "SHA256"], "mime_type": a.content_type or None,
-            "filename": a.filename or None, "duration": 0.0, "is_orig": bool(is_orig), "seen_bytes": a.size,
-            "total_bytes": None, "missing_bytes": 0 if complete else (missing or 0), "overflow_bytes": 0,
-            "timedout": False, "md5": a.md5, "sha1": a.sha1, "sha256": a.sha256}
 
 
 def _command_rows(records, protocol: str) -> list[dict]:
