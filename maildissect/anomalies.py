@@ -19,6 +19,7 @@ MODULES = (
     "maildissect.tcp",
     "maildissect.protocols.detect",
     "maildissect.protocols.tls",
+    "maildissect.protocols.lines",
     "maildissect.protocols.smtp",
     "maildissect.protocols.imap",
     "maildissect.protocols.pop3",

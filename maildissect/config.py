@@ -31,12 +31,11 @@ class Limits:
     max_detect_bytes: int = 4_096  # bytes buffered per side while the protocol is unknown
     # dissectors
     max_line: int = 65_536  # command/reply/header line
-    max_pending_commands: int = 1_000  # commands awaiting a reply (pipelining)
+    max_pending_commands: int = 1_000  # commands awaiting a reply (pipelining): SMTP, POP3, IMAP tagged commands, HTTP requests; formerly also max_commands_in_flight, still accepted
     max_recipients: int = 10_000  # RCPT TO per transaction
     max_message_size: int = 64 * 1024 * 1024  # bytes of one message kept for parsing
     max_literal: int = 64 * 1024 * 1024  # IMAP literal kept for parsing
     max_nesting: int = 100  # IMAP parenthesis depth, JSON depth
-    max_commands_in_flight: int = 1_000  # IMAP tagged commands awaiting completion
     max_mailbox_messages: int = 1_000_000  # IMAP sequence numbers mapped to UIDs per selected mailbox
     max_records: int = 100_000  # records of one kind (commands, messages, anomalies...) listed per session; the rest are counted
     max_http_header_bytes: int = 1024 * 1024  # request/response header block
@@ -56,10 +55,14 @@ class Limits:
     def names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
 
+    #: former names still accepted by :meth:`updated` (so by ``--limit`` and ``analyze(limits=...)``)
+    ALIASES = {"max_commands_in_flight": "max_pending_commands"}
+
     def updated(self, **changes) -> "Limits":
         """A copy with ``changes``; unknown names, non-numbers, fractions for whole-number
         limits and negative values raise ValueError (a limit of -5 bytes, or 1.5 lines
         of 1.5 bytes, would reach the parsers as nonsense)."""
+        changes = {self.ALIASES.get(name, name): value for name, value in changes.items()}
         unknown = set(changes) - set(self.names())
         if unknown:
             raise ValueError(f"unknown limit(s): {', '.join(sorted(unknown))}")

@@ -81,7 +81,6 @@ ANOMALIES = {
     "mime_encoded_composite": "a multipart or message entity declares base64 or quoted-printable, which RFC 2045 "
                               "forbids: the body is decoded and parsed, as mail clients do (or read as written "
                               "when it is plainly not encoded)",
-    "mime_parser_error": "an internal error of the MIME parser (a bug: please report the message)",
 }
 
 # ---------------------------------------------------------------------------
@@ -866,19 +865,14 @@ def fill_message(msg: Message, raw: bytes, config: Config) -> list[Anomaly]:
     text preview and has_html; ``raw`` and attachment ``data`` only when
     ``config.keep_bodies``. Anomalies are named ``mime_*`` (see
     :data:`ANOMALIES`), one per name and message with a count of repeats; their
-    side is the sender's (:func:`side_of`). Never raises on any input (in
-    ``config.strict`` mode an anomaly raises :class:`~maildissect.anomalies.StrictError`).
+    side is the sender's (:func:`side_of`). Raises on no input (an exception
+    is a bug; in ``config.strict`` mode an anomaly raises
+    :class:`~maildissect.anomalies.StrictError`).
     """
     if not isinstance(raw, bytes):
         raw = bytes(raw)
     parser = _Parser(msg, raw, config)
-    try:
-        parser.run()
-    except (RecursionError, MemoryError, ValueError, TypeError, IndexError,
-            KeyError, AttributeError, UnicodeError, LookupError, binascii.Error) as exc:
-        # a bug, not a property of the input: say so instead of losing the capture
-        parser.note("mime_parser_error", f"{type(exc).__name__}: {exc}"[:200])
-        if msg.sha256 is None:
-            msg.size = len(raw)
-            msg.sha256 = hashlib.sha256(raw).hexdigest()
+    # No catch-all here: an exception is a bug, and the router contains it
+    # (dissector_error, maildissect.pipeline) rather than letting it pass for input.
+    parser.run()
     return parser.anomalies()

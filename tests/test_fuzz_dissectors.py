@@ -6,8 +6,8 @@ the way a hostile or damaged capture mutates them: bytes flipped, ranges
 deleted, duplicated or replaced with interesting tokens, gaps inserted,
 segments cut and re-split anywhere. For any such input each dissector must:
 
-- never raise, and never fall back on a catch-all (``http_internal_error``,
-  ``mime_parser_error``... are bugs: fuzz/harness.py re-raises what they swallowed);
+- never raise (no dissector catches its own exceptions: the router's
+  ``dissector_error`` is the one catch-all, and a bug wherever it appears);
 - name only documented anomalies;
 - keep its records within the configured limits (tight ones, so they are hit);
 - give the same records however the bytes are chunked.

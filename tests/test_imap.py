@@ -648,11 +648,11 @@ def test_item_text_over_max_line_across_literals_is_skipped_but_literals_counted
 
 
 def test_nesting_and_commands_in_flight_limits():
-    cfg = Config(limits=Limits(max_nesting=5, max_commands_in_flight=3))
+    cfg = Config(limits=Limits(max_nesting=5, max_pending_commands=3))
     t = [GREETING, (C, b"a1 SEARCH " + b"(" * 20 + b"ALL" + b")" * 20 + b"\r\n"),
          (C, b"b1 NOOP\r\nb2 NOOP\r\nb3 NOOP\r\n"), (S, b"b3 OK\r\n")]
     recs, _ = run(t, config=cfg)
-    assert names(recs) == ["imap_nesting_too_deep", "imap_too_many_in_flight"]
+    assert names(recs) == ["imap_nesting_too_deep", "too_many_pending_commands"]
     assert [(c.tag, c.reply_code) for c in commands(recs)] == [
         (None, "OK"), ("a1", None), ("b3", "OK"), ("b1", None), ("b2", None)]
 

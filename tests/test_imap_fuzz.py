@@ -177,12 +177,12 @@ def run_chunks(items, config, chunks_of):
 
 def check_bounds(d, config, chunk):
     lim = config.limits
-    for s in d.sides:
+    for s in d.dirs:
         assert len(s.buf) <= lim.max_line + chunk + 8
         assert s.item_kept <= lim.max_literal
         assert s.item_len <= lim.max_line + 64 or s.discard
         assert sum(len(p) for p in s.parts) <= lim.max_line + 64
-    assert len(d.pending) <= lim.max_commands_in_flight
+    assert len(d.pending) <= lim.max_pending_commands
     assert len(d._partials) <= 64 and len(d._known) <= 1_000
     assert 0 <= d._partial_bytes <= lim.max_message_size + lim.max_literal
     assert len(d.uids) <= lim.max_mailbox_messages
@@ -196,7 +196,7 @@ def check_records(records):
 
 
 SMALL = Config(limits=Limits(max_line=300, max_literal=150, max_header_bytes=60, max_nesting=4,
-                             max_commands_in_flight=4, max_mailbox_messages=20, max_message_size=400))
+                             max_pending_commands=4, max_mailbox_messages=20, max_message_size=400))
 
 
 @settings(**SETTINGS)

@@ -275,7 +275,7 @@ def test_line_too_long_and_too_many_pending():
     cfg = Config(limits=Limits(max_line=100, max_pending_commands=2))
     t = [GREETING, (C, b"USER " + b"x" * 300 + b"\r\n"), (C, b"NOOP\r\nNOOP\r\nNOOP\r\n"), (S, b"+OK\r\n")]
     recs, _ = run(t, config=cfg)
-    assert names(recs) == ["pop3_line_too_long", "pop3_too_many_pending"]
+    assert names(recs) == ["pop3_line_too_long", "too_many_pending_commands"]
 
 
 def test_strict_mode_raises():

@@ -117,8 +117,8 @@ def run_chunks(items, config, chunks_of):
             n = chunks_of(i)
             out += d.feed(side, data[i:i + n], float(ts))
             i += n
-            for buf in d.bufs:
-                assert len(buf) <= lim.max_line + n + 8
+            for direction in d.dirs:
+                assert len(direction.buf) <= lim.max_line + n + 8
             assert len(d.pending) <= lim.max_pending_commands
             if d.multi is not None:
                 assert d.multi.kept <= lim.max_message_size and len(d.multi.carry) <= 4

@@ -575,7 +575,7 @@ def test_too_many_pending_commands():
     noops = [c for c in of_type(records, Command) if c.command == "NOOP"]
     assert len(noops) == 12
     assert sum(c.reply_code is None for c in noops) == 7  # the oldest were given up to stay bounded
-    assert anomalies(records) == ["smtp_too_many_pending_commands"]
+    assert anomalies(records) == ["too_many_pending_commands"]
 
 
 def test_too_many_recipients():

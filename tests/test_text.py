@@ -17,7 +17,7 @@ from maildissect import mime, text
 from maildissect.config import Config
 from maildissect.model import Attachment, Command, Message, Received
 from maildissect.protocols import forms, sasl
-from maildissect.protocols.imap import _decode_words as imap_words
+from maildissect.protocols.imap_grammar import _decode_words as imap_words
 from maildissect.text import BAD_ENCODED_WORD, INVALID_BYTES, UNKNOWN_CHARSET
 
 

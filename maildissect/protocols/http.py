@@ -35,7 +35,6 @@ import re
 import zlib
 from collections import deque
 
-from ..anomalies import StrictError
 from ..model import Attachment, Command, Credential, HttpRequest, Message
 from .base import CLIENT, OVERLONG, SERVER, Dissector, StreamBuffer
 from .forms import (MultipartParser, decode_text, header_params, is_message_type, load_json,
@@ -765,13 +764,7 @@ class ExchangeProcessor:
             if server and not sess.server_software:
                 sess.server_software = server[:500]
         creds, login = self._credentials(ex) if req is not None else ([], None)
-        try:
-            action, extra = self.webmail.recognise(ex, login)
-        except StrictError:
-            raise
-        except Exception as exc:  # recognition must never cost the HTTP records
-            action, extra = None, [self.anomaly(req.ts if req else None, None, "http_webmail_error",
-                                                f"{type(exc).__name__}: {str(exc)[:200]}")]
+        action, extra = self.webmail.recognise(ex, login)
         command = self._command(ex) if req is not None else None  # parses the query: its issues come first
         for side, name, detail in ex.issues:
             msg = req if side == CLIENT else resp
@@ -1009,42 +1002,20 @@ class HttpDissector(Dissector):
         out = self._out = []
         if self._tunnel or not data:
             return out
-        try:
-            self._feed(self._c if side == CLIENT else self._s, data, ts)
-        except Exception as exc:  # noqa: BLE001 — a parser bug must not kill the capture
-            self._fatal(exc, ts)
+        self._feed(self._c if side == CLIENT else self._s, data, ts)
         return out
 
     def gap(self, side: int, length: int, ts: float) -> list:
         out = self._out = []
         if self._tunnel or length <= 0:
             return out
-        try:
-            self._gap(self._c if side == CLIENT else self._s, length, ts)
-        except Exception as exc:  # noqa: BLE001
-            self._fatal(exc, ts)
+        self._gap(self._c if side == CLIENT else self._s, length, ts)
         return out
 
     def close(self, ts: float, reason: str) -> list:
         out = self._out = []
-        try:
-            self._close(ts)
-        except Exception as exc:  # noqa: BLE001
-            self._fatal(exc, ts)
-            while self._order:
-                try:
-                    self._finish_exchange(self._order.popleft())
-                except Exception:  # noqa: BLE001
-                    pass
+        self._close(ts)
         return out
-
-    def _fatal(self, exc: Exception, ts: float) -> None:
-        # Defensive: stop parsing this connection rather than raise into the
-        # pipeline; the anomaly names the failure so that it gets reported.
-        if isinstance(exc, StrictError):
-            raise exc
-        self._tunnel = True
-        self._out.append(self.anomaly(ts, None, "http_internal_error", f"{type(exc).__name__}: {exc}"[:300]))
 
     def _feed(self, st: _Side, data: bytes, ts: float) -> None:
         if st.state == _TUNNEL:
@@ -1573,6 +1544,3 @@ class HttpDissector(Dissector):
     def _issue_at(self, ts: float, side: int, name: str, detail: str) -> None:
         self._out.append(self.anomaly(ts, side, name, detail))
 
-
-ANOMALIES["http_internal_error"] = "the HTTP parser failed on this input (a bug); the connection is no longer parsed"
-ANOMALIES["http_webmail_error"] = "webmail recognition failed on this exchange (a bug); the HTTP records are kept"

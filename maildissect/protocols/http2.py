@@ -89,7 +89,6 @@ ANOMALIES = {
     "http2_gap": "bytes missing outside a DATA payload: HTTP/2 framing and header compression of that direction "
                  "cannot be recovered, so it is no longer parsed",
     "http2_truncated": "the connection ended inside a frame, or with messages of open streams unfinished",
-    "http2_internal_error": "the HTTP/2 parser failed on this input (a bug); the connection is no longer parsed",
 }
 
 #: The client connection preface (RFC 9113 3.4).
@@ -211,49 +210,27 @@ class Http2Dissector(Dissector):
         self._closed_order: deque[int] = deque()
         self.frame_cap = lim.max_http_header_bytes
         self._out: list = []
-        self._dead = False
         self._truncated_noted = False
 
     # interface -------------------------------------------------------------
     def feed(self, side: int, data: bytes, ts: float) -> list:
         out = self._out = []
-        if self._dead or not data:
+        if not data:
             return out
-        try:
-            self._feed(self.dirs[side], data, ts)
-        except StrictError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a parser bug must not cost the capture
-            self._fatal(exc, ts)
+        self._feed(self.dirs[side], data, ts)
         return out
 
     def gap(self, side: int, length: int, ts: float) -> list:
         out = self._out = []
-        if self._dead or length <= 0:
+        if length <= 0:
             return out
-        try:
-            self._gap(self.dirs[side], length, ts)
-        except StrictError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            self._fatal(exc, ts)
+        self._gap(self.dirs[side], length, ts)
         return out
 
     def close(self, ts: float, reason: str) -> list:
         out = self._out = []
-        try:
-            self._close(ts)
-        except StrictError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            self._fatal(exc, ts)
+        self._close(ts)
         return out
-
-    def _fatal(self, exc: Exception, ts: float) -> None:
-        if self._dead:
-            return
-        self._dead = True
-        self._out.append(self.anomaly(ts, None, "http2_internal_error", f"{type(exc).__name__}: {exc}"[:300]))
 
     # framing -----------------------------------------------------------------
     def _feed(self, d: _Dir, data: bytes, ts: float) -> None:

@@ -24,10 +24,10 @@ from __future__ import annotations
 import hashlib
 import re
 
-from ..anomalies import StrictError
 from ..model import CLIENT, SERVER, Command, Credential, MailboxEvent, Message
 from ..text import wire
-from .base import OVERLONG, Dissector, StreamBuffer, TlsStart
+from .base import fill_message
+from .lines import BULK, HOLD, LINE, LineDissector
 from .sasl import SaslExchange
 
 __all__ = ["Pop3Dissector", "looks_like_pop3", "ANOMALIES", "KNOWN_COMMANDS"]
@@ -35,7 +35,6 @@ __all__ = ["Pop3Dissector", "looks_like_pop3", "ANOMALIES", "KNOWN_COMMANDS"]
 ANOMALIES = {
     "pop3_line_too_long": "a command or reply line longer than max_line (skipped)",
     "pop3_message_too_large": "a multi-line reply longer than max_message_size: hashed and counted, only a prefix kept",
-    "pop3_too_many_pending": "more than max_pending_commands commands awaiting a reply; the oldest is closed without reply",
     "pop3_unknown_command": "a client command that is not a POP3 command or known extension",
     "pop3_unexpected_reply": "a +OK/-ERR reply with no command awaiting one",
     "pop3_bad_reply": "a server line that is neither +OK, -ERR, a continuation nor part of a multi-line reply",
@@ -44,7 +43,6 @@ ANOMALIES = {
     "pop3_sasl_malformed": "an AUTH response that does not decode for its mechanism",
     "pop3_resync": "after a gap, bytes skipped until the next recognisable command or reply",
     "pop3_stls_pipelined": "plaintext bytes sent by the client after STLS before the server's go-ahead",
-    "pop3_message_parse_error": "the message parser failed on a retrieved message; size and hash recorded without header fields",
 }
 
 #: RFC 1939, 2449, 5034, 6856 (UTF8, LANG) and historical extensions.
@@ -62,8 +60,6 @@ _CLIENT_VERB = re.compile(rb"^([A-Za-z][A-Za-z0-9]{1,7})(?:[ \r\n]|$)")
 _SOFTWARE = (("dovecot", "Dovecot"), ("courier", "Courier"), ("cyrus", "Cyrus"), ("qpopper", "Qpopper"),
              ("popa3d", "popa3d"), ("twisted", "Twisted"), ("microsoft exchange", "Microsoft Exchange"),
              ("gpop", "Gmail"), ("hmailserver", "hMailServer"), ("zimbra", "Zimbra"))
-
-_LINE, _MULTI, _HOLD, _TLS = range(4)
 
 
 def looks_like_pop3(client_first: bytes, server_first: bytes) -> bool:
@@ -145,35 +141,18 @@ class _Multi:
         return b"".join(self.chunks)
 
 
-#: MIME anomalies that only say a message was cut short; for a message already
-#: marked incomplete (a header-only, partial or truncated fetch) they repeat
-#: what ``complete=False`` says and are dropped.
-_TRUNCATION_ANOMALIES = frozenset({"mime_missing_closing_boundary", "mime_boundary_not_found",
-                                   "mime_missing_header_separator"})
+class Pop3Dissector(LineDissector):
+    """POP3 dissector for one connection (see the module docstring).
 
-
-def _fill(msg: Message, raw: bytes, config) -> list:
-    """Fill ``msg`` from ``raw`` with the shared MIME parser; its anomalies."""
-    from .. import mime  # imported on use: the MIME layer is optional for framing
-    found = mime.fill_message(msg, raw, config)
-    if not msg.complete:
-        found = [a for a in found if a.name not in _TRUNCATION_ANOMALIES]
-    return found
-
-
-class Pop3Dissector(Dissector):
-    """POP3 dissector for one connection (see the module docstring)."""
+    The server's direction is in ``BULK`` mode while a multi-line reply streams in.
+    """
 
     protocol = "pop3"
+    resync_anomaly = "pop3_resync"
+    pipelined_anomaly = "pop3_stls_pipelined"
 
     def __init__(self, session, config=None):
         super().__init__(session, config)
-        lim = self.limits
-        self.bufs = (StreamBuffer(lim.max_line), StreamBuffer(lim.max_line))
-        self.modes = [_LINE, _LINE]
-        self.resync = [False, False]
-        self.skipped = [0, 0]
-        self.pending: list[_Pending] = []
         self.greeted = False
         self.apop_stamp: str | None = None
         self.user_arg: str | None = None  # USER argument awaiting PASS
@@ -186,124 +165,61 @@ class Pop3Dissector(Dissector):
         self.bad_run = False
         self.uidl: dict[int, str] = {}
         self.deleted: list[int] = []
-        self._modes_before_tls = [_LINE, _LINE]
-
-    # -- interface -----------------------------------------------------------
-
-    def feed(self, side: int, data: bytes, ts: float) -> list:
-        out: list = []
-        if not data:
-            return out
-        try:
-            if self.modes[side] == _TLS:
-                pass  # the router's: TlsStart was returned
-            elif side == SERVER and self.modes[SERVER] == _MULTI and not len(self.bufs[SERVER]):
-                rest = self._multi_data(data, ts, out)
-                if rest:
-                    self.bufs[SERVER].append(rest)
-                    self._drain(SERVER, ts, out)
-            else:
-                self.bufs[side].append(data)
-                self._drain(side, ts, out)
-        except StrictError:
-            raise
-        except Exception as exc:  # pragma: no cover - a bug; keep the pipeline alive and say so
-            out.append(self.anomaly(ts, side, "pop3_bad_reply" if side == SERVER else "pop3_unknown_command",
-                                    f"internal error: {exc!r}"))
-            self.bufs[side].clear()
-            self.resync[side] = True
-        return out
-
-    def gap(self, side: int, length: int, ts: float) -> list:
-        out: list = []
-        self.session.complete = False
-        mode = self.modes[side]
-        if mode == _TLS:
-            return out
-        buf = self.bufs[side]
-        if side == SERVER and mode == _MULTI:
-            m = self.multi
-            # Bytes of the reply were lost; the terminator may follow later.
-            if len(buf):
-                m_rest = buf.read_all()
-                buf.clear()
-                self._multi_data(m_rest, ts, out)
-            if self.multi is m:
-                m.commit(m.carry)
-                m.carry = b""
-                m.missing += length
-                m.lead = b"\x00\x00"  # unknown context: the next byte does not start a line
-            return out
-        if mode == _HOLD:
-            buf.clear()
-            return out
-        buf.clear()
-        self.resync[side] = True
-        self.skipped[side] = 0
-        return out
 
     def close(self, ts: float, reason: str) -> list:
         out: list = []
-        try:
-            if self.multi is not None:
-                m = self.multi
-                m.commit(m.carry)
-                m.carry = b""
-                out.append(self.anomaly(ts, SERVER, "pop3_unterminated_multiline",
-                                        f"{m.p.verb} {m.p.arg}".strip()))
-                self._finish_multi(ts, out, terminated=False)
-            for p in self.pending:
-                self._emit(p, out)
-            self.pending = []
-        except StrictError:
-            raise
-        except Exception as exc:  # pragma: no cover
-            out.append(self.anomaly(ts, None, "pop3_bad_reply", f"internal error at close: {exc!r}"))
+        if self.multi is not None:
+            m = self.multi
+            m.commit(m.carry)
+            m.carry = b""
+            out.append(self.anomaly(ts, SERVER, "pop3_unterminated_multiline",
+                                    f"{m.p.verb} {m.p.arg}".strip()))
+            self._finish_multi(ts, out, terminated=False)
+        for p in self.pending:
+            self._emit(p, out)
+        self.pending.clear()
         return out
 
-    # -- framing -------------------------------------------------------------
+    # -- the line skeleton's hooks ---------------------------------------------
 
-    def _drain(self, side, ts, out):
-        buf = self.bufs[side]
-        while True:
-            mode = self.modes[side]
-            if mode == _TLS:
-                buf.clear()
-                return
-            if mode == _HOLD:
-                if len(buf) > self.limits.max_line:
-                    self._switch_tls(ts, out, assumed=True)
-                    continue
-                return
-            if mode == _MULTI:
-                if not len(buf):
-                    return
-                rest = self._multi_data(buf.read_all(), ts, out)
-                buf.clear()
-                if rest:
-                    buf.append(rest)
-                continue
-            line = buf.readline()
-            if line is None:
-                return
-            if line is OVERLONG:
-                if not self.resync[side]:
-                    out.append(self.anomaly(ts, side, "pop3_line_too_long",
-                                            f"line longer than {self.limits.max_line} bytes"))
-                continue
-            text = line[:-2] if line.endswith(b"\r\n") else line[:-1]
-            if self.resync[side]:
-                if not self._is_sync_line(side, text):
-                    self.skipped[side] += len(line)
-                    continue
-                self.resync[side] = False
-                if self.skipped[side]:
-                    out.append(self.anomaly(ts, side, "pop3_resync", f"skipped {self.skipped[side]} bytes"))
-                    self.skipped[side] = 0
-            if side == CLIENT:
-                self._client_line(text, ts, out)
-            else:
-                self._server_line(line, text, ts, out)
+    def client_line(self, line, ts, out):
+        self._client_line(line[:-2] if line.endswith(b"\r\n") else line[:-1], ts, out)
+
+    def server_line(self, line, ts, out):
+        self._server_line(line, line[:-2] if line.endswith(b"\r\n") else line[:-1], ts, out)
+
+    def overlong(self, d, ts, out):
+        if not d.resync:
+            out.append(self.anomaly(ts, d.side, "pop3_line_too_long", f"line longer than {self.limits.max_line} bytes"))
+
+    def bulk(self, d, data, ts, out):
+        """Bytes of a multi-line reply (the server's direction only)."""
+        return self._multi_data(data, ts, out) or b""
+
+    def bulk_gap(self, d, length, ts, out):
+        """Bytes of a multi-line reply were lost; its terminator may follow later."""
+        m = self.multi
+        buf = d.buf
+        if len(buf):
+            m_rest = buf.read_all()
+            buf.clear()
+            self._multi_data(m_rest, ts, out)
+        if self.multi is m:
+            m.commit(m.carry)
+            m.carry = b""
+            m.missing += length
+            m.lead = b"\x00\x00"  # unknown context: the next byte does not start a line
+        return True
+
+    def hold_overflow(self, ts, out):
+        self._switch_tls(ts, out, assumed=True)
+
+    def give_up(self, p, ts, out):
+        self._forget(p)
+        self._emit(p, out)
+
+    def is_sync_line(self, side, line) -> bool:
+        return self._is_sync_line(side, line[:-2] if line.endswith(b"\r\n") else line[:-1])
 
     def _is_sync_line(self, side, text) -> bool:
         if side == SERVER:
@@ -371,27 +287,23 @@ class Pop3Dissector(Dissector):
                 p.multi = True  # lists the mechanisms when answered +OK
         elif verb == "STLS":
             self.stls = p
-            self.modes[CLIENT] = _HOLD
+            self.hold()
         elif verb == "CAPA":
             p.multi = True
         elif verb in ("LIST", "UIDL") and not arg:
             p.multi = True
         elif verb in ("RETR", "TOP"):
             p.multi = True
-        self.pending.append(p)
-        if len(self.pending) > self.limits.max_pending_commands:
-            old = self.pending.pop(0)
-            out.append(self.anomaly(ts, CLIENT, "pop3_too_many_pending", f"{old.verb} closed without reply"))
-            self._forget(old)
-            self._emit(old, out)
+        self.push(p, ts, out)
 
     def _forget(self, p):
         if self.auth is p:
             self.auth = None
         if self.stls is p:
             self.stls = None
-            if self.modes[CLIENT] == _HOLD:
-                self.modes[CLIENT] = _LINE
+            c = self.dirs[CLIENT]
+            if c.mode == HOLD:
+                c.mode = LINE
 
     # -- server --------------------------------------------------------------
 
@@ -406,10 +318,10 @@ class Pop3Dissector(Dissector):
                 self.last_ok = None
                 out.append(self.anomaly(ts, SERVER, "pop3_unexpected_multiline", f"after {p.verb} +OK"))
                 self.multi = _Multi(p, self.limits.max_message_size, ts)
-                self.modes[SERVER] = _MULTI
+                self.dirs[SERVER].mode = BULK
                 rest = self._multi_data(line, ts, out)
                 if rest:  # cannot happen for a single line, but stay exact
-                    self.bufs[SERVER].append(rest)
+                    self.dirs[SERVER].buf.append(rest)
                 return
             if not text.strip():
                 return
@@ -429,7 +341,7 @@ class Pop3Dissector(Dissector):
         if not self.pending:
             out.append(self.anomaly(ts, SERVER, "pop3_unexpected_reply", f"{code} {rest[:60]}"))
             return
-        p = self.pending.pop(0)
+        p = self.pending.popleft()
         cmd = p.cmd
         cmd.reply_code = code
         cmd.reply_text = rest
@@ -437,7 +349,7 @@ class Pop3Dissector(Dissector):
         cmd.latency = ts - cmd.ts
         if code == "+OK" and p.multi:
             self.multi = _Multi(p, self.limits.max_message_size, ts)
-            self.modes[SERVER] = _MULTI
+            self.dirs[SERVER].mode = BULK
             return
         self._forget(p)
         self._single(p, code, rest, ts, out)
@@ -448,7 +360,7 @@ class Pop3Dissector(Dissector):
             if code == "+OK":
                 self._switch_tls(ts, out, p)
             else:
-                self._drain(CLIENT, ts, out)
+                self.drain(self.dirs[CLIENT], ts, out)
 
     def _challenge(self, text, ts, out):
         a = self.auth
@@ -534,30 +446,10 @@ class Pop3Dissector(Dissector):
             out.append(p.cred)
 
     def _switch_tls(self, ts, out, p=None, assumed=False):
-        """STLS accepted (or ``assumed``: the client talked on past max_line): the rest of both
-        directions is TLS."""
-        p = p or self.stls
+        """STLS accepted (or ``assumed``: the client talked on past max_line): the rest of
+        both directions is the router's (TlsStart)."""
         self.stls = None
-        cbuf = self.bufs[CLIENT]
-        held = cbuf.read_all()
-        cbuf.clear()
-        if held and held[:1] != b"\x16":
-            # an assumed switch happens once max_line bytes are held; how many more the last
-            # chunk brought depends on the segmentation, so it is not reported
-            count = f"over {self.limits.max_line}" if assumed else str(len(held))
-            out.append(self.anomaly(ts, CLIENT, "pop3_stls_pipelined", f"{count} bytes"))
-        self._modes_before_tls = [_LINE if m == _HOLD else m for m in self.modes]
-        self.modes[CLIENT] = _TLS
-        self.modes[SERVER] = _TLS
-        sbuf = self.bufs[SERVER]
-        rest = sbuf.read_all()
-        sbuf.clear()
-        out.append(TlsStart(ts, (CLIENT, SERVER), (held, rest)))
-
-    def resume(self, ts: float) -> list:
-        """Decrypted plaintext follows the switch: parsing goes on."""
-        self.modes = list(self._modes_before_tls)
-        return []
+        self.start_tls(ts, out, assumed=assumed)
 
     # -- multi-line replies --------------------------------------------------
 
@@ -595,7 +487,7 @@ class Pop3Dissector(Dissector):
     def _finish_multi(self, ts, out, terminated):
         m = self.multi
         self.multi = None
-        self.modes[SERVER] = _LINE
+        self.dirs[SERVER].mode = LINE
         p = m.p
         self._forget(p)
         verb = p.verb
@@ -637,12 +529,7 @@ class Pop3Dissector(Dissector):
                       complete=complete and verb == "RETR", missing_bytes=m.missing, kind=kind,
                       source=f"{verb} {p.arg}".strip()[:200], command_seq=p.cmd.seq, user=self.user,
                       mailbox="INBOX")
-        try:
-            out.extend(_fill(msg, body, self.config))
-        except StrictError:
-            raise
-        except Exception as exc:
-            out.append(self.anomaly(m.ts, SERVER, "pop3_message_parse_error", repr(exc)[:300]))
+        out.extend(fill_message(msg, body, self.config))
         if m.hasher is not None or m.missing:
             msg.size = m.size + m.missing
             msg.sha256 = m.hasher.hexdigest() if m.hasher is not None and not m.missing else None

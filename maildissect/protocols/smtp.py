@@ -42,22 +42,29 @@ Memory is bounded by the limits ``max_line``, ``max_pending_commands``,
 from __future__ import annotations
 
 import hashlib
-import re
-from collections import deque
 
 from .. import mime
 from ..config import Config
-from ..text import wire
 from ..model import CLIENT, SERVER, Command, Credential, Message, Session
-from .base import OVERLONG, Dissector, StreamBuffer, TlsStart
+from .lines import BULK, HOLD, LINE, TLS, LineDissector
 from .sasl import SaslExchange
+from .smtp_syntax import AUTH_INITIAL as _AUTH_INITIAL
+from .smtp_syntax import BDAT_ARG as _BDAT_ARG
+from .smtp_syntax import REPLY as _REPLY
+from .smtp_syntax import VERBS as _VERBS
+from .smtp_syntax import is_command_line as _is_command_line
+from .smtp_syntax import looks_like_smtp
+from .smtp_syntax import parse_path as _parse_path
+from .smtp_syntax import queue_id as _queue_id
+from .smtp_syntax import server_software as _server_software
+from .smtp_syntax import starts_with_verb as _starts_with_verb
+from .smtp_syntax import text as _text
 
 __all__ = ["SmtpDissector", "looks_like_smtp", "ANOMALIES"]
 
 ANOMALIES = {
     "smtp_unknown_command": "a client command that is not an SMTP verb (still recorded as a command)",
     "smtp_line_too_long": "a command or reply line longer than max_line (skipped)",
-    "smtp_too_many_pending_commands": "more than max_pending_commands commands awaiting a reply (the oldest is given up)",
     "smtp_too_many_recipients": "more than max_recipients RCPT TO in one transaction (the rest are not listed)",
     "smtp_message_too_large": "a message larger than max_message_size (hashed in full, parsed from its beginning only)",
     "smtp_bare_lf_dot": "a line '.' ended by a bare LF inside DATA ('\\n.\\n', '\\n.\\r\\n' or '\\r\\n.\\n'): an SMTP smuggling attempt, not an end of data",
@@ -74,163 +81,8 @@ ANOMALIES = {
     "smtp_incomplete_line": "the connection ended in the middle of a command line",
 }
 
-# client modes
-_CMD, _DATA, _BDAT, _HOLD, _TLS, _RESYNC = range(6)
-_LINE_MODES = (_CMD, _RESYNC)
-
-_REPLY = re.compile(rb"(\d{3})(?:([ -])(.*)|[ \t]*)", re.S)
-_BDAT_ARG = re.compile(r"\s*(\d{1,20})(?:\s+(LAST))?\s*", re.I)
-_BDAT_LINE = re.compile(rb"\d{1,20}(?:[ \t]+LAST)?", re.I)
-#: an AUTH command up to its initial response (what follows is secret)
-_AUTH_INITIAL = re.compile(rb"[ \t]*AUTH[ \t]+\S+[ \t]+", re.I)
-
-_VERBS = frozenset(
-    "HELO EHLO LHLO MAIL RCPT DATA BDAT RSET NOOP VRFY EXPN HELP QUIT STARTTLS AUTH "
-    "XCLIENT XFORWARD ETRN ATRN TURN SEND SOML SAML VERB ONEX XEXCH50 X-EXPS "
-    "X-ANONYMOUSTLS XUSR XSHADOW XSHADOWREQUEST".split())
-_NO_ARG_VERBS = (b"DATA", b"QUIT", b"RSET", b"STARTTLS", b"TURN")
-_ARG_VERBS = (b"EHLO", b"HELO", b"LHLO", b"AUTH", b"VRFY", b"EXPN", b"ETRN", b"XCLIENT", b"XFORWARD")
-
-#: "queued as" and its cousins in final replies, tried in order on each line
-_QUEUE_ID = tuple(re.compile(p, re.I) for p in (
-    r"\bqueued as:?\s+([^\s,;]+)",                       # Postfix "Ok: queued as 4Q2X3", many others
-    r"\bqueued with id\s+([^\s,;]+)",
-    r"\bid=([^\s,;]+)",                                  # Exim "OK id=1Mugho-0003Dg-Un"
-    r"\[InternalId=(\d+)",                               # Exchange
-    r"^(?:\d\.\d{1,3}\.\d{1,3}\s+)?(<[^<>\s]+>|[^\s<>]+)\s+Message accepted",  # Sendmail, "<id> Message accepted"
-    r"^(?:\d\.\d{1,3}\.\d{1,3}\s+)?OK\s+\d+\s+(\S+)\s+-\s+gsmtp",               # Gmail
-    r"\bqp\s+(\d+)",                                     # qmail "ok 1234567890 qp 12345"
-))
-
-#: server software recognisable in a greeting
-_SOFTWARE = tuple(re.compile(p) for p in (
-    r"\bPostfix\b(?: \([^)]*\))?",
-    r"\bExim [\d.]+\w*",
-    r"\bSendmail [\w./-]*\w",
-    r"\bMicrosoft ESMTP MAIL Service(?:, Version: [\d.]+)?",
-    r"\bPython SMTP [\d.]+\w*",  # aiosmtpd
-    r"\bSubEthaSMTP\b(?: \d[\w.]*)?",
-    r"\bOpenSMTPD\b",
-    r"\bHaraka(?:/[\d.]+)?",
-    r"\bqmail\b",
-    r"\bCourier(?:-MTA)?\b",
-    r"\bMDaemon(?: [\d.]+)?",
-    r"\bhMailServer\b",
-    r"\bMailEnable\b",
-    r"\bZimbra\b",
-    r"\bCommuniGate Pro(?: [\d.]+)?",
-    r"\bIceWarp(?: [\d.]+)?",
-    r"\bKerio Connect(?: [\d.]+)?",
-    r"\bMercury/32(?: v[\d.]+)?",
-    r"\bAxigen\b",
-    r"\bApache JAMES\b",
-    r"\bgsmtp\b",
-))
-
 #: most SASL client responses kept per exchange (each bounded by max_line)
 _MAX_SASL_LINES = 32
-
-
-def _text(data: bytes) -> str:
-    """Protocol bytes as text: UTF-8 (SMTPUTF8) where valid, else windows-1252."""
-    return wire(data)
-
-
-def _is_command_line(line: bytes) -> bool:
-    """A strictly well-formed SMTP command line (used to resynchronise after a
-    gap and to tell a command from a SASL response)."""
-    verb, _, arg = line.partition(b" ")
-    verb = verb.upper()
-    if verb in _NO_ARG_VERBS:
-        return not arg.strip()
-    if verb == b"MAIL":
-        return arg[:5].upper() == b"FROM:"
-    if verb == b"RCPT":
-        return arg[:3].upper() == b"TO:"
-    if verb == b"BDAT":
-        return _BDAT_LINE.fullmatch(arg.strip()) is not None
-    if verb in _ARG_VERBS:
-        return bool(arg.strip())
-    return verb in (b"NOOP", b"HELP")
-
-
-def _starts_with_verb(line: bytes) -> bool:
-    """The line's first word is an SMTP verb (however well-formed the rest)."""
-    words = line.split(None, 1)
-    return bool(words) and words[0][:16].upper().decode("latin-1") in _VERBS
-
-
-def _parse_path(arg: str, keyword: str) -> tuple[str | None, bool]:
-    """``FROM:<a@b> SIZE=1`` -> (address without brackets, well-formed).
-
-    Tolerates a space after the colon and a missing pair of angle brackets;
-    drops an RFC 5321 source route (``<@relay:user@host>``). The null reverse
-    path ``<>`` gives "".
-    """
-    if arg[:len(keyword)].upper() != keyword:
-        return None, False
-    rest = arg[len(keyword):].lstrip()
-    ok = True
-    if rest.startswith("<"):
-        i, quoted, n = 1, False, len(rest)
-        while i < n:
-            ch = rest[i]
-            if ch == "\\":
-                i += 2
-                continue
-            if ch == '"':
-                quoted = not quoted
-            elif ch == ">" and not quoted:
-                break
-            i += 1
-        if i >= n:
-            ok = False
-        addr = rest[1:i]
-    else:
-        addr = rest.split(None, 1)[0] if rest.strip() else ""
-        ok = bool(addr)
-    if addr.startswith("@") and ":" in addr:
-        addr = addr.split(":", 1)[1]
-    return addr.strip(), ok
-
-
-def _queue_id(lines: list[str]) -> str | None:
-    for line in reversed(lines):
-        for pattern in _QUEUE_ID:
-            m = pattern.search(line)
-            if m:
-                return m.group(1)
-    return None
-
-
-def _server_software(banner: str) -> str | None:
-    for pattern in _SOFTWARE:
-        m = pattern.search(banner)
-        if m:
-            return m.group(0)
-    return None
-
-
-_GREETING = re.compile(rb"220(?:[ -]|\r?\n)")
-_HELLO = re.compile(rb"(?:EHLO|HELO|LHLO)(?:[ \t]|\r?\n)", re.I)
-
-
-def looks_like_smtp(client_first: bytes, server_first: bytes) -> bool:
-    """Whether a connection's first bytes are SMTP.
-
-    A ``220`` greeting answered by EHLO/HELO; when only one side has spoken,
-    that side alone (a lone 220 greeting must not mention FTP, whose greeting
-    is also 220).
-    """
-    server_ok = bool(server_first) and _GREETING.match(server_first) is not None
-    if server_ok and not client_first:
-        first_line = server_first.split(b"\n", 1)[0]
-        return b"FTP" not in first_line.upper()
-    client_ok = bool(client_first) and _HELLO.match(client_first) is not None
-    if client_first and server_first:
-        return server_ok and client_ok
-    return client_ok
-
 
 class _Body:
     """The bytes of one message as they arrive, bounded by max_message_size.
@@ -326,20 +178,19 @@ class _Pending:
         self.epoch = 0  # gaps seen before the command was sent
 
 
-class SmtpDissector(Dissector):
-    """SMTP state machine over one connection (see the module docstring)."""
+class SmtpDissector(LineDissector):
+    """SMTP state machine over one connection (see the module docstring).
+
+    The client's direction is in ``BULK`` mode inside DATA (scanned for its
+    terminator) and inside a BDAT chunk (counted); ``_data_txn`` or
+    ``_bdat_txn`` says which.
+    """
 
     protocol = "smtp"
 
     def __init__(self, session: Session, config: Config | None = None):
         super().__init__(session, config)
-        lim = self.limits
-        self._cbuf = StreamBuffer(lim.max_line)
-        self._sbuf = StreamBuffer(lim.max_line)
-        self._cmode = _CMD
-        self._server_tls = False
-        self._pending: deque[_Pending] = deque([_Pending("greeting")])
-        self._pending_overflow = False
+        self.pending.append(_Pending("greeting"))
         self._txn: _Txn | None = None
         self._txns = 0  # transactions begun so far
         self._auth: _Auth | None = None  # exchange whose responses the client may still send
@@ -347,7 +198,6 @@ class SmtpDissector(Dissector):
         self._closed = False
         self._recovering = False  # after a gap: replies without a command are expected
         self._epoch = 0  # number of gaps so far
-        self._server_resync = False  # after a server gap: skip until a reply line
         self._bad_reply_noted = False
         # reply being assembled
         self._rcode: str | None = None
@@ -368,10 +218,6 @@ class SmtpDissector(Dissector):
         self._bdat_txn: _Txn | None = None
         self._bdat_left = 0
         self._bdat_last = False
-        # STARTTLS: client bytes held until the reply says whether they are TLS
-        self._held: list[bytes] = []
-        self._held_len = 0
-        self._mode_before_tls = _CMD
 
     # ------------------------------------------------------------------ API
 
@@ -381,59 +227,49 @@ class SmtpDissector(Dissector):
             return []
         if not isinstance(data, bytes):
             data = bytes(data)
-        out: list = []
-        if side == CLIENT:
-            self._client(data, ts, out)
-        else:
-            self._server(data, ts, out)
-        return out
+        return super().feed(side, data, ts)
 
     def gap(self, side: int, length: int, ts: float) -> list:
         """``length`` bytes from ``side`` were not captured."""
         if self._closed or length <= 0:
             return []
-        out: list = []
-        self.session.complete = False
         self._recovering = True
         self._epoch += 1
-        if side == CLIENT:
-            self._client_gap(length, ts, out)
-        else:
-            self._server_gap(ts, out)
-        return out
+        return super().gap(side, length, ts)
 
     def close(self, ts: float, reason: str) -> list:
         """End of the connection: flush what is still open."""
         if self._closed:
             return []
         out: list = []
+        c, s = self.dirs
         # the server's last reply may lack its line end
-        if not self._server_tls and len(self._sbuf) and not self._sbuf.discarding:
-            rest = bytes(self._sbuf)
-            self._sbuf.clear()
+        if s.mode != TLS and len(s.buf) and not s.buf.discarding:
+            rest = bytes(s.buf)
+            s.buf.clear()
             if _REPLY.fullmatch(rest.rstrip(b"\r\n")):
+                s.resync = False
                 self._reply_line(rest, ts, out)
         if self._rcode is not None:
             self._complete_reply(ts, out)
-        mode = self._cmode
-        if mode == _HOLD:
+        if c.mode == HOLD:
             self._resolve_hold(ts, out)
-            mode = self._cmode
-        if mode in _LINE_MODES and len(self._cbuf) and not self._cbuf.discarding:
-            rest = bytes(self._cbuf)
-            self._cbuf.clear()
+        mode = c.mode
+        if mode == LINE and len(c.buf) and not c.buf.discarding:
+            rest = bytes(c.buf)
+            c.buf.clear()
             if rest.strip():
                 self._incomplete_line(rest, ts, out)
-        while self._pending:
-            self._flush(self._pending.popleft(), ts, out)
-        if mode == _DATA and self._data_txn is not None:
+        while self.pending:
+            self._flush(self.pending.popleft(), ts, out)
+        if mode == BULK and self._data_txn is not None:
             txn = self._data_txn
             self._commit_hold(ts, out)
             out.append(self.anomaly(ts, CLIENT, "smtp_data_unterminated", f"{txn.body.size} bytes"))
             self._data_txn = None
             txn.body_done = txn.reply_seen = True
             self._finalize(txn, ts, out)
-        elif mode == _BDAT and self._bdat_txn is not None:
+        elif mode == BULK and self._bdat_txn is not None:
             txn = self._bdat_txn
             out.append(self.anomaly(ts, CLIENT, "smtp_bdat_unterminated", f"{self._bdat_left} bytes of the chunk missing"))
             txn.body_done = txn.reply_seen = True
@@ -452,46 +288,102 @@ class SmtpDissector(Dissector):
     def buffered(self) -> int:
         """Bytes held for parsing right now (line buffers, message bodies,
         STARTTLS hold, reply text): bounded by the limits whatever the input."""
-        total = len(self._cbuf) + len(self._sbuf) + len(self._hold) + self._held_len + self._rbytes
+        total = len(self.dirs[CLIENT].buf) + len(self.dirs[SERVER].buf) + len(self._hold) + self._rbytes
         seen = set()
-        for txn in [self._txn, self._data_txn, self._bdat_txn] + [p.txn for p in self._pending]:
+        for txn in [self._txn, self._data_txn, self._bdat_txn] + [p.txn for p in self.pending]:
             if txn is not None and txn.body is not None and id(txn) not in seen:
                 seen.add(id(txn))
                 total += txn.body.kept
         return total
 
-    # ------------------------------------------------------------------ client side
+    # ------------------------------------------------------------------ the line skeleton's hooks
 
-    def _client(self, data: bytes, ts: float, out: list) -> None:
-        while data:
-            mode = self._cmode
-            if mode == _TLS:
-                return  # the router's: TlsStart was returned
-            if mode == _HOLD:
-                self._held.append(data)
-                self._held_len += len(data)
-                if self._held_len > self.limits.max_line:
-                    self._resolve_hold(ts, out)
+    def client_line(self, line: bytes, ts: float, out: list) -> None:
+        self._client_line(line, ts, out)
+
+    def server_line(self, line: bytes, ts: float, out: list) -> None:
+        self._reply_line(line, ts, out)
+
+    def is_sync_line(self, side: int, line: bytes) -> bool:
+        raw = line.rstrip(b"\r\n")
+        if side == SERVER:
+            return _REPLY.fullmatch(raw) is not None
+        auth = self._auth
+        if auth is not None and (auth.awaiting > 0 or (not _is_command_line(raw) and (
+                not auth.exchange.done or not _starts_with_verb(raw)))):
+            return True  # a response of the AUTH exchange under way
+        return _is_command_line(raw)
+
+    def overlong(self, d, ts: float, out: list) -> None:
+        head = d.buf.overlong_head
+        if d.side == CLIENT:
+            self._client_overlong(head, ts, out)
+            return
+        out.append(self.anomaly(ts, SERVER, "smtp_line_too_long", f"reply line over {self.limits.max_line} bytes"))
+        # keep the reply structure: its code and whether it continues
+        head = head[:4]
+        if d.resync:
+            if not self.is_sync_line(SERVER, head):
                 return
-            if mode == _DATA:
-                data = self._data_bytes(data, ts, out)
-                continue
-            if mode == _BDAT:
-                data = self._bdat_bytes(data, ts, out)
-                continue
-            buf = self._cbuf
-            buf.append(data)
-            data = b""
-            while self._cmode in _LINE_MODES:
-                line = buf.readline()
-                if line is None:
-                    break
-                if line is OVERLONG:
-                    self._client_overlong(buf.overlong_head, ts, out)
-                    continue
-                self._client_line(line, ts, out)
-            if self._cmode not in _LINE_MODES and len(buf):
-                data = buf.read_all()
+            self.synced(d, ts, out)
+        self._reply_line(head, ts, out)
+
+    def bulk(self, d, data: bytes, ts: float, out: list) -> bytes:
+        if self._data_txn is not None:
+            return self._data_bytes(data, ts, out)
+        return self._bdat_bytes(data, ts, out)
+
+    def bulk_gap(self, d, length: int, ts: float, out: list) -> bool:
+        if self._data_txn is not None:
+            txn = self._data_txn
+            self._commit_hold(ts, out)
+            self._ctx = b""  # no unstuffing across the hole
+            txn.body.missing += length
+            txn.gap = True
+            self._wire_head = None
+            return True
+        # inside a BDAT chunk the byte count keeps the stream aligned
+        txn = self._bdat_txn
+        txn.gap = True
+        left = self._bdat_left
+        lost = min(length, left)
+        txn.body.missing += lost
+        self._bdat_left -= lost
+        if self._bdat_left:
+            return True
+        if length == left:
+            d.mode = LINE
+            self._bdat_done(ts, out)
+            return True
+        self._bdat_done(ts, out)
+        return False  # the gap went on past the chunk: find the next command
+
+    def lost_sync(self, d, ts: float, out: list) -> None:
+        if d.side == CLIENT:
+            if self._txn is not None:
+                self._txn.gap = True
+            return
+        self._rcode = None
+        self._rlines = []
+        self._rbytes = 0
+        # the replies lost in the gap answered some of the waiting commands;
+        # which ones is unknowable, so none of them gets a reply
+        while self.pending:
+            self._flush(self.pending.popleft(), ts, out)
+
+    def hold_overflow(self, ts: float, out: list) -> None:
+        self._resolve_hold(ts, out)
+
+    def give_up(self, entry, ts: float, out: list) -> None:
+        self._flush(entry, ts, out)
+
+    def restart(self, ts: float, out: list) -> None:
+        """Decrypted plaintext follows the switch: RFC 3207 says both sides start
+        over from the state after the greeting."""
+        self._end_txn(ts, out)
+        self.session.extensions = []
+
+    # ------------------------------------------------------------------ client side
 
     def _client_overlong(self, head: bytes, ts: float, out: list) -> None:
         auth = self._auth
@@ -504,7 +396,7 @@ class SmtpDissector(Dissector):
             verb = _text(head.split(b" ", 1)[0][:32]).upper()
             out.append(self.anomaly(ts, CLIENT, "smtp_line_too_long",
                                     f"command line over {self.limits.max_line} bytes ({verb[:32]!r})"))
-        if self._cmode == _RESYNC:
+        if self.dirs[CLIENT].resync:
             return
         # the server answers it (with an error, most likely): keep the order
         if auth is not None:
@@ -527,10 +419,6 @@ class SmtpDissector(Dissector):
             self._auth = None
             if auth.outstanding == 0:
                 self._emit_credential(auth, None, ts, out)
-        if self._cmode == _RESYNC:
-            if not _is_command_line(raw):
-                return
-            self._cmode = _CMD
         self._command(raw, ts, out)
 
     def _command(self, raw: bytes, ts: float, out: list) -> None:
@@ -582,7 +470,7 @@ class SmtpDissector(Dissector):
             self._push(_Pending(verb.lower(), cmd), ts, out)
         elif verb == "STARTTLS":
             self._push(_Pending("starttls", cmd), ts, out)
-            self._cmode = _HOLD
+            self.hold()
         elif verb == "AUTH":
             self._auth_command(cmd, arg, ts, out)
         else:
@@ -591,17 +479,10 @@ class SmtpDissector(Dissector):
             self._push(_Pending("other", cmd), ts, out)
 
     def _push(self, entry: _Pending, ts: float, out: list) -> None:
-        pending = self._pending
-        if len(pending) >= self.limits.max_pending_commands:
-            if not self._pending_overflow:
-                self._pending_overflow = True
-                out.append(self.anomaly(ts, CLIENT, "smtp_too_many_pending_commands",
-                                        f"over {self.limits.max_pending_commands} commands without reply"))
-            self._flush(pending.popleft(), ts, out)
         entry.epoch = self._epoch
         if entry.txn is not None and entry.cmd is not None:
             entry.cmd.transaction = entry.txn.number
-        pending.append(entry)
+        self.push(entry, ts, out)
 
     def _current_txn(self) -> _Txn:
         """The open transaction, or an implicit one when MAIL was not seen
@@ -651,7 +532,7 @@ class SmtpDissector(Dissector):
         self._wire_head = []
         self._wire_len = 0
         self._data_wire = 0
-        self._cmode = _DATA
+        self.dirs[CLIENT].mode = BULK
 
     def _data_bytes(self, data: bytes, ts: float, out: list) -> bytes:
         """Message data: find CRLF.CRLF, unstuff, store; return what follows it."""
@@ -751,7 +632,10 @@ class SmtpDissector(Dissector):
         txn.reply = (code, lines, ts)
         txn.reply_seen = True
         self._finalize(txn, ts, out)
-        self._cmode = _RESYNC
+        c = self.dirs[CLIENT]
+        c.mode = LINE
+        c.resync = True
+        c.skipped = 0
 
     def _commit_hold(self, ts: float, out: list) -> None:
         """Store the held bytes (end of data without terminator, or a gap)."""
@@ -768,7 +652,7 @@ class SmtpDissector(Dissector):
         self._wire_head = None
         self._hold = b""
         self._virt = 0
-        self._cmode = _CMD
+        self.dirs[CLIENT].mode = LINE
         if self._txn is txn:
             self._txn = None  # the transaction ends with its data (RFC 5321 4.1.1.4)
         if txn.reply_seen:  # the server spoke first (a gap, or a reply during data)
@@ -785,9 +669,9 @@ class SmtpDissector(Dissector):
             if not txn.emitted and txn.body_done:
                 txn.reply = (code, lines, ts)
                 txn.reply_seen = True
-                for i, p in enumerate(self._pending):
+                for i, p in enumerate(self.pending):
                     if p.kind == "eod" and p.txn is txn:
-                        del self._pending[i]
+                        del self.pending[i]
                         if p.cmd is not None:
                             p.cmd.user = self.session.auth_user
                             out.append(p.cmd)
@@ -805,9 +689,10 @@ class SmtpDissector(Dissector):
         self._hold = b""
         self._virt = 0
         txn.body = None
-        self._cmode = _CMD
+        c = self.dirs[CLIENT]
+        c.mode = LINE
         if wire:
-            self._client(wire, ts, out)
+            self.take(c, wire, ts, out)
 
     # -- BDAT
 
@@ -835,7 +720,7 @@ class SmtpDissector(Dissector):
         if last and self._txn is txn:
             self._txn = None
         if size:
-            self._cmode = _BDAT
+            self.dirs[CLIENT].mode = BULK
         else:
             self._bdat_done(ts, out)
 
@@ -848,7 +733,7 @@ class SmtpDissector(Dissector):
                 out.append(self.anomaly(ts, CLIENT, "smtp_message_too_large",
                                         f"over {self.limits.max_message_size} bytes: kept for hashing only"))
         if self._bdat_left == 0:
-            self._cmode = _CMD
+            self.dirs[CLIENT].mode = LINE
             self._bdat_done(ts, out)
         return data[len(chunk):] if len(data) > len(chunk) else b""
 
@@ -866,45 +751,18 @@ class SmtpDissector(Dissector):
     def _resolve_hold(self, ts: float, out: list) -> None:
         """Client bytes after STARTTLS with no verdict yet: TLS if they look
         like a TLS record, otherwise commands."""
-        held = b"".join(self._held)
-        self._held = []
-        self._held_len = 0
-        if held[:1] == b"\x16":
-            self._mode_before_tls = _CMD
-            self._cmode = _TLS
-            out.append(TlsStart(ts, (CLIENT,), (held, b"")))
+        c = self.dirs[CLIENT]
+        if c.buf.peek(1) == b"\x16":
+            self.start_tls(ts, out, sides=(CLIENT,))
         else:
-            self._cmode = _CMD
-            if held:
-                self._client(held, ts, out)
+            self.release(ts, out)
 
     def _start_tls(self, ts: float, out: list) -> None:
         """STARTTLS accepted: both directions are the router's from here (TlsStart)."""
-        held = b"".join(self._held)
-        self._held = []
-        self._held_len = 0
-        self._server_tls = True
-        rest = self._sbuf.read_all()  # server bytes after the 220 line
-        self._sbuf.clear()
-        if self._cmode != _TLS:
-            self._mode_before_tls = _CMD if self._cmode == _HOLD else self._cmode
-            self._cmode = _TLS
-            held += self._cbuf.read_all()
-            self._cbuf.clear()
-            out.append(TlsStart(ts, (CLIENT, SERVER), (held, rest)))
+        if self.dirs[CLIENT].mode != TLS:
+            self.start_tls(ts, out)
         else:  # the client switched already (its bytes began with a TLS record)
-            out.append(TlsStart(ts, (SERVER,), (b"", rest)))
-
-    def resume(self, ts: float) -> list:
-        """Decrypted plaintext follows the switch: RFC 3207 says both sides start
-        over from the state after the greeting."""
-        out: list = []
-        self._server_tls = False
-        if self._cmode == _TLS:
-            self._cmode = self._mode_before_tls
-        self._end_txn(ts, out)
-        self.session.extensions = []
-        return out
+            self.start_tls(ts, out, sides=(SERVER,))
 
     def _incomplete_line(self, rest: bytes, ts: float, out: list) -> None:
         """The connection ended inside a client line: quote its start, marking
@@ -989,49 +847,7 @@ class SmtpDissector(Dissector):
             self.session.auth_user = ex.user
             self.session.auth_mechanism = ex.mechanism
 
-    # -- gaps
-
-    def _client_gap(self, length: int, ts: float, out: list) -> None:
-        mode = self._cmode
-        if mode in (_TLS, _HOLD):
-            return
-        if mode == _DATA:
-            txn = self._data_txn
-            self._commit_hold(ts, out)
-            self._ctx = b""  # no unstuffing across the hole
-            txn.body.missing += length
-            txn.gap = True
-            self._wire_head = None
-            return
-        if mode == _BDAT:
-            txn = self._bdat_txn
-            txn.gap = True
-            left = self._bdat_left
-            lost = min(length, left)
-            txn.body.missing += lost
-            self._bdat_left -= lost
-            if self._bdat_left == 0:
-                self._cmode = _CMD if length == left else _RESYNC
-                self._bdat_done(ts, out)
-            return
-        self._cbuf.clear()
-        if self._txn is not None:
-            self._txn.gap = True
-        self._cmode = _RESYNC
-
-    def _server_gap(self, ts: float, out: list) -> None:
-        self._sbuf.clear()
-        self._rcode = None
-        self._rlines = []
-        self._rbytes = 0
-        if self._server_tls:
-            return
-        self._server_resync = True
-        # the replies lost in the gap answered some of the waiting commands;
-        # which ones is unknowable, so none of them gets a reply
-        while self._pending:
-            self._flush(self._pending.popleft(), ts, out)
-        self._pending_overflow = False
+    # -- commands without reply
 
     def _flush(self, entry: _Pending, ts: float, out: list) -> None:
         """A waiting command that will get no reply (gap, overflow, close)."""
@@ -1048,7 +864,7 @@ class SmtpDissector(Dissector):
             if self._data_txn is txn:
                 self._acked = True  # the client goes on sending: take the data as accepted
         elif kind == "starttls":
-            if self._cmode == _HOLD:
+            if self.dirs[CLIENT].mode == HOLD:
                 self._resolve_hold(ts, out)
         elif entry.auth is not None:
             auth = entry.auth
@@ -1058,32 +874,14 @@ class SmtpDissector(Dissector):
 
     # ------------------------------------------------------------------ server side
 
-    def _server(self, data: bytes, ts: float, out: list) -> None:
-        if self._server_tls:
-            return  # the router's: TlsStart was returned
-        buf = self._sbuf
-        buf.append(data)
-        while not self._server_tls:
-            head = buf.peek(4)
-            line = buf.readline()
-            if line is None:
-                break
-            if line is OVERLONG:
-                out.append(self.anomaly(ts, SERVER, "smtp_line_too_long", f"reply line over {self.limits.max_line} bytes"))
-                # keep the reply structure: its code and whether it continues
-                self._reply_line(head, ts, out)
-                continue
-            self._reply_line(line, ts, out)
-
     def _reply_line(self, raw: bytes, ts: float, out: list) -> None:
         line = raw.rstrip(b"\r\n")
         m = _REPLY.fullmatch(line)
         if m is None:
-            if not self._server_resync and not self._bad_reply_noted:
+            if not self._bad_reply_noted:
                 self._bad_reply_noted = True
                 out.append(self.anomaly(ts, SERVER, "smtp_bad_reply_line", repr(line[:60])))
             return
-        self._server_resync = False
         self._bad_reply_noted = False
         code = m.group(1).decode("ascii")
         more = m.group(2) == b"-"
@@ -1113,13 +911,11 @@ class SmtpDissector(Dissector):
         self._on_reply(code, lines, ts, out)
 
     def _on_reply(self, code: str, lines: list[str], ts: float, out: list) -> None:
-        pending = self._pending
+        pending = self.pending
         if not pending:
             self._unexpected_reply(code, lines, ts, out)
             return
         entry = pending.popleft()
-        if not pending:
-            self._pending_overflow = False
         kind = entry.kind
         text = lines[0] if lines else ""
         if kind == "greeting":
@@ -1171,13 +967,8 @@ class SmtpDissector(Dissector):
         elif kind == "starttls":
             if code == "220":
                 self._start_tls(ts, out)
-            elif self._cmode == _HOLD:
-                held = b"".join(self._held)
-                self._held = []
-                self._held_len = 0
-                self._cmode = _CMD
-                if held:
-                    self._client(held, ts, out)
+            else:
+                self.release(ts, out)
         elif entry.auth is not None:
             auth = entry.auth
             auth.outstanding -= 1
@@ -1194,7 +985,8 @@ class SmtpDissector(Dissector):
     def _unexpected_reply(self, code: str, lines: list[str], ts: float, out: list) -> None:
         """A reply no command waits for."""
         text = lines[0] if lines else ""
-        if self._cmode == _DATA and self._data_txn is not None and self._acked:
+        c = self.dirs[CLIENT]
+        if c.mode == BULK and self._data_txn is not None and self._acked:
             # the server ended the data: its terminator was lost in a gap,
             # or the server gave up on the client (timeout, shutdown)
             txn = self._data_txn
@@ -1202,12 +994,14 @@ class SmtpDissector(Dissector):
                 out.append(self.anomaly(ts, SERVER, "smtp_reply_during_data", f"{code} {text[:60]}"))
             self._end_data_on_reply(txn, code, lines, ts, out)
             return
-        if code == "354" and self._cmode == _RESYNC:
+        if code == "354" and c.mode == LINE and c.resync:
             # a DATA lost in a client gap was accepted: what follows is data
             txn = self._current_txn()
             txn.gap = True
             self._close_open_body(txn, ts, out)
-            self._cbuf.clear()
+            c.buf.clear()
+            c.resync = False
+            c.skipped = 0
             self._begin_data(txn, ts)
             self._acked = True
             return
