@@ -23,7 +23,8 @@ from maildissect.config import Config, Limits
 from maildissect.model import Anomaly, Command, Credential, HttpRequest, Message
 from maildissect.protocols import dissector_class
 from maildissect.protocols.http import HttpDissector
-from maildissect.protocols.http2 import ANOMALIES, PREFACE, Http2Dissector, HttpAnyDissector, looks_like_h2
+from maildissect.protocols.http2 import ANOMALIES, PREFACE, Http2Dissector, looks_like_h2
+from maildissect.protocols.http_any import HttpAnyDissector
 from tests.helpers import C, S, feed, new_session, of_type, run_all_ways
 from tests.pcaps import conversation, write_pcap
 from tests.test_webmail import make_message, multipart

@@ -641,17 +641,3 @@ def test_nothing_after_close():
     records = feed(d, [GREETING, (C, b"QUIT\r\n"), (S, b"221 bye\r\n")])
     assert commands(records)[-1] == ("QUIT", "", "221")
     assert d.feed(C, b"NOOP\r\n", 9.0) == [] and d.close(9.0, "fin") == [] and d.gap(C, 5, 9.0) == []
-
-
-def test_pure_modules_import_no_io_libraries():
-    # the dissector and the MIME module are pure functions of bytes (DESIGN.md)
-    import ast
-    from pathlib import Path
-    root = Path(__file__).resolve().parent.parent / "maildissect"
-    for path in (root / "mime.py", root / "protocols" / "smtp.py"):
-        tree = ast.parse(path.read_text())
-        imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-                    for alias in node.names}
-        imported |= {node.module.split(".")[0] for node in ast.walk(tree)
-                     if isinstance(node, ast.ImportFrom) and node.module and node.level == 0}
-        assert not imported & {"scapy", "pandas", "click", "socket"}, path

@@ -20,7 +20,10 @@ from .content import ALICE_DOMAIN, BOB_DOMAIN, ContentFactory, make_users
 from .manifest import Manifest
 from .net import ALICE_MX, BOB_MX, SERVICES, Network, hold_port, listen_socket
 from .record import Recorder, RecordingRelay
-from .servers import LoopThread, Mta, imap_factory, make_portal, pop3_factory, reactor_call
+from .imap_server import imap_factory
+from .pop3_server import pop3_factory
+from .servers import LoopThread, make_portal, reactor_call
+from .smtp_server import Mta
 from .store import MailStore
 
 #: Services started on each mail server; the TLS ones only when TLS is wanted.

@@ -16,7 +16,7 @@ DISSECTORS = {
     "imap": "maildissect.protocols.imap:ImapDissector",
     "pop3": "maildissect.protocols.pop3:Pop3Dissector",
     # HTTP/1.x or HTTP/2, told apart by the first bytes (or TLS ALPN)
-    "http": "maildissect.protocols.http2:HttpAnyDissector",
+    "http": "maildissect.protocols.http_any:HttpAnyDissector",
     "tls": "maildissect.protocols.tls:TlsDissector",
 }
 

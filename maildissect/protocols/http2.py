@@ -2,10 +2,10 @@
 
 Decrypted HTTPS webmail is mostly HTTP/2. This dissector reads the binary
 framing of both directions of one connection and turns every stream into the
-version-neutral objects of :mod:`maildissect.protocols.http`
-(:class:`~maildissect.protocols.http.HttpMessage`,
-:class:`~maildissect.protocols.http.Body`,
-:class:`~maildissect.protocols.http.Exchange`), handing each finished stream to
+version-neutral objects of the exchange layer, :mod:`maildissect.protocols.exchange`
+(:class:`~maildissect.protocols.exchange.HttpMessage`,
+:class:`~maildissect.protocols.http_body.Body`,
+:class:`~maildissect.protocols.exchange.Exchange`), handing each finished stream to
 :meth:`ExchangeProcessor.complete`, so HTTP records, credentials and the webmail
 recognition are exactly those of HTTP/1.
 
@@ -36,7 +36,7 @@ Limits: a frame other than DATA, and a header block with its CONTINUATION
 frames, are held whole up to ``limits.max_http_header_bytes``; the decoded
 header list is bounded by the same limit; the HPACK dynamic table by the same
 limit too; open streams by ``limits.max_pending_commands``. Bodies follow the
-HTTP body limits of :class:`~maildissect.protocols.http.Body`. Anything beyond
+HTTP body limits of :class:`~maildissect.protocols.http_body.Body`. Anything beyond
 becomes an ``http2_*`` anomaly, never an exception.
 
 Gaps: a hole inside a DATA payload keeps the framing (the body is marked
@@ -58,10 +58,9 @@ from hyperframe.frame import FRAMES
 from ..anomalies import StrictError
 from .base import CLIENT, SERVER, Dissector
 from .forms import decode_text
-from .http import Exchange, ExchangeProcessor, Headers, HttpDissector, HttpMessage
-from .sniff import Sniffer
+from .exchange import Exchange, ExchangeProcessor, Headers, HttpMessage
 
-__all__ = ["ANOMALIES", "Http2Dissector", "HttpAnyDissector", "PREFACE", "looks_like_h2"]
+__all__ = ["ANOMALIES", "Http2Dissector", "PREFACE", "looks_like_h2"]
 
 ANOMALIES = {
     "http2_bad_preface": "the client did not open with the HTTP/2 connection preface; its bytes are read as frames",
@@ -767,63 +766,3 @@ class Http2Dissector(Dissector):
 
     def _issue_at(self, ts: float, side: int | None, name: str, detail: str) -> None:
         self._out.append(self.anomaly(ts, side, name, detail))
-
-
-class HttpAnyDissector(Dissector):
-    """HTTP/1.x or HTTP/2 on one connection, told apart by its first bytes.
-
-    A client that opens with the HTTP/2 preface (prior knowledge, h2c, or
-    ``h2`` negotiated by TLS ALPN) gets :class:`Http2Dissector`, anything else
-    :class:`~maildissect.protocols.http.HttpDissector`. Until the first bytes
-    decide (at most a preface's length of the client, or a frame header of a
-    server that speaks first) they are held (:class:`~.sniff.Sniffer`); then the
-    chosen dissector's ``feed``/``gap``/``close`` replace this object's own, so
-    the choice costs nothing per segment afterwards.
-    """
-
-    protocol = "http"
-
-    #: Bytes held before giving up on HTTP/2 and reading HTTP/1 (a safety net:
-    #: the first 24 client or 9 server bytes always decide).
-    MAX_HELD = 4096
-
-    def __init__(self, session, config=None):
-        super().__init__(session, config)
-        self.inner: Dissector | None = None
-        self._sniffer = Sniffer(_h2_verdict, len(PREFACE), self.MAX_HELD)
-        if session.alpn == "h2":
-            self._choose(Http2Dissector)
-
-    def _choose(self, cls) -> list:
-        inner = self.inner = cls(self.session, self.config)
-        self.feed, self.gap, self.close = inner.feed, inner.gap, inner.close
-        out: list = []
-        self._sniffer.replay(lambda side, data, ts: out.extend(inner.feed(side, data, ts)),
-                             lambda side, length, ts: out.extend(inner.gap(side, length, ts)))
-        return out
-
-    def _decided(self, verdict) -> list:
-        if verdict is None:
-            return []
-        return self._choose(Http2Dissector if verdict else HttpDissector)
-
-    def feed(self, side: int, data: bytes, ts: float) -> list:
-        if not data:
-            return []
-        return self._decided(self._sniffer.data(side, data, ts))
-
-    def gap(self, side: int, length: int, ts: float) -> list:
-        self._sniffer.gap(side, length, ts)
-        return self._decided(self._sniffer.decide(final=True))
-
-    def close(self, ts: float, reason: str) -> list:
-        out = self._decided(self._sniffer.decide(final=True))
-        return out + self.inner.close(ts, reason)
-
-
-def _h2_verdict(client_first: bytes, server_first: bytes, final: bool):
-    """HTTP/2 (True), HTTP/1 (False) or undecided (None) from the first bytes."""
-    verdict = looks_like_h2(client_first, server_first)
-    if verdict is None and final:
-        return False
-    return verdict

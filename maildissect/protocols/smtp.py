@@ -37,17 +37,21 @@ How it follows the dialogue (docs/protocols/smtp.md has the full story):
 
 Memory is bounded by the limits ``max_line``, ``max_pending_commands``,
 ``max_recipients`` and ``max_message_size``; each has its anomaly.
+
+The state machine sits on the line skeleton (:class:`~.lines.LineDissector`:
+both directions' buffers, the pending-command queue, gap resynchronisation,
+STARTTLS hold-and-switch); the syntax of lines, paths and replies is
+:mod:`.smtp_syntax`, the message bytes after DATA :mod:`.smtp_data`.
 """
 
 from __future__ import annotations
-
-import hashlib
 
 from .. import mime
 from ..config import Config
 from ..model import CLIENT, SERVER, Command, Credential, Message, Session
 from .lines import BULK, HOLD, LINE, TLS, LineDissector
 from .sasl import SaslExchange
+from .smtp_data import Body, DataReader
 from .smtp_syntax import AUTH_INITIAL as _AUTH_INITIAL
 from .smtp_syntax import BDAT_ARG as _BDAT_ARG
 from .smtp_syntax import REPLY as _REPLY
@@ -84,46 +88,6 @@ ANOMALIES = {
 #: most SASL client responses kept per exchange (each bounded by max_line)
 _MAX_SASL_LINES = 32
 
-class _Body:
-    """The bytes of one message as they arrive, bounded by max_message_size.
-
-    Past the limit the bytes are no longer kept, only hashed, so that size and
-    sha256 still describe the whole message.
-    """
-
-    __slots__ = ("chunks", "kept", "size", "limit", "hasher", "missing", "terminated")
-
-    def __init__(self, limit: int):
-        self.chunks: list[bytes] = []
-        self.kept = 0
-        self.size = 0
-        self.limit = limit
-        self.hasher = None  # sha256 of everything, once past the limit
-        self.missing = 0  # bytes lost in gaps
-        self.terminated = False  # CRLF.CRLF or the LAST chunk seen
-
-    def add(self, data: bytes) -> bool:
-        """Append; True when this call crossed the size limit."""
-        self.size += len(data)
-        if self.hasher is not None:
-            self.hasher.update(data)
-            return False
-        if self.kept + len(data) <= self.limit:
-            self.chunks.append(data)
-            self.kept += len(data)
-            return False
-        hasher = hashlib.sha256()
-        for chunk in self.chunks:
-            hasher.update(chunk)
-        hasher.update(data)
-        self.hasher = hasher
-        room = self.limit - self.kept
-        if room > 0:
-            self.chunks.append(data[:room])
-            self.kept = self.limit
-        return True
-
-
 class _Txn:
     """One mail transaction: envelope, recipients' outcomes, message body."""
 
@@ -136,7 +100,7 @@ class _Txn:
         self.data_seq: int | None = None  # Command.seq of the DATA / first BDAT carrying the message
         self.rcpts: list[list] = []  # [address, True accepted / False refused / None no reply]
         self.rcpt_overflow = False
-        self.body: _Body | None = None
+        self.body: Body | None = None
         self.data_ts = 0.0
         self.source = ""
         self.gap = gap  # a gap touched the transaction
@@ -204,16 +168,10 @@ class SmtpDissector(LineDissector):
         self._rlines: list[str] = []
         self._rbytes = 0
         self._rtoo_long = False
-        # DATA scanning
+        # DATA
         self._data_txn: _Txn | None = None
-        self._hold = b""  # last wire bytes, not yet committed (a CRLF.CRLF may straddle)
-        self._virt = 0  # leading bytes of _hold that are the DATA line's own CRLF
-        self._ctx = b""  # last 2 committed wire bytes (dot-unstuffing context)
+        self._data: DataReader | None = None  # its bytes up to CRLF.CRLF
         self._acked = False  # 354 seen for the current DATA
-        self._bare_noted = False
-        self._wire_head: list[bytes] | None = None  # first wire bytes, to re-read if DATA is refused
-        self._wire_len = 0
-        self._data_wire = 0  # bytes of the current DATA as sent
         # BDAT
         self._bdat_txn: _Txn | None = None
         self._bdat_left = 0
@@ -249,7 +207,7 @@ class SmtpDissector(LineDissector):
             s.buf.clear()
             if _REPLY.fullmatch(rest.rstrip(b"\r\n")):
                 s.resync = False
-                self._reply_line(rest, ts, out)
+                self.server_line(rest, ts, out)
         if self._rcode is not None:
             self._complete_reply(ts, out)
         if c.mode == HOLD:
@@ -288,7 +246,9 @@ class SmtpDissector(LineDissector):
     def buffered(self) -> int:
         """Bytes held for parsing right now (line buffers, message bodies,
         STARTTLS hold, reply text): bounded by the limits whatever the input."""
-        total = len(self.dirs[CLIENT].buf) + len(self.dirs[SERVER].buf) + len(self._hold) + self._rbytes
+        total = len(self.dirs[CLIENT].buf) + len(self.dirs[SERVER].buf) + self._rbytes
+        if self._data is not None:
+            total += len(self._data.hold)
         seen = set()
         for txn in [self._txn, self._data_txn, self._bdat_txn] + [p.txn for p in self.pending]:
             if txn is not None and txn.body is not None and id(txn) not in seen:
@@ -297,12 +257,6 @@ class SmtpDissector(LineDissector):
         return total
 
     # ------------------------------------------------------------------ the line skeleton's hooks
-
-    def client_line(self, line: bytes, ts: float, out: list) -> None:
-        self._client_line(line, ts, out)
-
-    def server_line(self, line: bytes, ts: float, out: list) -> None:
-        self._reply_line(line, ts, out)
 
     def is_sync_line(self, side: int, line: bytes) -> bool:
         raw = line.rstrip(b"\r\n")
@@ -326,7 +280,7 @@ class SmtpDissector(LineDissector):
             if not self.is_sync_line(SERVER, head):
                 return
             self.synced(d, ts, out)
-        self._reply_line(head, ts, out)
+        self.server_line(head, ts, out)
 
     def bulk(self, d, data: bytes, ts: float, out: list) -> bytes:
         if self._data_txn is not None:
@@ -335,12 +289,8 @@ class SmtpDissector(LineDissector):
 
     def bulk_gap(self, d, length: int, ts: float, out: list) -> bool:
         if self._data_txn is not None:
-            txn = self._data_txn
-            self._commit_hold(ts, out)
-            self._ctx = b""  # no unstuffing across the hole
-            txn.body.missing += length
-            txn.gap = True
-            self._wire_head = None
+            self._data.lost(length, ts, out)
+            self._data_txn.gap = True
             return True
         # inside a BDAT chunk the byte count keeps the stream aligned
         txn = self._bdat_txn
@@ -405,7 +355,7 @@ class SmtpDissector(LineDissector):
         else:
             self._push(_Pending("other"), ts, out)
 
-    def _client_line(self, line: bytes, ts: float, out: list) -> None:
+    def client_line(self, line: bytes, ts: float, out: list) -> None:
         raw = line.rstrip(b"\r\n")
         auth = self._auth
         if auth is not None:
@@ -516,7 +466,7 @@ class SmtpDissector(LineDissector):
     # -- DATA
 
     def _begin_data(self, txn: _Txn, ts: float) -> None:
-        txn.body = _Body(self.limits.max_message_size)
+        txn.body = Body(self.limits.max_message_size)
         txn.data_ts = ts
         txn.source = "DATA"
         txn.tls = self.session.tls
@@ -524,100 +474,20 @@ class SmtpDissector(LineDissector):
         txn.reply = None
         txn.data_seq = None  # the DATA command sets it (a DATA lost in a gap leaves none)
         self._data_txn = txn
-        self._hold = b"\r\n"  # the DATA line's CRLF: ".\r\n" right away is an empty message
-        self._virt = 2
-        self._ctx = b"\r\n"
+        self._data = DataReader(txn.body, self.limits.max_line, self._data_anomaly)
         self._acked = False
-        self._bare_noted = False
-        self._wire_head = []
-        self._wire_len = 0
-        self._data_wire = 0
         self.dirs[CLIENT].mode = BULK
 
+    def _data_anomaly(self, ts: float, out: list, name: str, detail: str) -> None:
+        out.append(self.anomaly(ts, CLIENT, name, detail))
+
     def _data_bytes(self, data: bytes, ts: float, out: list) -> bytes:
-        """Message data: find CRLF.CRLF, unstuff, store; return what follows it."""
-        if self._wire_head is not None:
-            if self._wire_len + len(data) <= self.limits.max_line:
-                self._wire_head.append(data)
-                self._wire_len += len(data)
-            else:
-                self._wire_head = None
-        self._data_wire += len(data)
-        buf = self._hold + data if self._hold else data
-        virt = self._virt
-        ctx = self._ctx
-        if b"\n." not in buf and b"\n." not in ctx + buf[:2]:
-            # the usual chunk: no line starts with a dot, so no end, no
-            # stuffing and no bare-LF dot can be in it (they all contain "\n.")
-            n = len(buf)
-            cut = n - 4 if n > 4 else 0
-            if cut > virt:
-                seg = buf[virt:cut]
-                self._ctx = seg[-2:] if len(seg) >= 2 else (ctx + seg)[-2:]
-                if self._data_txn.body.add(seg):
-                    out.append(self.anomaly(ts, CLIENT, "smtp_message_too_large",
-                                            f"over {self.limits.max_message_size} bytes: kept for hashing only"))
-            self._virt = virt - cut if virt > cut else 0
-            self._hold = buf[cut:]
+        """Message data; returns what follows its CRLF.CRLF."""
+        rest = self._data.feed(data, ts, out)
+        if rest is None:
             return b""
-        end = buf.find(b"\r\n.\r\n")
-        if not self._bare_noted:
-            virt = self._check_bare_lf(buf, len(buf) if end < 0 else end, virt, ts, out)
-        if end >= 0:
-            if end + 2 > virt:
-                self._commit(buf[virt:end + 2], ts, out)
-            rest = buf[end + 5:]
-            self._end_data(ts, out)
-            return rest
-        cut = len(buf) - 4 if len(buf) > 4 else 0
-        if cut > virt:
-            self._commit(buf[virt:cut], ts, out)
-        self._virt = virt - cut if virt > cut else 0
-        self._hold = buf[cut:]
-        return b""
-
-    def _check_bare_lf(self, buf: bytes, last: int, virt: int, ts: float, out: list) -> int:
-        """Note a '.' line ended by a bare LF (the first one of the message)
-        starting at or before ``last`` (the end of data, if found).
-
-        The bytes before it are committed first, so that a size limit they
-        cross is reported before it whatever the chunking; returns how many
-        bytes of ``buf`` are now committed (``virt`` if none were).
-        """
-        stop = last + 5
-        a = buf.find(b"\n.\n", 0, stop)
-        # "\n.\r\n" whose LF has no CR before it (with one, it would be the end)
-        b = buf.find(b"\n.\r\n", 1, stop)
-        hits = [i for i in (a, b) if 0 <= i <= last]
-        if hits:
-            i = min(hits)
-            if i > virt:
-                self._commit(buf[virt:i], ts, out)
-                virt = i
-            self._bare_noted = True
-            # offset in the data as sent, independent of how it was split
-            offset = self._data_wire - len(buf) + i + 1
-            variant = "\\n.\\n" if i == a else "\\n.\\r\\n"
-            out.append(self.anomaly(ts, CLIENT, "smtp_bare_lf_dot", f"{variant} at byte {offset} of the data"))
-        return virt
-
-    def _commit(self, seg: bytes, ts: float, out: list) -> None:
-        """Dot-unstuff wire bytes (with the last committed bytes as context) and store them.
-
-        RFC 5321 4.5.2: the first character of a line that starts with a dot
-        is removed, doubled or not (as Postfix and Zeek do).
-        """
-        ctx = self._ctx
-        joined = ctx + seg
-        if b"\n." in joined:
-            # with 2 bytes of context the removed dot (3rd byte of a match) is
-            # always in seg: a match inside ctx was handled with the bytes before
-            seg = joined.replace(b"\r\n.", b"\r\n")[len(ctx):]
-        self._ctx = joined[-2:]
-        txn = self._data_txn
-        if txn.body.add(seg):
-            out.append(self.anomaly(ts, CLIENT, "smtp_message_too_large",
-                                    f"over {self.limits.max_message_size} bytes: kept for hashing only"))
+        self._end_data(ts, out)
+        return rest
 
     def _end_data_on_reply(self, txn, code: str, lines, ts: float, out: list) -> None:
         """The data of ``txn`` ends at a reply that did not follow a terminator the
@@ -625,7 +495,6 @@ class SmtpDissector(LineDissector):
         reply, and find the commands after it (resynchronising)."""
         self._commit_hold(ts, out)
         self._data_txn = None
-        self._wire_head = None
         if self._txn is txn:
             self._txn = None
         txn.body_done = True
@@ -638,20 +507,17 @@ class SmtpDissector(LineDissector):
         c.skipped = 0
 
     def _commit_hold(self, ts: float, out: list) -> None:
-        """Store the held bytes (end of data without terminator, or a gap)."""
-        if self._data_txn is not None and len(self._hold) > self._virt:
-            self._commit(self._hold[self._virt:], ts, out)
-        self._hold = b""
-        self._virt = 0
+        """The data ends without its terminator: store the bytes held back."""
+        if self._data is not None:
+            self._data.flush(ts, out)
+            self._data = None
 
     def _end_data(self, ts: float, out: list) -> None:
         txn = self._data_txn
         txn.body.terminated = True
         txn.body_done = True
         self._data_txn = None
-        self._wire_head = None
-        self._hold = b""
-        self._virt = 0
+        self._data = None
         self.dirs[CLIENT].mode = LINE
         if self._txn is txn:
             self._txn = None  # the transaction ends with its data (RFC 5321 4.1.1.4)
@@ -678,16 +544,14 @@ class SmtpDissector(LineDissector):
                         break
                 self._finalize(txn, ts, out)
             return
-        wire = None if self._wire_head is None else b"".join(self._wire_head)
-        self._wire_head = None
+        wire = self._data.sent()
         if wire is None:
             # too much to read again as commands: keep what was sent as a
             # message the server refused, and find the commands after it
             self._end_data_on_reply(txn, code, lines, ts, out)
             return
         self._data_txn = None
-        self._hold = b""
-        self._virt = 0
+        self._data = None
         txn.body = None
         c = self.dirs[CLIENT]
         c.mode = LINE
@@ -706,7 +570,7 @@ class SmtpDissector(LineDissector):
         last = m.group(2) is not None
         txn = self._current_txn()
         if txn.body is None or txn.source != "BDAT" or txn.emitted:
-            txn.body = _Body(self.limits.max_message_size)
+            txn.body = Body(self.limits.max_message_size)
             txn.data_ts = ts
             txn.source = "BDAT"
             txn.tls = self.session.tls
@@ -874,7 +738,8 @@ class SmtpDissector(LineDissector):
 
     # ------------------------------------------------------------------ server side
 
-    def _reply_line(self, raw: bytes, ts: float, out: list) -> None:
+    def server_line(self, raw: bytes, ts: float, out: list) -> None:
+        """One reply line (the line skeleton's hook)."""
         line = raw.rstrip(b"\r\n")
         m = _REPLY.fullmatch(line)
         if m is None:

@@ -42,7 +42,7 @@ from datetime import datetime
 from email.utils import getaddresses, parsedate_to_datetime
 
 from ..model import Attachment, MailboxEvent, Message
-from .base import CLIENT, SERVER
+from .base import CLIENT, SERVER, fill_message
 from .forms import is_message_type
 from .roundcube import Roundcube
 
@@ -281,7 +281,7 @@ class WebmailContext:
                                          f"{source}: {msg.size} bytes"))
             out.append(msg)
             return msg
-        out.extend(self._fill(msg, raw))
+        out.extend(fill_message(msg, raw, self.config))
         if not complete:
             msg.complete = False
             msg.missing_bytes = max(msg.missing_bytes, missing)
@@ -289,16 +289,6 @@ class WebmailContext:
             msg.raw = raw
         out.append(msg)
         return msg
-
-    def _fill(self, msg: Message, raw: bytes) -> list:
-        """Header fields, attachments and hashes from the shared MIME parser."""
-        try:
-            from ..mime import fill_message
-        except ImportError:  # a tree without the MIME module: hashes only
-            msg.size = len(raw)
-            msg.sha256 = hashlib.sha256(raw).hexdigest()
-            return []
-        return list(fill_message(msg, raw, self.config) or [])
 
     # -- raw messages -----------------------------------------------------------
     def _raw_messages(self, ex, out: list, skip_request: bool = False) -> str | None:
