@@ -48,6 +48,9 @@ BATCH = 65536
 #: first bytes of each side kept for protocol detection
 DETECT_HEAD = 512
 
+#: bytes of a TLS record header: content type, version, length
+TLS_HEADER = 5
+
 #: implicit-TLS flows are labelled like this in the flows table
 TLS_LABELS = {"smtp": "smtps", "imap": "imaps", "pop3": "pop3s", "http": "https"}
 
@@ -66,6 +69,14 @@ class Collector:
         self.mailboxes: list[MailboxEvent] = []
 
 
+def after_starttls(client_first: bytes, server_first: bytes, final: bool) -> str | None:
+    """What follows an accepted STARTTLS, judged from the first bytes of each side after
+    the switch (at most a record header): TLS. This is the one place where a switch that
+    did not happen (plaintext after the go-ahead, as TLS-inspecting proxies write their
+    captures) is to be told from TLS."""
+    return "tls"
+
+
 class SessionRouter:
     """Listener for one connection: detects the protocol, then feeds the dissector.
 
@@ -79,7 +90,7 @@ class SessionRouter:
     """
 
     __slots__ = ("pipeline", "conn", "session", "dissector", "sniffer", "lazy", "consume",
-                 "batch", "batch_len", "batch_side", "batch_ts", "splice", "switched", "inner")
+                 "batch", "batch_len", "batch_side", "batch_ts", "splice", "switched", "after", "inner")
 
     def __init__(self, pipeline: "Pipeline", conn):
         self.pipeline = pipeline
@@ -95,6 +106,7 @@ class SessionRouter:
         self.consume = None  # where delivered bytes go: the dissector's, or the TLS layer's, data
         self.splice = None  # a decrypt.TlsSplice when a key log decrypted this connection
         self.switched = None  # the sides a dissector switched to TLS, when no key decrypts them
+        self.after = None  # a Sniffer holding their first bytes until they say what follows the switch
         self.inner = None  # a Sniffer choosing the protocol inside decrypted TLS on an unknown port
         self.sniffer = None
         flow = conn.flow
@@ -191,7 +203,7 @@ class SessionRouter:
     def _feed(self, side: int, data: bytes, ts: float):
         """Bytes for the dissector (plaintext), unless its side switched to TLS."""
         if self.switched is not None and self.switched.sides[side]:
-            self.switched.tap(side, data)
+            self._after_switch(side, data, ts)
         elif self.dissector is not None:
             self._call(self.dissector.feed, ts, side, data, ts)
 
@@ -216,6 +228,8 @@ class SessionRouter:
             self.splice.close(ts)
             if self.inner is not None:
                 self._inner_detected(self.inner.decide(final=True), ts)
+        if self.after is not None:
+            self._after_decided(self.after.decide(final=True))
         if self.dissector is not None:
             self._call(self.dissector.close, ts, ts, reason)
 
@@ -259,10 +273,9 @@ class SessionRouter:
         """The dissector accepted STARTTLS (or STLS): what the bytes after the switch are.
 
         With a key log they are decrypted plaintext for the same dissector, which
-        starts over as a fresh TLS session does. Without one they are TLS: counted
-        and their hellos read. (A switch that did not happen -- plaintext rather than
-        a TLS record after the go-ahead, as a decrypting proxy writes its captures --
-        is told apart here, from the first bytes of each side after the switch.)
+        starts over as a fresh TLS session does. Without one, the first bytes of each
+        side after the switch are held until they decide (:func:`after_starttls`); TLS
+        bytes are then counted and their hellos read.
         """
         self.session.tls = True
         ts = event.ts
@@ -275,7 +288,27 @@ class SessionRouter:
             return
         if self.switched is None:
             self.switched = SwitchedSides(self.session)
-        self.switched.switch(event)
+            self.after = Sniffer(after_starttls, TLS_HEADER, self.pipeline.config.limits.max_detect_bytes)
+        for side in event.sides:
+            self.switched.sides[side] = True
+            if event.held[side]:
+                self._after_switch(side, event.held[side], ts)
+
+    def _after_switch(self, side: int, data: bytes, ts: float):
+        """Bytes of a side the dissector switched to TLS (no key log decrypts them)."""
+        after = self.after
+        if after is None:
+            self.switched.tap(side, data)
+            return
+        verdict = after.data(side, data, ts)
+        if verdict is not None:
+            self._after_decided(verdict)
+
+    def _after_decided(self, verdict: str):
+        """The first bytes after the switch said what follows: TLS, counted and its hellos read."""
+        after, self.after = self.after, None
+        tap = self.switched.tap
+        after.replay(lambda side, data, ts: tap(side, data), lambda side, length, ts: None)
 
     def _plain(self, side: int, data: bytes, ts: float):
         """Plaintext from a decrypted connection's splice."""
@@ -289,6 +322,8 @@ class SessionRouter:
     def _lost(self, side: int, length: int, ts: float):
         """Bytes of ``side`` never captured (for a decrypted connection: their plaintext)."""
         if self.switched is not None and self.switched.sides[side]:
+            if self.after is not None:
+                self.after.gap(side, length, ts)
             return  # TLS bytes: lost with their ciphertext, nothing to parse
         if self.dissector is not None and self.inner is None:
             self._call(self.dissector.gap, ts, side, length, ts)
