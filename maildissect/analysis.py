@@ -157,7 +157,7 @@ def make_config(limits: dict | Limits | None = None, **options) -> Config:
 def analyze(paths: str | Iterable[str], *, limits: dict | Limits | None = None,
             progress: Callable[[int, int], None] | None = None,
             message_hook: Callable | None = None, jobs: int = 1, scheduler: str | None = None,
-            keylog: str | None = None, file_hook: Callable | None = None, **options) -> Analysis:
+            keylog: str | Iterable[str] | None = None, file_hook: Callable | None = None, **options) -> Analysis:
     """Analyse capture files (pcap, pcapng, gzip; '-' for stdin), merged in time order.
 
     Options: ``redact`` (mask secrets), ``keep_bodies`` (keep raw messages and
@@ -165,12 +165,14 @@ def analyze(paths: str | Iterable[str], *, limits: dict | Limits | None = None,
     ``dissect`` (False: TCP and protocol detection only, for the flows table),
     ``ports`` ({port: protocol} added to the port map), ``limits``
     ({name: value}, see docs/limits.md). ``keylog``: an NSS key log
-    (SSLKEYLOGFILE format); TLS connections it has keys for are decrypted with
-    tshark and their plaintext dissected like any other (one process; see
-    docs/protocols/tls.md). ``message_hook`` is called with each Message as it
-    completes and ``file_hook`` with each HttpRequest that carries files (with
-    ``keep_bodies`` their bytes are on the records only during the call: extraction);
-    either one runs the analysis in one process. Raises
+    (SSLKEYLOGFILE format), or a list of them; TLS connections they have keys
+    for are decrypted with tshark and their plaintext dissected like any other
+    (one process; see docs/protocols/tls.md). Key logs a pcapng capture carries
+    (Decryption Secrets Blocks) are used as if given here. ``message_hook`` is
+    called with each Message as it completes and ``file_hook`` with each
+    HttpRequest that carries files (with ``keep_bodies`` their bytes are on the
+    records only during the call: extraction); either one runs the analysis in
+    one process. Raises
     :class:`maildissect.capture.files.CaptureError` for a file that is not a
     capture, :class:`AnalysisError` when decryption cannot run (no tshark, a
     file that is not a key log).
@@ -183,12 +185,17 @@ def analyze(paths: str | Iterable[str], *, limits: dict | Limits | None = None,
         # the hook sees the messages as every other output does (exact bytes in ``raw`` kept)
         from .redact import redacting
         message_hook = redacting(message_hook)
-    if keylog is not None and config.dissect:  # (the flows table reads no content: nothing to decrypt)
-        if scheduler is not None:
+    keylogs = _keylogs(keylog)
+    secrets = b""
+    if config.dissect:  # (the flows table reads no content: nothing to decrypt)
+        secrets = capture_secrets(paths, config)
+        if keylogs and scheduler is not None:
             raise AnalysisError("TLS decryption (--keylog) runs on one machine; drop --scheduler")
-        return analyze_decrypted(paths, str(keylog), config, progress, message_hook, file_hook)
+        if (keylogs or secrets) and scheduler is None:
+            return analyze_decrypted(paths, keylogs, config, progress, message_hook, file_hook, secrets)
+    hooks = message_hook is not None or file_hook is not None
     if scheduler is not None:
-        if message_hook is not None or file_hook is not None:
+        if hooks:
             raise AnalysisError("extraction runs on one machine; drop --scheduler")
         collector, wstats = _run_scheduler(paths, config, scheduler)
         d = wstats["decoder"]
@@ -196,23 +203,66 @@ def analyze(paths: str | Iterable[str], *, limits: dict | Limits | None = None,
                  "non_ip": d.get("non_ip", 0), "non_tcp": d.get("non_tcp", 0), "malformed": d.get("malformed", 0),
                  "ip_fragments": d.get("fragments", 0), "linktypes": wstats["linktypes"], "scheduler": scheduler}
         stats.update(_span(collector))
+        if secrets:
+            collector.anomalies.append(_secrets_unused("TLS decryption runs on one machine: drop --scheduler"))
         return Analysis(collector, config, stats)
-    if message_hook is None and file_hook is None and parallel.worth_parallel(paths, jobs):
+    if not hooks and parallel.worth_parallel(paths, jobs):
         collector, wstats = parallel.run_parallel(paths, config, jobs, progress)
         d = wstats["decoder"]
         stats = {"files": list(paths), "frames": wstats["frames"], "tcp_segments": d["tcp"],
                  "non_ip": d["non_ip"], "non_tcp": d["non_tcp"], "malformed": d["malformed"],
                  "ip_fragments": d["fragments"], "linktypes": wstats["linktypes"], "jobs": jobs}
         stats.update(_span(collector))
-        return Analysis(collector, config, stats)
-    pipe = Pipeline(config, message_hook=message_hook, file_hook=file_hook)
-    collector = pipe.run(paths, progress)
-    return Analysis(collector, config, pipeline_stats(pipe, paths))
+        late = wstats.get("secrets", 0)
+    else:
+        pipe = Pipeline(config, message_hook=message_hook, file_hook=file_hook)
+        collector = pipe.run(paths, progress)
+        stats = pipeline_stats(pipe, paths)
+        late = sum(r.secrets_bytes for r in pipe.readers)
+    if late and config.dissect:
+        # key logs after the first packets of a capture (rare: editcap puts them first)
+        if "-" not in paths and not hooks:
+            return analyze_decrypted(paths, keylogs, config, progress, message_hook, file_hook, b"")
+        collector.anomalies.append(_secrets_unused(
+            "read from standard input, whose first packets carried none: read the file instead" if "-" in paths
+            else "they come after the first packets, found while extracting: run again to extract the decrypted mail"))
+    return Analysis(collector, config, stats)
 
 
-def analyze_decrypted(paths: list[str], keylog: str, config: Config, progress=None, message_hook=None,
-                      file_hook=None) -> Analysis:
-    """Analyse with tshark's decryption spliced in (maildissect.decrypt), in one process."""
+def _keylogs(keylog) -> list[str]:
+    """``keylog`` as a list of paths (None, one path, or several)."""
+    if keylog is None:
+        return []
+    if isinstance(keylog, (str, bytes)) or hasattr(keylog, "__fspath__"):
+        return [str(keylog)]
+    return [str(k) for k in keylog]
+
+
+def capture_secrets(paths: list[str], config: Config) -> bytes:
+    """The TLS key logs carried before the first packets of pcapng ``paths`` (their
+    Decryption Secrets Blocks), joined; standard input is not read ahead."""
+    from .capture.files import CaptureReader
+    found = []
+    for p in paths:
+        if p == "-":
+            continue
+        found.append(CaptureReader(p, config.limits.max_frame,
+                                   max_secrets=config.limits.max_capture_secrets).leading_secrets())
+    return b"".join(found)
+
+
+def _secrets_unused(why: str):
+    from .model import Anomaly
+    return Anomaly(None, None, "", "capture_secrets_unused", f"TLS key logs inside the capture not used: {why}")
+
+
+def analyze_decrypted(paths: list[str], keylogs: list[str], config: Config, progress=None, message_hook=None,
+                      file_hook=None, secrets: bytes = b"") -> Analysis:
+    """Analyse with tshark's decryption spliced in (maildissect.decrypt), in one process.
+
+    ``keylogs``: key log files; ``secrets``: key log text taken from the capture
+    itself (tshark reads those too; they are added so that captures merged by
+    mergecap keep them)."""
     import os
     import shutil
     import sys
@@ -231,7 +281,7 @@ def analyze_decrypted(paths: list[str], keylog: str, config: Config, progress=No
         for p in paths:  # a file that is not a capture: our own message, before tshark's
             CaptureReader(p, config.limits.max_frame).close()
         try:
-            decryption = decrypt.Decryption.run(paths, keylog)
+            decryption = decrypt.Decryption.run(paths, keylogs, secrets=secrets)
         except decrypt.DecryptError as e:
             raise AnalysisError(str(e)) from None
         with decryption:
@@ -242,7 +292,9 @@ def analyze_decrypted(paths: list[str], keylog: str, config: Config, progress=No
             stats = pipeline_stats(pipe, paths)
             stats["tls_decrypted"] = {"streams": decryption.streams, "records": decryption.records,
                                       "bytes": decryption.bytes,
-                                      "sessions": sum(1 for s in collector.sessions if s.decrypted)}
+                                      "sessions": sum(1 for s in collector.sessions if s.decrypted),
+                                      "keylogs": list(keylogs),
+                                      "capture_secrets": sum(r.secrets_bytes for r in pipe.readers)}
         return Analysis(collector, config, stats)
     finally:
         if stdin_copy is not None:

@@ -97,8 +97,8 @@ def _number(text: str):
 
 def _remember_keylog(ctx, param, value):
     # Kept in the context rather than passed to every command: run_analysis reads it.
-    if value is not None:
-        ctx.meta["maildissect.keylog"] = value
+    if value:
+        ctx.meta["maildissect.keylog"] = list(value)
     return value
 
 
@@ -106,11 +106,12 @@ def analysis_options(fn):
     """Options shared by every command that analyses captures."""
     from .parallel import default_jobs
     if fn.__name__ != "live":  # (live has its own --keylog: the file may not exist yet)
-        fn = click.option("--keylog", type=click.Path(exists=True, dir_okay=False), default=None, metavar="FILE",
+        fn = click.option("--keylog", type=click.Path(exists=True, dir_okay=False), multiple=True, metavar="FILE",
                           expose_value=False, callback=_remember_keylog,
                           help="Decrypt TLS with this NSS key log (SSLKEYLOGFILE format) through tshark: mail "
                                "inside STARTTLS and implicit TLS is dissected like plaintext (one process; "
-                               "docs/protocols/tls.md).")(fn)
+                               "docs/protocols/tls.md). Repeatable: every key of every file is used. Key logs "
+                               "inside a pcapng capture are used without this option.")(fn)
     fn = click.option("-j", "--jobs", type=click.IntRange(1, 256), default=default_jobs(), show_default=True,
                       help="Processes to use (connections are split between them; results are identical). "
                            "Small captures use one.")(fn)
@@ -219,10 +220,16 @@ def run_analysis(captures, *, quiet=False, redact=False, limits=(), ports=(), ke
 
 def warn_capture_problems(result) -> None:
     """Capture-level damage (truncated files, cut packets) is said on stderr."""
+    from .output.summary import unread_tls
     from .output.terminal import warn
     for a in result.records.anomalies:
         if a.session_id is None and (a.name.startswith("capture_") or a.name.startswith("ip_fragment_table")):
             warn(f"{a.name}: {a.detail}")
+    if "tls_decrypted" in result.stats:
+        n, size = unread_tls(result.records.sessions)
+        if n:
+            warn(f"{n} TLS session{'s' if n != 1 else ''} ({size:,} bytes) stayed encrypted: "
+                 "the key logs hold no keys for them")
 
 
 def apply_filters(df, protocol=None, from_=None, to_=None, subject=None, session_id=None):
@@ -708,9 +715,9 @@ def write_tables(result, directory: str, fmt: str, csv_raw: bool = False) -> int
               show_default=True, help="Capture with scapy's packet socket, a tcpdump pipe, or pyshark/tshark.")
 @click.option("--idle-timeout", type=float, default=300.0, show_default=True,
               help="Seconds of silence after which a connection is closed and reported.")
-@click.option("--keylog", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+@click.option("--keylog", type=click.Path(dir_okay=False), multiple=True, metavar="FILE",
               help="Decrypt TLS sessions with this NSS key log (SSLKEYLOGFILE) through tshark as each one ends; "
-                   "the file may be written while the capture runs (docs/protocols/tls.md).")
+                   "the file may be written while the capture runs (docs/protocols/tls.md). Repeatable.")
 @analysis_options
 @handle_errors
 def live(iface, bpf, extra_ports, duration, count, write, rotate_size, fmt, backend, idle_timeout, keylog, quiet,
@@ -739,6 +746,7 @@ def live(iface, bpf, extra_ports, duration, count, write, rotate_size, fmt, back
     port_map = {int(k): v for k, v in _parse_pairs(ports, "--port").items()}
     config = Config(limits=lim, redact=redact, ports=port_map)
     rotate = _number(rotate_size) if rotate_size else None
+    keylog = list(keylog) or None
     if keylog is not None:
         from .decrypt import MISSING_TSHARK, find_tshark
         if find_tshark() is None:

@@ -20,6 +20,7 @@ class Limits:
     max_fragment_bytes: int = 65_535  # reassembled IPv4/IPv6 datagram
     max_fragment_sets: int = 4_096  # datagrams being reassembled at once
     fragment_timeout: float = 30.0  # seconds before an incomplete datagram is dropped
+    max_capture_secrets: int = 64 * 1024 * 1024  # TLS key log bytes kept from pcapng Decryption Secrets Blocks
     # TCP
     max_flows: int = 1_000_000  # connections tracked at once (oldest idle evicted)
     max_ooo_bytes: int = 4 * 1024 * 1024  # out-of-order bytes buffered per direction

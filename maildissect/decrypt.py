@@ -106,6 +106,30 @@ def check_keylog(path: str) -> None:
                        "'CLIENT_RANDOM <random> <secret>')")
 
 
+def _combined_keylog(keylogs: list[str], secrets: bytes) -> str:
+    """A temporary key log holding the lines of ``keylogs`` and ``secrets``; returns its path
+    (the caller deletes it)."""
+    fd, path = tempfile.mkstemp(prefix="maildissect-keys-", suffix=".keys")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for k in keylogs:
+                try:
+                    with open(k, "rb") as f:
+                        last = b"\n"
+                        for chunk in iter(lambda: f.read(1 << 20), b""):
+                            out.write(chunk)
+                            last = chunk[-1:]
+                        if last != b"\n":
+                            out.write(b"\n")
+                except OSError as e:
+                    raise DecryptError(f"cannot read the key log {k}: {e.strerror or e}") from None
+            out.write(secrets)
+    except BaseException:
+        os.unlink(path)
+        raise
+    return path
+
+
 def _disabled_protocols(tshark: str) -> tuple[str, ...]:
     """DISABLED plus what this tshark would dissect inside TLS (asked once per run of Python)."""
     cached = _disabled_cache.get(tshark)
@@ -201,18 +225,36 @@ class Decryption:
 
     # -- making ---------------------------------------------------------------
     @classmethod
-    def run(cls, paths: list[str], keylog: str, tshark: str | None = None) -> "Decryption":
-        """Decrypt ``paths`` (merged in time order) with ``keylog``; raises DecryptError."""
+    def run(cls, paths: list[str], keylogs, tshark: str | None = None, secrets: bytes = b"") -> "Decryption":
+        """Decrypt ``paths`` (merged in time order) with the key logs ``keylogs`` (one
+        path or several) and ``secrets`` (key log text, such as a capture's own
+        Decryption Secrets Blocks); raises DecryptError."""
         tshark = tshark or find_tshark()
         if tshark is None:
             raise DecryptError(MISSING_TSHARK)
-        check_keylog(keylog)
+        if isinstance(keylogs, (str, os.PathLike)):
+            keylogs = [keylogs]
+        keylogs = [str(k) for k in keylogs]
+        for k in keylogs:
+            check_keylog(k)
         self = cls()
+        combined = None
         try:
-            self._run(list(paths), os.path.abspath(keylog), tshark)
+            if len(keylogs) == 1 and not secrets:
+                keylog = os.path.abspath(keylogs[0])
+            else:
+                # tshark takes one key log file: every key, from every source, in one
+                combined = keylog = _combined_keylog(keylogs, secrets)
+            self._run(list(paths), keylog, tshark)
         except BaseException:
             self.close()
             raise
+        finally:
+            if combined is not None:
+                try:
+                    os.unlink(combined)
+                except OSError:
+                    pass
         return self
 
     def _run(self, paths: list[str], keylog: str, tshark: str) -> None:

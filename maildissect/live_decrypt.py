@@ -64,8 +64,9 @@ class LiveDecryptor:
     capturing thread.
     """
 
-    def __init__(self, keylog: str, config: Config, emit, tshark: str | None = None):
-        self.keylog = keylog
+    def __init__(self, keylog, config: Config, emit, tshark: str | None = None):
+        # one key log path or several (every key of every file is used)
+        self.keylogs = [keylog] if isinstance(keylog, (str, os.PathLike)) else list(keylog)
         self.config = config
         self.emit = emit
         self.tshark = tshark
@@ -166,7 +167,7 @@ class LiveDecryptor:
             writer.close()
             k.frames = []
             try:
-                result = analyze_decrypted([path], self.keylog, self.config)
+                result = analyze_decrypted([path], self.keylogs, self.config)
             except (AnalysisError, OSError) as e:
                 return [("sessions", session),
                         ("anomalies", Anomaly(session.end, fid, "", "live_tls_decrypt_failed", str(e)))]

@@ -66,7 +66,8 @@ def _run_share(paths, config, lo, hi, progress=None):
     pipe = Pipeline(config)
     pipe.run(paths, progress, shard=(lo, hi, BUCKETS))
     return pipe.collector, {"frames": pipe.frames, "decoder": _decoder_stats(pipe),
-                            "linktypes": sorted({lt for r in pipe.readers for lt in r.linktypes})}
+                            "linktypes": sorted({lt for r in pipe.readers for lt in r.linktypes}),
+                            "secrets": sum(r.secrets_bytes for r in pipe.readers)}
 
 
 def _worker(args):

@@ -501,7 +501,8 @@ class Pipeline:
 
         ``progress(done_bytes, total_bytes)`` is called now and then.
         """
-        batches = read_batches(paths, self.config.limits.max_frame, self.readers, shard)
+        batches = read_batches(paths, self.config.limits.max_frame, self.readers, shard,
+                               self.config.limits.max_capture_secrets)
         # frames come in per-block lists; chaining them costs no Python step per frame
         self.process(itertools.chain.from_iterable(batches), progress, shard)
         return self.collector

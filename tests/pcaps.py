@@ -47,8 +47,18 @@ def _block(btype: int, body: bytes, endian="<") -> bytes:
     return struct.pack(endian + "II", btype, n) + body + struct.pack(endian + "I", n)
 
 
-def write_pcapng(path, interfaces, packets, endian="<"):
-    """interfaces: [(linktype, tsresol_byte or None)]; packets: [(iface, ts, data)]."""
+#: pcapng Decryption Secrets Block secrets types
+TLS_KEY_LOG, WIREGUARD_KEY_LOG = 0x544C534B, 0x57474B4C
+
+
+def secrets_block(stype: int, data: bytes, endian="<") -> bytes:
+    """A pcapng Decryption Secrets Block (what ``editcap --inject-secrets`` writes)."""
+    return _block(0x0000000A, struct.pack(endian + "II", stype, len(data)) + _pad(data), endian)
+
+
+def write_pcapng(path, interfaces, packets, endian="<", secrets=()):
+    """interfaces: [(linktype, tsresol_byte or None)]; packets: [(iface, ts, data)];
+    secrets: [(index of the packet they precede, secrets type, data)]."""
     out = bytearray()
     out += _block(0x0A0D0D0A, struct.pack(endian + "IHHq", 0x1A2B3C4D, 1, 0, -1), endian)
     for lt, tsresol in interfaces:
@@ -58,7 +68,12 @@ def write_pcapng(path, interfaces, packets, endian="<"):
         if opts:
             opts += struct.pack(endian + "HH", 0, 0)
         out += _block(1, struct.pack(endian + "HHI", lt, 0, 262144) + opts, endian)
-    for iface, ts, data in packets:
+    before = {}
+    for index, stype, data in secrets:
+        before.setdefault(index, []).append(secrets_block(stype, data, endian))
+    for n, (iface, ts, data) in enumerate(packets):
+        for block in before.pop(n, ()):
+            out += block
         lt, tsresol = interfaces[iface]
         if tsresol is None:
             units = 10 ** 6
@@ -69,6 +84,9 @@ def write_pcapng(path, interfaces, packets, endian="<"):
         t = round(ts * units)
         out += _block(6, struct.pack(endian + "IIIII", iface, t >> 32, t & 0xFFFFFFFF, len(data), len(data))
                       + data, endian)
+    for blocks in before.values():
+        for block in blocks:
+            out += block
     with open(path, "wb") as f:
         f.write(out)
 

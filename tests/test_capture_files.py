@@ -9,7 +9,8 @@ import pytest
 
 from maildissect import CaptureError, read_flows
 from maildissect.capture.files import CaptureReader, read_frames
-from tests.pcaps import conversation, tcp_frame, write_pcap, write_pcapng
+from tests.pcaps import (TLS_KEY_LOG, WIREGUARD_KEY_LOG, conversation, tcp_frame, write_pcap,
+                         write_pcapng)
 
 HELLO = [("s", b"220 mail.example ESMTP\r\n"), ("c", b"EHLO me\r\n"), ("s", b"250 ok\r\n")]
 
@@ -51,6 +52,47 @@ def test_pcapng_big_endian(tmp_path):
     write_pcapng(p, [(1, 6)], [(0, 5.0, f1)], endian=">")
     _, got = frames_of(p)
     assert got[0][2] == f1 and got[0][0] == pytest.approx(5.0)
+
+
+KEYS_A = b"CLIENT_RANDOM " + b"aa" * 32 + b" " + b"bb" * 48 + b"\n"
+KEYS_B = b"CLIENT_RANDOM " + b"cc" * 32 + b" " + b"dd" * 48  # no final line end
+
+
+@pytest.mark.parametrize("endian", ["<", ">"])
+def test_pcapng_decryption_secrets_blocks(tmp_path, endian):
+    """TLS key logs are kept in file order, wherever they sit; other secrets types are not."""
+    f1 = tcp_frame(payload=b"x")
+    p = tmp_path / "dsb.pcapng"
+    write_pcapng(p, [(1, 6)], [(0, 5.0, f1), (0, 6.0, f1)], endian=endian,
+                 secrets=[(0, TLS_KEY_LOG, KEYS_A), (0, WIREGUARD_KEY_LOG, b"wg key\n"), (1, TLS_KEY_LOG, KEYS_B)])
+    r, got = frames_of(p)
+    assert len(got) == 2 and not r.anomalies
+    assert r.secrets == [KEYS_A, KEYS_B + b"\n"]
+    assert CaptureReader(str(p)).leading_secrets() == KEYS_A + KEYS_B + b"\n"
+    # a pcap file has none
+    q = tmp_path / "x.pcap"
+    write_pcap(q, [(5.0, f1)])
+    assert CaptureReader(str(q)).leading_secrets() == b""
+
+
+def test_pcapng_secrets_beyond_the_limit_keep_whole_lines(tmp_path):
+    f1 = tcp_frame(payload=b"x")
+    p = tmp_path / "dsb.pcapng"
+    write_pcapng(p, [(1, 6)], [(0, 5.0, f1)], secrets=[(0, TLS_KEY_LOG, KEYS_A * 3), (0, TLS_KEY_LOG, KEYS_A)])
+    r = CaptureReader(str(p), max_secrets=len(KEYS_A) * 2 + 10)
+    assert len(list(r)) == 1
+    assert r.secrets == [KEYS_A * 2]
+    assert [a.name for a in r.anomalies] == ["capture_secrets_too_large"]
+
+
+def test_pcapng_secrets_block_larger_than_a_packet(tmp_path):
+    """editcap puts a whole key log in one block: larger than max_frame is fine."""
+    keys = KEYS_A * 4000  # 700 KB
+    f1 = tcp_frame(payload=b"x")
+    p = tmp_path / "dsb.pcapng"
+    write_pcapng(p, [(1, 6)], [(0, 5.0, f1)], secrets=[(0, TLS_KEY_LOG, keys)])
+    r, got = frames_of(p)
+    assert len(got) == 1 and not r.anomalies and r.secrets == [keys]
 
 
 def test_gzip_and_stdin(tmp_path):

@@ -350,3 +350,91 @@ def test_addresses_spelled_like_the_flow_table():
     for text in ("10.0.0.1", "2001:db8::1", "::ffff:1.2.3.4", "fe80::1:0:0:1"):
         family = socket.AF_INET6 if ":" in text else socket.AF_INET
         assert decrypt._ip(text.upper()) == ip_text(socket.inet_pton(family, text))
+
+
+# --------------------------------------------------------------------------
+# key logs inside the capture, and several key logs
+
+def _split_keys(tmp_path):
+    """The bundled key log cut in two files by TLS session (client random)."""
+    by_random: dict[str, list[str]] = collections.defaultdict(list)
+    for line in open(KEYS):
+        if line.strip():
+            by_random[line.split()[1]].append(line)
+    randoms = sorted(by_random)
+    halves = []
+    for k, part in enumerate((randoms[::2], randoms[1::2])):
+        path = tmp_path / f"half{k}.keys"
+        path.write_text("".join(line for r in part for line in by_random[r]))
+        halves.append(str(path))
+    return halves
+
+
+@needs_tshark
+def test_several_key_logs_are_all_used(tmp_path):
+    halves = _split_keys(tmp_path)
+    a = maildissect.analyze(PCAP, keylog=halves)
+    assert check_against_manifest(MANIFEST, a) == 12
+    assert a.stats["tls_decrypted"]["keylogs"] == halves
+    for half in halves:
+        assert 0 < len(maildissect.analyze(PCAP, keylog=half).records.messages) < 12
+    args = ["messages", PCAP, "--keylog", halves[0], "--keylog", halves[1], "-f", "jsonl", "-q"]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert len(res.output.splitlines()) == 12
+
+
+@needs_tshark
+def test_sessions_left_encrypted_are_said(tmp_path):
+    half = _split_keys(tmp_path)[0]
+    partial = maildissect.analyze(PCAP, keylog=half)
+    left = [s for s in partial.records.sessions if s.tls and not s.decrypted]
+    size = sum(s.tls_bytes_client + s.tls_bytes_server for s in left)
+    assert left and size
+    res = CliRunner().invoke(cli, ["sessions", PCAP, "--keylog", half, "-f", "jsonl"])
+    assert res.exit_code == 0
+    assert f"{len(left)} TLS sessions ({size:,} bytes) stayed encrypted" in res.stderr
+    # all keys: nothing to say; no key log: the summary counts what went unread
+    res = CliRunner().invoke(cli, ["sessions", PCAP, "--keylog", KEYS, "-f", "jsonl"])
+    assert "stayed encrypted" not in res.stderr
+    from maildissect.output.summary import overview
+    rows = dict(overview(maildissect.analyze(PCAP)))
+    total = sum(s.tls_bytes_client + s.tls_bytes_server for s in maildissect.analyze(PCAP).records.sessions)
+    assert rows["TLS unread"] == f"8 sessions, {total:,} bytes: no key log was given (--keylog)"
+    assert "TLS unread" not in dict(overview(maildissect.analyze(PCAP, keylog=KEYS)))
+
+
+@needs_tshark
+def test_key_logs_inside_a_pcapng_capture(tmp_path):
+    """editcap --inject-secrets: the capture decrypts with no option, as in tshark."""
+    editcap = shutil.which("editcap")
+    if editcap is None:
+        pytest.skip("editcap is not installed (it comes with tshark)")
+    out = tmp_path / "with-keys.pcapng"
+    subprocess.run([editcap, "--inject-secrets", f"tls,{KEYS}", PCAP, str(out)], check=True, capture_output=True)
+    a = maildissect.analyze(str(out))
+    assert check_against_manifest(MANIFEST, a) == 12
+    assert a.stats["tls_decrypted"]["capture_secrets"] == os.path.getsize(KEYS)
+    res = CliRunner().invoke(cli, ["messages", str(out), "-f", "jsonl", "-q"])
+    assert res.exit_code == 0 and len(res.output.splitlines()) == 12
+
+
+@needs_tshark
+def test_key_logs_after_the_first_packets(tmp_path):
+    """A Decryption Secrets Block behind more than the first batch of packets is found in
+    the reading pass, which then runs again with decryption."""
+    from maildissect.capture.files import CaptureReader
+    from tests.pcaps import TLS_KEY_LOG, write_pcapng
+    frames = list(CaptureReader(PCAP))
+    filler = b"\xff" * 6 + b"\x02" * 6 + b"\x88\xb5" + b"\0" * 46  # an Ethernet frame of a local ethertype
+    packets = [(0, frames[0][0] - 1 + k / 10000, filler) for k in range(1500)]
+    packets += [(0, ts, data) for ts, _lt, data, _w in frames]
+    out = tmp_path / "late.pcapng"
+    write_pcapng(out, [(1, 6)], packets, secrets=[(1500, TLS_KEY_LOG, open(KEYS, "rb").read())])
+    assert CaptureReader(str(out)).leading_secrets() == b""
+    a = maildissect.analyze(str(out))
+    assert check_against_manifest(MANIFEST, a) == 12
+    # from standard input the capture cannot be read twice: said, not silently lost
+    with open(out, "rb") as f:
+        res = CliRunner().invoke(cli, ["sessions", "-", "-f", "jsonl"], input=f.read())
+    assert res.exit_code == 0 and "capture_secrets_unused" in res.stderr

@@ -35,7 +35,16 @@ ANOMALIES = {
     "capture_bad_block": "a pcapng block is malformed; reading stops there",
     "capture_unknown_interface": "a pcapng packet names an interface that was not described; the packet is skipped",
     "capture_unsorted": "timestamps go backwards in a file (count in detail); frames are processed in file order",
+    "capture_secrets_too_large": "pcapng Decryption Secrets Blocks held more TLS key log bytes than "
+                                 "limits.max_capture_secrets; the rest are not used",
+    "capture_secrets_unused": "the capture carries TLS key logs (pcapng Decryption Secrets Blocks) that could not be "
+                              "used (the detail says why)",
 }
+
+#: pcapng Decryption Secrets Block type, and the secrets type of an NSS TLS key log in it
+_PCAPNG_DSB = 0x0000000A
+_SECRETS_TLS = 0x544C534B  # "TLSK"
+
 
 BLOCK = 1 << 20  # bytes read from the file at a time
 
@@ -116,9 +125,14 @@ class CaptureReader:
     shorter than they were on the wire.
     """
 
-    def __init__(self, path: str, max_frame: int = 262_144, stream: BinaryIO | None = None):
+    def __init__(self, path: str, max_frame: int = 262_144, stream: BinaryIO | None = None,
+                 max_secrets: int = 64 * 1024 * 1024):
         self.path = path
         self.max_frame = max_frame
+        #: TLS key logs (NSS key log text) from pcapng Decryption Secrets Blocks, in file order
+        self.secrets: list[bytes] = []
+        self.secrets_bytes = 0
+        self.max_secrets = max_secrets
         self.anomalies: list[Anomaly] = []
         self.linktypes: set[int] = set()
         self.frames = 0
@@ -176,6 +190,18 @@ class CaptureReader:
     def from_stream(cls, stream: BinaryIO, name: str, max_frame: int = 262_144) -> "CaptureReader":
         """A reader over an open binary stream (a pipe from tcpdump, say)."""
         return cls(name, max_frame, stream=stream)
+
+    def leading_secrets(self) -> bytes:
+        """The TLS key logs a pcapng file carries before its first packets (where
+        ``editcap --inject-secrets`` puts them): reads the first batch of frames
+        only, then closes the file. b"" for a pcap file or a pcapng without them."""
+        if self.format == "pcapng":
+            try:
+                next(iter(self.batches()), None)
+            except (OSError, EOFError, gzip.BadGzipFile, zlib.error):
+                pass
+        self.close()
+        return b"".join(self.secrets)
 
     def _read_exact(self, n: int) -> bytes:
         out = bytearray()
@@ -297,6 +323,8 @@ class CaptureReader:
         interfaces: list[tuple[int, float, float]] = []  # (linktype, ts scale, ts offset)
         last_ts = 0.0
         max_block = self.max_frame + 65536
+        # a key log for thousands of TLS sessions is one block, larger than any packet
+        max_dsb = max(max_block, self.max_secrets + 65536)
         while True:
             if len(buf) - pos < 12:
                 more = read(BLOCK)
@@ -320,7 +348,7 @@ class CaptureReader:
                     return
                 interfaces = []  # a new section redefines interfaces
             blen = struct.unpack_from(endian + "I", buf, pos + 4)[0]
-            if blen < 12 or blen % 4 or blen > max_block:
+            if blen < 12 or blen % 4 or (blen > max_block and not (btype == _PCAPNG_DSB and blen <= max_dsb)):
                 self._anomaly("capture_bad_block" if blen <= max_block else "capture_bad_record_length",
                               f"block of type {btype:#x} declares length {blen}; stopped reading", last_ts)
                 return
@@ -382,7 +410,32 @@ class CaptureReader:
                 scale, offset = self._idb_options(buf, body + 8, end - 4, endian)
                 interfaces.append((lt, scale, offset))
                 self.linktypes.add(lt)
+            elif btype == _PCAPNG_DSB:
+                self._secrets_block(buf, body, end - 4, endian, last_ts)
             pos = end
+
+    def _secrets_block(self, buf: bytes, body: int, end: int, endian: str, ts: float) -> None:
+        """A Decryption Secrets Block: keep a TLS key log (other secrets types are not used)."""
+        if end - body < 8:
+            self._anomaly("capture_bad_block", "decryption secrets block shorter than its header", ts)
+            return
+        stype, slen = struct.unpack_from(endian + "II", buf, body)
+        if stype != _SECRETS_TLS:
+            return
+        data = buf[body + 8:min(body + 8 + slen, end)]
+        room = self.max_secrets - self.secrets_bytes
+        if len(data) > room:
+            if room >= 0:
+                self._anomaly("capture_secrets_too_large",
+                              f"over {self.max_secrets} bytes of TLS key logs; the rest are not used", ts)
+            data = data[:max(room, 0)]
+            # a cut line would be a wrong key: keep whole lines only
+            data = data[:data.rfind(b"\n") + 1]
+            self.secrets_bytes = self.max_secrets + 1
+        else:
+            self.secrets_bytes += len(data)
+        if data:
+            self.secrets.append(data if data.endswith(b"\n") else data + b"\n")
 
     @staticmethod
     def _idb_options(buf: bytes, p: int, end: int, endian: str) -> tuple[float, float]:
@@ -409,14 +462,14 @@ def _reader(stream):
 
 
 def read_batches(paths, max_frame: int = 262_144, readers: list | None = None,
-                 shard: tuple[int, int, int] | None = None) -> Iterator[list]:
+                 shard: tuple[int, int, int] | None = None, max_secrets: int = 64 * 1024 * 1024) -> Iterator[list]:
     """Like :func:`read_frames`, in lists of frames (cheaper to consume one by one).
 
     ``shard=(lo, hi, n)``: a single pcap file's plain Ethernet/IPv4/TCP frames of
     connections outside buckets ``lo``..``hi - 1`` of ``n`` (maildissect.capture.sharding)
     come as None (counted, not copied).
     """
-    opened = _open_all(paths, max_frame)
+    opened = _open_all(paths, max_frame, max_secrets)
     if readers is not None:
         readers.extend(opened)
     if len(opened) == 1:
@@ -431,11 +484,11 @@ def read_batches(paths, max_frame: int = 262_144, readers: list | None = None,
             yield batch
 
 
-def _open_all(paths, max_frame: int) -> list:
+def _open_all(paths, max_frame: int, max_secrets: int = 64 * 1024 * 1024) -> list:
     opened = []
     try:
         for p in paths:
-            opened.append(CaptureReader(str(p), max_frame))
+            opened.append(CaptureReader(str(p), max_frame, max_secrets=max_secrets))
     except CaptureError:
         for r in opened:
             r.close()

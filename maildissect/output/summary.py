@@ -37,6 +37,19 @@ def message_counts(messages) -> str:
     return ", ".join(out) or "none"
 
 
+def unread_tls(sessions) -> tuple[int, int]:
+    """(sessions, bytes) of TLS that stayed encrypted: TLS sessions no key log decrypted,
+    counted by the TLS bytes they carried (tls_bytes_client + tls_bytes_server)."""
+    n = size = 0
+    for x in sessions:
+        if x.tls and not x.decrypted:
+            b = x.tls_bytes_client + x.tls_bytes_server
+            if b:
+                n += 1
+                size += b
+    return n, size
+
+
 def overview(result) -> list[tuple[str, str]]:
     """(label, value) figures of an Analysis."""
     r, s = result.records, result.stats
@@ -56,6 +69,10 @@ def overview(result) -> list[tuple[str, str]]:
         ("credentials", str(len(r.credentials))),
         ("anomalies", str(len(r.anomalies))),
     ]
+    n, size = unread_tls(r.sessions)
+    if n:
+        how = "the key logs hold no keys for them" if "tls_decrypted" in s else "no key log was given (--keylog)"
+        rows.insert(-3, ("TLS unread", f"{n} session{'s' if n != 1 else ''}, {size:,} bytes: {how}"))
     return rows
 
 
