@@ -116,8 +116,8 @@ def analysis_options(fn):
                       help="Processes to use (connections are split between them; results are identical). "
                            "Small captures use one.")(fn)
     fn = click.option("--port", "ports", multiple=True, metavar="PORT=PROTO",
-                      help="Treat a server port as a protocol (smtp, imap, pop3, http; smtps/imaps/pop3s/"
-                           "https for implicit TLS). Repeatable.")(fn)
+                      help="Treat a server port as a protocol (smtp, imap, pop3, http, socks; smtps/imaps/"
+                           "pop3s/https for implicit TLS). Repeatable.")(fn)
     fn = click.option("--limit", "limits", multiple=True, metavar="NAME=VALUE",
                       help="Override a limit (docs/limits.md), e.g. --limit max_line=1M. Repeatable.")(fn)
     fn = click.option("--redact", is_flag=True,
@@ -146,7 +146,7 @@ def filter_options(fn):
     fn = click.option("--subject", default=None, help="Subject contains TEXT (case-insensitive).")(fn)
     fn = click.option("--to", "to_", default=None, help="A recipient (header or envelope) contains TEXT.")(fn)
     fn = click.option("--from", "from_", default=None, help="Sender (header or envelope) contains TEXT.")(fn)
-    fn = click.option("--protocol", type=click.Choice(["smtp", "imap", "pop3", "http", "tls"]), default=None,
+    fn = click.option("--protocol", type=click.Choice(["smtp", "imap", "pop3", "http", "tls", "socks"]), default=None,
                       help="Only this protocol.")(fn)
     return fn
 
@@ -193,7 +193,7 @@ def run_analysis(captures, *, quiet=False, redact=False, limits=(), ports=(), ke
         if not (k.isascii() and k.isdigit()) or not 0 < int(k) < 65536:  # (isdigit alone accepts '²')
             raise click.BadParameter(f"bad port {k!r}", param_hint="--port")
         from .protocols.detect import parse_name
-        if parse_name(v)[0] not in ("smtp", "imap", "pop3", "http", "tls"):
+        if parse_name(v)[0] not in ("smtp", "imap", "pop3", "http", "tls", "socks"):
             raise click.BadParameter(f"unknown protocol {v!r}", param_hint="--port")
         port_map[int(k)] = v
     try:

@@ -30,6 +30,8 @@ class Limits:
     max_live_tls_total: int = 256 * 1024 * 1024  # live --keylog: frames kept for all open connections together
     # protocol detection
     max_detect_bytes: int = 4_096  # bytes buffered per side while the protocol is unknown
+    max_start_violations: int = 2  # protocol violations before any valid answer that make a port-mapped session's dissector be given up (protocol_mismatch)
+    max_claim_bytes: int = 4_096  # bytes at the start of a port-mapped session held while its protocol is unconfirmed (violations after them are only anomalies)
     # dissectors
     max_line: int = 65_536  # command/reply/header line
     max_pending_commands: int = 1_000  # commands awaiting a reply (pipelining): SMTP, POP3, IMAP tagged commands, HTTP requests; formerly also max_commands_in_flight, still accepted

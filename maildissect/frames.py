@@ -36,7 +36,9 @@ SCHEMAS: dict[str, list[tuple]] = {
         ("gaps", "int", "number of gaps (ranges of bytes never captured), both directions"),
         ("gap_bytes", "int", "total bytes missing in those gaps"),
         ("protocol", "cat", "application protocol detected (smtp, imap, pop3, http; smtps/imaps/pop3s/https "
-                            "for implicit TLS; tls when only TLS was recognised; empty when unknown)"),
+                            "for implicit TLS; tls when only TLS was recognised; socks for a SOCKS proxy "
+                            "connection whose tunnel carried nothing recognised; empty when unknown; the "
+                            "protocol inside for a tunnel: see sessions.tunnel)"),
         ("handshake_rtt", "float", "seconds from the client's SYN to its ACK of the SYN-ACK (the three-way "
                                    "handshake as seen at the capture point); empty without a full handshake"),
         ("close", "cat", "how it ended: fin, rst, refused (SYN answered by RST), unanswered (SYN only), "
@@ -47,7 +49,8 @@ SCHEMAS: dict[str, list[tuple]] = {
                            "(first packet's sender)"),
     ],
     "sessions": [
-        ("protocol", "cat", "smtp, imap, pop3, http or tls"),
+        ("protocol", "cat", "smtp, imap, pop3, http, tls or socks (a session reached through a proxy has the "
+                            "protocol spoken inside its tunnel)"),
         ("session_id", "int", "the connection's flow_id"),
         ("client_ip", "str", "client address"),
         ("client_port", "int", "client port"),
@@ -75,17 +78,22 @@ SCHEMAS: dict[str, list[tuple]] = {
         ("tls_bytes_server", "int", "server bytes sent inside TLS"),
         ("anomalies", "int", "anomalies recorded for this session (TCP and protocol)"),
         ("complete", "bool", "false when bytes of the connection were never captured (gaps)"),
+        ("tunnel", "str", "how the session was reached through a proxy on this connection: http-connect (an "
+                          "HTTP CONNECT answered 2xx), socks4 (SOCKS4 or 4a) or socks5; empty for a direct session"),
+        ("tunnel_target", "str", "host:port the client asked the proxy to connect to, as it asked (a name or an "
+                                 "address; IPv6 in brackets)"),
     ],
     "commands": [
         ("session_id", "int", "session the command belongs to"),
-        ("protocol", "cat", "smtp, imap, pop3 or http"),
+        ("protocol", "cat", "smtp, imap, pop3, http or socks (a SOCKS proxy's handshake)"),
         ("ts", "ts", "time the command was sent (the greeting: time it was received)"),
         ("tag", "str", "IMAP command tag"),
         ("command", "str", "verb upper-cased (UID FETCH for IMAP UID commands, the method for HTTP); empty "
                            "for the server greeting"),
         ("argument", "str", "the rest of the command line (secrets masked under --redact; IMAP literals "
                             "shown as {size})"),
-        ("reply_code", "str", "SMTP code (250), POP3 +OK/-ERR, IMAP OK/NO/BAD, HTTP status"),
+        ("reply_code", "str", "SMTP code (250), POP3 +OK/-ERR, IMAP OK/NO/BAD, HTTP status, SOCKS reply code "
+                              "(decimal: SOCKS5 0 succeeded, SOCKS4 90 granted)"),
         ("reply_text", "str", "first line of the reply after the code"),
         ("reply_ts", "ts", "time of the reply"),
         ("latency", "float", "seconds between command and reply"),
@@ -230,9 +238,10 @@ SCHEMAS: dict[str, list[tuple]] = {
     ],
     "credentials": [
         ("session_id", "int", "session"),
-        ("protocol", "cat", "smtp, imap, pop3 or http"),
+        ("protocol", "cat", "smtp, imap, pop3, http or socks (the proxy's own login)"),
         ("ts", "ts", "time the secret was sent"),
-        ("mechanism", "str", "PLAIN, LOGIN, CRAM-MD5, XOAUTH2, OAUTHBEARER, USER/PASS, APOP, BASIC, BEARER, FORM"),
+        ("mechanism", "str", "PLAIN, LOGIN, CRAM-MD5, XOAUTH2, OAUTHBEARER, USER/PASS, APOP, BASIC, BEARER, FORM; "
+                             "SOCKS5 USERNAME/PASSWORD, SOCKS4 USERID (a user id, no secret)"),
         ("user", "str", "user name"),
         ("secret", "str", "password, token or response (masked under --redact)"),
         ("success", "bool", "the server accepted it; empty when no verdict was seen"),

@@ -101,6 +101,8 @@ class Session:
     tls_bytes_server: int = 0
     anomalies: int = 0
     complete: bool = True  # False when a gap hit the session
+    tunnel: str | None = None  # how the session was reached: http-connect, socks4, socks5
+    tunnel_target: str | None = None  # host:port the client asked the proxy for
 
 
 @dataclass(slots=True)

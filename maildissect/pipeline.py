@@ -23,7 +23,8 @@ from .model import (CLIENT, SERVER, SIDE_NAMES, Anomaly, Command, Credential, Fl
 from .decrypt import TlsSplice
 from .protocols import detect
 from .protocols import dissector_class
-from .protocols.base import TlsStart
+from .protocols.base import TlsStart, TunnelStart
+from .protocols.claim import HOLD, MISMATCH, PortClaim
 from .protocols.sniff import Sniffer
 from .protocols.tls import SwitchedSides
 from .tcp import Reassembler
@@ -90,7 +91,7 @@ class SessionRouter:
     """
 
     __slots__ = ("pipeline", "conn", "session", "dissector", "sniffer", "lazy", "consume",
-                 "batch", "batch_len", "batch_side", "batch_ts", "splice", "switched", "after", "inner")
+                 "batch", "batch_len", "batch_side", "batch_ts", "splice", "switched", "after", "inner", "claim")
 
     def __init__(self, pipeline: "Pipeline", conn):
         self.pipeline = pipeline
@@ -107,7 +108,8 @@ class SessionRouter:
         self.splice = None  # a decrypt.TlsSplice when a key log decrypted this connection
         self.switched = None  # the sides a dissector switched to TLS, when no key decrypts them
         self.after = None  # a Sniffer holding their first bytes until they say what follows the switch
-        self.inner = None  # a Sniffer choosing the protocol inside decrypted TLS on an unknown port
+        self.inner = None  # a Sniffer choosing the protocol inside decrypted TLS on an unknown port, or a tunnel
+        self.claim = None  # a PortClaim while a port-mapped session's protocol is unconfirmed
         self.sniffer = None
         flow = conn.flow
         known = detect.by_port(flow.server_port, pipeline.config.ports)
@@ -117,7 +119,8 @@ class SessionRouter:
             # protocol unknown: hold the first events until their bytes say which it is
             self.sniffer = Sniffer(detect.by_content, DETECT_HEAD, pipeline.config.limits.max_detect_bytes)
 
-    def _start(self, protocol: str, implicit_tls: bool = False, lazy: bool = False):
+    def _start(self, protocol: str, implicit_tls: bool = False, lazy: bool = False, claimed: bool = False):
+        """Start dissecting ``protocol`` (``claimed``: chosen by the server port alone)."""
         flow = self.conn.flow
         if not protocol:
             return
@@ -143,6 +146,11 @@ class SessionRouter:
             if stream is None:
                 self.dissector = cls(sess, self.pipeline.config)
                 self.consume = self._feed
+                lim = self.pipeline.config.limits
+                if claimed and not tls and flow.syn_seen and lim.max_start_violations:
+                    # the port's word is checked against the session's first bytes (a session
+                    # picked up in its middle has no start to check)
+                    self.claim = PortClaim(protocol, lim.max_start_violations, lim.max_claim_bytes)
                 return
             # A key log decrypted this connection: its plaintext goes to the dissector
             # of the protocol inside (made after the splice has set the session's ALPN,
@@ -204,7 +212,11 @@ class SessionRouter:
         """Bytes for the dissector (plaintext), unless its side switched to TLS."""
         if self.switched is not None and self.switched.sides[side]:
             self._after_switch(side, data, ts)
+        elif self.inner is not None:
+            self._plain(side, data, ts)
         elif self.dissector is not None:
+            if self.claim is not None:
+                self.claim.data(side, data, ts)
             self._call(self.dissector.feed, ts, side, data, ts)
 
     def gap(self, side: int, length: int, ts: float):
@@ -226,18 +238,26 @@ class SessionRouter:
             self._detected(self.sniffer.decide(final=True), ts)
         if self.splice is not None:
             self.splice.close(ts)
-            if self.inner is not None:
-                self._inner_detected(self.inner.decide(final=True), ts)
+        if self.inner is not None:
+            self._inner_detected(self.inner.decide(final=True), ts)
         if self.after is not None:
             self._after_decided(self.after.decide(final=True))
-        if self.dissector is not None:
-            self._call(self.dissector.close, ts, ts, reason)
+        dissector = self.dissector
+        if dissector is not None:
+            self._call(dissector.close, ts, ts, reason)
+            if self.dissector is not None and self.dissector is not dissector:
+                # the port's claim failed on the last bytes: the protocol found instead ends too
+                if self.splice is not None:
+                    self.splice.close(ts)
+                self._call(self.dissector.close, ts, ts, reason)
+        if self.claim is not None:
+            self._confirmed(ts)
 
     def _materialize(self):
         """Make the session and dissector of a connection whose protocol its port decided."""
         protocol, implicit_tls = self.lazy
         self.lazy = None
-        self._start(protocol, implicit_tls)
+        self._start(protocol, implicit_tls, claimed=True)
 
     def _call(self, method, ts: float, *args):
         """Run a dissector method; a failure is contained to this session."""
@@ -248,10 +268,62 @@ class SessionRouter:
         except Exception as e:
             self._crash(e, ts)
             return
+        claim = self.claim
+        if claim is not None:
+            verdict = claim.judge(records or (), method.__name__ == "feed")
+            if verdict == HOLD:
+                return
+            if verdict == MISMATCH:
+                self._mismatch(ts)
+                return
+            self.claim = None
+            records = claim.release()
         if records:
-            switch = self.pipeline.emit(self.session, records)
-            if switch is not None:
-                self._switched(switch)
+            event = self.pipeline.emit(self.session, records)
+            if event is not None:
+                self._event(event)
+
+    def _event(self, event):
+        """What a dissector said starts here: TLS (STARTTLS accepted) or a tunnel."""
+        if type(event) is TunnelStart:
+            self._tunnel(event)
+        else:
+            self._switched(event)
+
+    # -- the port's claim -------------------------------------------------------------
+    def _confirmed(self, ts: float):
+        """The port's protocol stands (the connection ended before a verdict): its records go on."""
+        claim, self.claim = self.claim, None
+        records = claim.release()
+        if records and self.session is not None:
+            event = self.pipeline.emit(self.session, records)
+            if event is not None:
+                self._event(event)
+
+    def _mismatch(self, ts: float):
+        """The session broke its port's protocol from the start (protocols/claim.py): drop
+        that dissector and its records, and read the bytes as what they look like."""
+        claim, self.claim = self.claim, None
+        flow = self.conn.flow
+        found = detect.by_content(claim.first[CLIENT], claim.first[SERVER], final=True) or ""
+        if found == claim.protocol:
+            found = ""  # it looks like the protocol whose dissector just failed on it: nothing to read
+        self.dissector = None
+        self.session = None
+        self.consume = None
+        flow.protocol = ""
+        self.pipeline.collector.anomalies.append(anomaly_registry.make(
+            ts, flow.flow_id, "", "protocol_mismatch", clean(claim.describe(flow.server_port, found)[:300])[0],
+            self.pipeline.config.strict))
+        if found:
+            self._start(found)
+            if self.session is not None:
+                self.session.anomalies += 1
+            claim.replay(self._replayed, self.gap)
+
+    def _replayed(self, side: int, data: bytes, ts: float):
+        if self.consume is not None:
+            self.consume(side, data, ts)
 
     # -- detection ------------------------------------------------------------------
     def _detected(self, proto: str | None, ts: float):
@@ -311,7 +383,7 @@ class SessionRouter:
         after.replay(lambda side, data, ts: tap(side, data), lambda side, length, ts: None)
 
     def _plain(self, side: int, data: bytes, ts: float):
-        """Plaintext from a decrypted connection's splice."""
+        """Plaintext from a decrypted connection's splice, or the bytes inside a tunnel."""
         if self.inner is not None:
             proto = self.inner.data(side, data, ts)
             if proto is not None:
@@ -325,30 +397,76 @@ class SessionRouter:
             if self.after is not None:
                 self.after.gap(side, length, ts)
             return  # TLS bytes: lost with their ciphertext, nothing to parse
-        if self.dissector is not None and self.inner is None:
+        if self.inner is not None:
+            self.inner.gap(side, length, ts)
+        elif self.dissector is not None:
+            if self.claim is not None:
+                self.claim.gap(side, length, ts)
             self._call(self.dissector.gap, ts, side, length, ts)
 
     def _inner_detected(self, proto: str | None, ts: float):
-        """The first plaintext of a decrypted connection on an unknown port named its protocol."""
+        """The first plaintext of a decrypted connection on an unknown port, or the first bytes
+        inside a tunnel, named their protocol: its dissector continues the session."""
         if proto is None:
             return
         inner, self.inner = self.inner, None
-        if proto and proto != "tls":
+        sess = self.session
+        flow = self.conn.flow
+        cls = None
+        if proto == "tls" and self.splice is None and sess.tunnel:
+            # TLS inside a tunnel, no key for it: its metadata. The target's port may say what
+            # it carries (465: SMTP...), as it does for a connection made directly.
+            known = detect.by_port(_port_of(sess.tunnel_target), self.pipeline.config.ports)
+            label = known[0] if known is not None and known[1] else "tls"
+            sess.protocol = label
+            sess.tls = True
+            flow.protocol = TLS_LABELS.get(label, label)
+            cls = dissector_class("tls")
+        elif proto and proto != "tls":
             cls = dissector_class(proto)
             if cls is not None:
-                self.session.protocol = proto
-                self.conn.flow.protocol = TLS_LABELS.get(proto, proto)
-                try:
-                    self.dissector = cls(self.session, self.pipeline.config)
-                except Exception as e:  # pragma: no cover - constructor bugs
-                    self._crash(e, ts)
-                    return
+                sess.protocol = proto
+                flow.protocol = TLS_LABELS.get(proto, proto) if sess.tls and not sess.tunnel else proto
+        elif not proto and sess.tunnel:
+            first = inner.first[CLIENT][:24] or inner.first[SERVER][:24]
+            self.pipeline.collector.anomalies.append(Anomaly(
+                ts, sess.session_id, "", "detect_unknown_protocol",
+                clean(f"inside the {sess.tunnel} tunnel to {sess.tunnel_target}: {bytes(first)!r}")[0]))
+            sess.anomalies += 1
+        if cls is not None:
+            try:
+                self.dissector = cls(sess, self.pipeline.config)
+            except Exception as e:  # pragma: no cover - constructor bugs
+                self._crash(e, ts)
+                return
+            if sess.tunnel:
+                # the inner protocol's commands are numbered on from the proxy's
+                self.dissector._seq = sess.commands
         if self.dissector is not None:
             inner.replay(self._plain, self._lost)
+
+    # -- tunnels ----------------------------------------------------------------------
+    def _tunnel(self, event: TunnelStart):
+        """A tunnel is up (an HTTP CONNECT answered 2xx, a SOCKS request granted): what flows
+        in it is the session's own protocol, found by its first bytes (docs/protocols/detection.md)."""
+        sess = self.session
+        sess.tunnel = event.kind
+        sess.tunnel_target = event.target
+        self.dissector = None  # the proxy's handshake is over; its dissector parses nothing more
+        self.inner = Sniffer(detect.by_content, DETECT_HEAD, self.pipeline.config.limits.max_detect_bytes)
+        for side in (CLIENT, SERVER):
+            if event.held[side]:
+                self._plain(side, event.held[side], event.ts)
 
     def _crash(self, exc: Exception, ts: float):
         """A dissector raised: record it, stop dissecting this session, keep going."""
         sess = self.session
+        if self.claim is not None:
+            # what the dissector parsed before it failed is kept
+            claim, self.claim = self.claim, None
+            held = claim.release()
+            if held and sess is not None:
+                self.pipeline.emit(sess, held)
         self.dissector = None
         self.consume = None
         self.splice = None
@@ -357,6 +475,14 @@ class SessionRouter:
                                                          "dissector_error", detail))
         if sess is not None:
             sess.anomalies += 1
+
+
+def _port_of(target: str | None) -> int:
+    """The port of a ``host:port`` tunnel target (0 when there is none)."""
+    if not target:
+        return 0
+    port = target.rpartition(":")[2]
+    return int(port) if port.isascii() and port.isdigit() and len(port) <= 5 else 0
 
 
 class Pipeline:
@@ -406,7 +532,8 @@ class Pipeline:
 
     # -- records ------------------------------------------------------------------
     def emit(self, session: Session, records: Iterable) -> TlsStart | None:
-        """Collect a session's records; returns the dissector's TlsStart event among them, if any."""
+        """Collect a session's records; returns the dissector's TlsStart or TunnelStart event among
+        them, if any."""
         c = self.collector
         switch = None
         cap = self.config.limits.max_records
@@ -452,7 +579,7 @@ class Pipeline:
                         r.response_file.data = None
                 table = _TABLES.get(t)
                 if table is None:
-                    if t is TlsStart:
+                    if t is TlsStart or t is TunnelStart:
                         switch = r
                     continue
                 listed = self._listed.get(session.session_id)

@@ -18,6 +18,7 @@ DISSECTORS = {
     # HTTP/1.x or HTTP/2, told apart by the first bytes (or TLS ALPN)
     "http": "maildissect.protocols.http_any:HttpAnyDissector",
     "tls": "maildissect.protocols.tls:TlsDissector",
+    "socks": "maildissect.protocols.socks:SocksDissector",
 }
 
 _cache: dict[str, type] = {}

@@ -16,7 +16,7 @@ from ..anomalies import make as make_anomaly
 from ..config import Config
 from ..model import CLIENT, SERVER, SIDE_NAMES, Anomaly, Message, Session
 
-__all__ = ["Dissector", "StreamBuffer", "OVERLONG", "CLIENT", "SERVER", "SIDE_NAMES", "TlsStart",
+__all__ = ["Dissector", "StreamBuffer", "OVERLONG", "CLIENT", "SERVER", "SIDE_NAMES", "TlsStart", "TunnelStart",
            "fill_message", "TRUNCATION_ANOMALIES"]
 
 
@@ -36,6 +36,24 @@ class TlsStart:
 
     ts: float
     sides: tuple = (CLIENT, SERVER)
+    held: tuple = field(default=(b"", b""), compare=False)
+
+
+@dataclass(eq=True)
+class TunnelStart:
+    """Event a dissector returns among its records: a tunnel is up here (an HTTP CONNECT
+    answered 2xx, a SOCKS request granted).
+
+    ``kind`` is ``http-connect``, ``socks4`` or ``socks5``; ``target`` the
+    ``host:port`` the client asked for, as it asked (None when the request was not
+    seen). From this point the dissector parses nothing more; ``held`` are the bytes of
+    each side it had received past the tunnel's start. The router (maildissect.pipeline)
+    detects the protocol inside and dissects it as the session's own.
+    """
+
+    ts: float
+    kind: str
+    target: str | None
     held: tuple = field(default=(b"", b""), compare=False)
 
 

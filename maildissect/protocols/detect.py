@@ -1,8 +1,8 @@
 """Which protocol a connection speaks: by server port first, else by its first bytes.
 
 Known ports decide at once (25/587/2525 SMTP, 143 IMAP, 110 POP3, 80/8080/8000/3000
-HTTP; 465/993/995/443 the same protocols inside implicit TLS). On any other
-port the first bytes of each side are sniffed (bounded by
+and the proxy port 3128 HTTP, 1080 SOCKS; 465/993/995/443 the same protocols inside
+implicit TLS). On any other port the first bytes of each side are sniffed (bounded by
 ``Limits.max_detect_bytes``) with each dissector's ``looks_like_*`` test.
 """
 
@@ -20,7 +20,9 @@ PORTS: dict[int, tuple[str, bool]] = {
     143: ("imap", False), 993: ("imap", True),
     110: ("pop3", False), 995: ("pop3", True),
     80: ("http", False), 8080: ("http", False), 8000: ("http", False), 3000: ("http", False),
+    3128: ("http", False),  # Squid and other HTTP proxies (CONNECT)
     443: ("http", True), 8443: ("http", True),
+    1080: ("socks", False),
 }
 
 #: content sniffers in the order they are tried: (protocol, "module:function")
@@ -29,6 +31,7 @@ SNIFFERS = (
     ("pop3", "maildissect.protocols.pop3:looks_like_pop3"),
     ("imap", "maildissect.protocols.imap:looks_like_imap"),
     ("http", "maildissect.protocols.http:looks_like_http"),
+    ("socks", "maildissect.protocols.socks:looks_like_socks"),
 )
 
 _sniffers: list | None = None

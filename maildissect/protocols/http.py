@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from collections import deque
 
-from .base import CLIENT, OVERLONG, SERVER, Dissector, StreamBuffer
+from .base import CLIENT, OVERLONG, SERVER, Dissector, StreamBuffer, TunnelStart
 from .exchange import Exchange, ExchangeProcessor, Headers, HttpMessage
 from .forms import decode_text
 from .http_body import Body, ContentDecoder
@@ -489,8 +489,14 @@ class HttpDissector(Dissector):
         if want is not None:
             if status == 101 or (want == "connect" and 200 <= status < 300):
                 upgrade = want if want == "connect" else (msg.headers.get("upgrade") or want).strip().lower()
+                # the bytes each side sent past the switch: the tunnel's first bytes
+                held = (bytes(self._c.buf), bytes(self._s.buf))
                 self._enter_tunnel(ex, upgrade)
                 self._message_done(st, ts)
+                if want == "connect":
+                    # what flows in the tunnel is the router's to dissect (maildissect.pipeline)
+                    target = ex.request.uri if ex.request is not None else None
+                    self._out.append(TunnelStart(ts, "http-connect", target, held))
                 return
             # The server declined the switch: the client's held bytes are HTTP again.
             if self._c.state == _WAIT and self._c.ex is ex:

@@ -43,6 +43,7 @@ class HttpAnyDissector(Dissector):
 
     def _choose(self, cls) -> list:
         inner = self.inner = cls(self.session, self.config)
+        inner._seq = self._seq  # (numbered on from a proxy's commands inside a tunnel)
         self.feed, self.gap, self.close = inner.feed, inner.gap, inner.close
         out: list = []
         self._sniffer.replay(lambda side, data, ts: out.extend(inner.feed(side, data, ts)),
