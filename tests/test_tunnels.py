@@ -63,7 +63,7 @@ def test_socks5_with_password_to_a_domain(tmp_path, mss, impaired):
     assert (sess.auth_user, sess.auth_mechanism) == ("bot", "USERNAME/PASSWORD")
     socks = [(c.command, c.argument, c.reply_code, c.reply_text) for c in a.records.commands if c.protocol == "socks"]
     assert socks == [("METHODS", "no authentication, username/password", "2", "username/password"),
-                     ("AUTH", "bot", "0", "success"), ("CONNECT", "mx.example.net:25", "0", "succeeded")]
+                     ("AUTH", "bot", "0", "success"), ("CONNECT", "mx.example.net:25", "0", "succeeded; bound 10.0.0.2:39321")]
     assert [(c.protocol, c.mechanism, c.user, c.secret, c.success) for c in a.records.credentials] == \
         [("socks", "USERNAME/PASSWORD", "bot", "s3cret", True)]
 
@@ -89,7 +89,8 @@ def test_socks4_and_socks4a(tmp_path):
     assert [(c.mechanism, c.user, c.secret) for c in a.records.credentials] == [("USERID", "bot", None)]
     assert sess.auth_user == "bot"
     (connect,) = [c for c in a.records.commands if c.protocol == "socks"]
-    assert (connect.command, connect.reply_code, connect.reply_text) == ("CONNECT", "90", "request granted")
+    assert (connect.command, connect.reply_code, connect.reply_text) == \
+        ("CONNECT", "90", "request granted; bound 0.0.0.0:0")
 
 
 def test_http_connect_with_proxy_authorization(tmp_path):

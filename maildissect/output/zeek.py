@@ -1,4 +1,4 @@
-"""Zeek-compatible logs: conn.log, smtp.log, files.log, and Zeek-style pop3.log and imap.log.
+"""Zeek-compatible logs: conn.log, smtp.log, files.log, socks.log, and Zeek-style pop3.log and imap.log.
 
 Zeek's split between analysis and logging is the model of this project; this
 module is the logging half for people whose tooling reads Zeek logs
@@ -64,12 +64,19 @@ POP3_FIELDS = _CMD_HEAD + [("command", "string"), ("arg", "string")] + _CMD_TAIL
 IMAP_FIELDS = _CMD_HEAD + [("tag", "string"), ("command", "string"), ("arg", "string"),
                            ("mailbox", "string")] + _CMD_TAIL
 
+SOCKS_FIELDS = [
+    ("ts", "time"), ("uid", "string"), ("id.orig_h", "addr"), ("id.orig_p", "port"), ("id.resp_h", "addr"),
+    ("id.resp_p", "port"), ("version", "count"), ("user", "string"), ("password", "string"), ("status", "string"),
+    ("request.host", "addr"), ("request.name", "string"), ("request_p", "port"), ("bound.host", "addr"),
+    ("bound.name", "string"), ("bound_p", "port"),
+]
+
 LOGS = {"conn": CONN_FIELDS, "smtp": SMTP_FIELDS, "files": FILES_FIELDS, "pop3": POP3_FIELDS,
-        "imap": IMAP_FIELDS}
+        "imap": IMAP_FIELDS, "socks": SOCKS_FIELDS}
 
 _B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _SERVICE = {"smtp": "smtp", "imap": "imap", "pop3": "pop3", "http": "http", "smtps": "ssl", "imaps": "ssl",
-            "pop3s": "ssl", "https": "ssl", "tls": "ssl"}
+            "pop3s": "ssl", "https": "ssl", "tls": "ssl", "socks": "socks"}
 _EMAIL_RE = re.compile(r"<([^<>\s]*@[^<>\s]*)>|([^\s<>,;:\"]+@[^\s<>,;:\"]+)")
 _IPV4_RE = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
 
@@ -243,6 +250,10 @@ def conn_rows(records, packets: dict | None = None) -> list[dict]:
         s = sessions.get(f.flow_id)
         if service and service != "ssl" and s is not None and s.tls:
             service += ",ssl"
+        if s is not None and s.tunnel:
+            # the proxy's protocol after the one inside its tunnel, as Zeek lists them ("smtp,http")
+            outer = "http" if s.tunnel == "http-connect" else "socks"
+            service = f"{service},{outer}" if service and service != outer else outer
         duration = f.end - f.start
         row = {"ts": f.start, "uid": uids[f.flow_id], **_ids(f), "proto": "tcp", "service": service,
                "conn_state": _conn_state(f, pk), "missed_bytes": f.gap_bytes or 0, "ip_proto": 6}
@@ -451,6 +462,50 @@ def smtp_rows(records) -> list[dict]:
     return rows
 
 
+def _host_port(target: str) -> tuple[str | None, str | None, int | None]:
+    """(address, name, port) of a ``host:port`` as SOCKS names it (an address or a name)."""
+    host, _, port = target.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    address, name = (host, None) if _valid_ip(host) else (None, host or None)
+    return address, name, int(port) if port.isdigit() else None
+
+
+def socks_rows(records) -> list[dict]:
+    """socks.log rows, one per SOCKS request, as Zeek's SOCKS script writes them (the
+    password only as Zeek does when SOCKS::default_capture_password is set: it is a
+    secret, masked under --redact)."""
+    uids = _Uids(records)
+    sessions = {s.session_id: s for s in records.sessions}
+    creds = defaultdict(list)
+    for c in records.credentials:
+        if c.protocol == "socks":
+            creds[c.session_id].append(c)
+    rows = []
+    for c in sorted((c for c in records.commands if c.protocol == "socks" and c.command not in ("METHODS", "AUTH")),
+                    key=lambda c: (c.ts, c.session_id)):
+        s = sessions.get(c.session_id)
+        if s is None:
+            continue
+        address, name, port = _host_port(c.argument or "")
+        row = {"ts": c.ts, "uid": uids[c.session_id], **_ids(s), "request.host": address, "request.name": name,
+               "request_p": port}
+        cred = next(iter(creds.get(c.session_id, ())), None)
+        code = c.reply_code or ""
+        socks4 = (s.tunnel == "socks4" or (cred is not None and cred.mechanism == "USERID")
+                  or (code.isdigit() and int(code) >= 90))  # SOCKS4 replies are 90..93, SOCKS5's 0..8
+        row["version"] = 4 if socks4 else 5
+        if cred is not None:
+            row["user"] = cred.user
+            row["password"] = cred.secret
+        if c.reply_text:
+            status, _, bound = c.reply_text.partition("; bound ")
+            row["status"] = status
+            if bound:
+                row["bound.host"], row["bound.name"], row["bound_p"] = _host_port(bound)
+        rows.append(row)
+    return rows
+
+
 def files_rows(records) -> list[dict]:
     """files.log rows: one per row of the files table (every MIME leaf entity of every
     message, a forwarded message that is an attachment, every file carried over HTTP)."""
@@ -535,7 +590,7 @@ def imap_rows(records) -> list[dict]:
 
 
 def write_logs(result, directory: str, fmt: str = "zeek", captures=None) -> list[str]:
-    """Write conn, smtp, files, pop3 and imap logs of an Analysis into ``directory``.
+    """Write conn, smtp, files, pop3, imap and socks logs of an Analysis into ``directory``.
 
     ``fmt``: "zeek" (TSV, ``.log``) or "zeek-json" (JSON lines, ``.log`` as
     Zeek names them too). ``captures``: the capture paths, read once more for
@@ -548,7 +603,7 @@ def write_logs(result, directory: str, fmt: str = "zeek", captures=None) -> list
     packets = flow_packets(captures, records.flows, limits=config.limits if config is not None else None) \
         if captures else {}
     logs = {"conn": conn_rows(records, packets), "smtp": smtp_rows(records), "files": files_rows(records),
-            "pop3": pop3_rows(records), "imap": imap_rows(records)}
+            "pop3": pop3_rows(records), "imap": imap_rows(records), "socks": socks_rows(records)}
     os.makedirs(directory, exist_ok=True)
     stats = getattr(result, "stats", {}) or {}
     open_ts, close_ts = stats.get("first_ts"), stats.get("last_ts")
@@ -564,4 +619,5 @@ def write_logs(result, directory: str, fmt: str = "zeek", captures=None) -> list
 
 
 __all__ = ["LOGS", "conn_uid", "file_uid", "conn_rows", "smtp_rows", "files_rows", "pop3_rows", "imap_rows",
+           "socks_rows",
            "write_tsv", "write_json", "write_logs"]

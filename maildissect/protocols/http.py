@@ -495,8 +495,9 @@ class HttpDissector(Dissector):
                 self._message_done(st, ts)
                 if want == "connect":
                     # what flows in the tunnel is the router's to dissect (maildissect.pipeline)
-                    target = ex.request.uri if ex.request is not None else None
-                    self._out.append(TunnelStart(ts, "http-connect", target, held))
+                    # the authority asked for (a client may add more after a space: "host:25 /")
+                    words = ex.request.uri.split() if ex.request is not None else []
+                    self._out.append(TunnelStart(ts, "http-connect", words[0] if words else None, held))
                 return
             # The server declined the switch: the client's held bytes are HTTP again.
             if self._c.state == _WAIT and self._c.ex is ex:

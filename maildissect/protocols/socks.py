@@ -9,8 +9,9 @@ connection to a SOCKS proxy and returns:
   username/password: the user name; the reply its status), and ``CONNECT``,
   ``BIND`` or ``UDP ASSOCIATE`` with the target as requested (``host:port``,
   IPv6 in brackets; SOCKS4a's domain name) and the proxy's reply code and its
-  meaning. Reply codes are the protocol's own numbers in decimal (SOCKS5 ``0``
-  succeeded, SOCKS4 ``90`` granted).
+  meaning (after a grant, with the address the proxy bound: ``succeeded; bound
+  192.0.2.7:2688``). Reply codes are the protocol's own numbers in decimal
+  (SOCKS5 ``0`` succeeded, SOCKS4 ``90`` granted).
 * :class:`~maildissect.model.Credential` records: the SOCKS5 user name and
   password (mechanism ``USERNAME/PASSWORD``, success from the proxy's status),
   and a SOCKS4 user id (mechanism ``USERID``, no secret).
@@ -364,7 +365,8 @@ class SocksDissector(Dissector):
             if buf[0] not in (0, 4):
                 return self._bad(SERVER, ts, "SOCKS4 reply of version " + str(buf[0]), 8)
             msg = self._take(SERVER, 8)
-            self._replied(msg[1], REPLIES4.get(msg[1], "unknown"), msg[1] == 90, ts)
+            bound = _host_port(str(ipaddress.IPv4Address(msg[4:8])), struct.unpack_from("!H", msg, 2)[0])
+            self._replied(msg[1], REPLIES4.get(msg[1], "unknown"), msg[1] == 90, ts, bound)
             return True
         if stage == _START:
             if len(buf) < 2:
@@ -415,7 +417,7 @@ class SocksDissector(Dissector):
                 # BIND's second reply: the remote host connected; that stream is not followed
                 self.stage[SERVER] = _DONE
                 return True
-            self._replied(rep, REPLIES5.get(rep, "unknown"), rep == 0, ts)
+            self._replied(rep, REPLIES5.get(rep, "unknown"), rep == 0, ts, got[0])
             return True
         return False
 
@@ -426,10 +428,11 @@ class SocksDissector(Dissector):
         cmd.reply_ts = ts
         cmd.latency = max(0.0, ts - cmd.ts)
 
-    def _replied(self, code: int, text: str, granted: bool, ts: float) -> None:
-        """The proxy's answer to the request (the client's last message, so it has been parsed)."""
+    def _replied(self, code: int, text: str, granted: bool, ts: float, bound: str) -> None:
+        """The proxy's answer to the request (the client's last message, so it has been parsed);
+        ``bound``: the address and port it names (the proxy's end of the connection it made)."""
         if self.request is not None:
-            self._answer(self.request, str(code), text, ts)
+            self._answer(self.request, str(code), f"{text}; bound {bound}" if granted else text, ts)
         if not granted:
             self.refused = True
             self.stage[SERVER] = _DONE
