@@ -56,6 +56,14 @@ def test_zeek_socks5_to_a_name_with_http_inside(tmp_path):
     assert [(h.method, h.host, h.status) for h in a.records.http] == [("GET", "www.osnews.com", 200)]
     (conn,) = zeek.conn_rows(a.records)
     assert conn["service"] == "http,socks"
+    # the TSV log as Zeek writes it
+    zeek.write_logs(a, str(tmp_path / "logs"))
+    lines = (tmp_path / "logs" / "socks.log").read_text().splitlines()
+    fields = lines[6].split("\t")[1:]
+    (values,) = [line.split("\t") for line in lines if not line.startswith("#")]
+    row = dict(zip(fields, values))
+    assert (row["version"], row["user"], row["status"], row["request.name"], row["request_p"], row["bound.host"],
+            row["bound_p"]) == ("5", "-", "succeeded", "www.osnews.com", "80", "192.168.0.31", "2688")
 
 
 def test_zeek_socks5_on_1080(tmp_path):

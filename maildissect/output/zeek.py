@@ -609,6 +609,8 @@ def write_logs(result, directory: str, fmt: str = "zeek", captures=None) -> list
     open_ts, close_ts = stats.get("first_ts"), stats.get("last_ts")
     out = []
     for name, rows in logs.items():
+        if name == "socks" and not rows:
+            continue  # (written when there are proxies, as Zeek writes a log only once it has an entry)
         path = os.path.join(directory, f"{name}.log")
         if fmt == "zeek-json":
             write_json(path, name, rows)
