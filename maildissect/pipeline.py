@@ -31,6 +31,9 @@ from .tcp import Reassembler
 from .text import clean, scrub
 
 ANOMALIES = {
+    "starttls_plaintext": "STARTTLS (or STLS) was accepted but the bytes that followed were not TLS: the capture "
+                          "holds the dialogue in clear (a TLS-inspecting proxy, a decrypting load balancer, an "
+                          "export of decrypted traffic); it is parsed as plaintext from there",
     "dissector_error": "a dissector failed on this input (a bug: please report it); the rest of the session was skipped",
     "session_records_capped": "a session produced more records of one kind than limits.max_records; the rest are "
                               "counted (sessions table) but not listed",
@@ -70,12 +73,27 @@ class Collector:
         self.mailboxes: list[MailboxEvent] = []
 
 
+#: TLS record content types: change_cipher_spec, alert, handshake, application_data
+TLS_CONTENT_TYPES = frozenset((20, 21, 22, 23))
+
+
 def after_starttls(client_first: bytes, server_first: bytes, final: bool) -> str | None:
     """What follows an accepted STARTTLS, judged from the first bytes of each side after
-    the switch (at most a record header): TLS. This is the one place where a switch that
-    did not happen (plaintext after the go-ahead, as TLS-inspecting proxies write their
-    captures) is to be told from TLS."""
-    return "tls"
+    the switch (at most a record header): "tls" when they are a TLS record header (content
+    type 20 to 23, major version 3), "plain" when they cannot be one -- a switch that did
+    not happen, as TLS-inspecting proxies and decrypting load balancers write their captures
+    (and as captures exported decrypted read). The client's bytes decide (a TLS client
+    speaks first); the server's when the client sent none. None while undecided; at the end
+    (``final``) what could not be told apart is taken as TLS."""
+    for first in (client_first, server_first):
+        if not first:
+            continue
+        if first[0] not in TLS_CONTENT_TYPES:
+            return "plain"
+        if len(first) >= 2:
+            return "tls" if first[1] == 3 else "plain"
+        return "tls" if final else None
+    return "tls" if final else None
 
 
 class SessionRouter:
@@ -241,7 +259,7 @@ class SessionRouter:
         if self.inner is not None:
             self._inner_detected(self.inner.decide(final=True), ts)
         if self.after is not None:
-            self._after_decided(self.after.decide(final=True))
+            self._after_decided(self.after.decide(final=True), ts)
         dissector = self.dissector
         if dissector is not None:
             self._call(dissector.close, ts, ts, reason)
@@ -374,13 +392,28 @@ class SessionRouter:
             return
         verdict = after.data(side, data, ts)
         if verdict is not None:
-            self._after_decided(verdict)
+            self._after_decided(verdict, ts)
 
-    def _after_decided(self, verdict: str):
-        """The first bytes after the switch said what follows: TLS, counted and its hellos read."""
+    def _after_decided(self, verdict: str, ts: float):
+        """The first bytes after the switch said what follows: TLS, counted and its hellos read;
+        or plaintext, parsed on by the same dissector from the state a fresh TLS session starts
+        in (docs/protocols/tls.md), with the anomaly starttls_plaintext."""
         after, self.after = self.after, None
-        tap = self.switched.tap
-        after.replay(lambda side, data, ts: tap(side, data), lambda side, length, ts: None)
+        if verdict != "plain":
+            tap = self.switched.tap
+            after.replay(lambda side, data, ts: tap(side, data), lambda side, length, ts: None)
+            return
+        self.switched = None  # no side switched after all
+        sess = self.session
+        first = after.first[CLIENT][:32] or after.first[SERVER][:32]
+        self.pipeline.collector.anomalies.append(anomaly_registry.make(
+            ts, sess.session_id, SIDE_NAMES[CLIENT if after.first[CLIENT] else SERVER], "starttls_plaintext",
+            clean(f"first bytes after the go-ahead: {bytes(first)!r}")[0], self.pipeline.config.strict))
+        sess.anomalies += 1
+        if self.dissector is not None:
+            self._call(self.dissector.resume, ts, ts)
+        # (a second STARTTLS in the replayed dialogue switches again, through _feed)
+        after.replay(self._feed, self._lost)
 
     def _plain(self, side: int, data: bytes, ts: float):
         """Plaintext from a decrypted connection's splice, or the bytes inside a tunnel."""
