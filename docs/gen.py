@@ -25,6 +25,7 @@ def cli_markdown() -> str:
              "(no capture permission), 2 for a usage error. Errors are one line on stderr, prefixed "
              "`maildissect: error:`; warnings (a truncated capture...) are prefixed `maildissect: warning:` "
              "and silenced by `--quiet`.", ""]
+    lines += filters_markdown()
     lines += output_markdown()
     ctx = click.Context(cli, info_name="maildissect", terminal_width=100, max_content_width=100)
     lines += ["## maildissect", "", "```", cli.get_help(ctx), "```", ""]
@@ -34,6 +35,91 @@ def cli_markdown() -> str:
                             max_content_width=100)
         lines += [f"## maildissect {name}", "", "```", cmd.get_help(sub), "```", ""]
     return "\n".join(lines)
+
+
+def filters_markdown() -> list[str]:
+    """What every filter means on every command (maildissect/filters.py)."""
+    from maildissect import filters
+    lines = [
+        "## Filters", "",
+        "The listing commands (`flows`, `sessions`, `commands`, `messages`, `attachments`, `credentials`, "
+        "`anomalies`, `http`, `mailboxes`) take every filter below; `extract` takes all but `--where`; "
+        "`timeline` all but `--from`/`--to`/`--subject`; `journeys` `--since`, `--until` and `--where`. Filters "
+        "combine with *and*; a repeated `--host`/`--client`/`--server` with *or*. A filter a command does not "
+        "offer is refused (exit status 2), never ignored; so is a bad value, before the capture is read. The "
+        "same filters are in the Python API: `Analysis.select(table, from_=..., since=..., host=..., "
+        "where=...)` (`maildissect.filters.select`).", "",
+        "### What a filter keeps, per table", "",
+        "`--from TEXT` matches a message whose From, Sender or envelope sender (MAIL FROM) contains TEXT; "
+        "`--to TEXT` one whose To, Cc, Bcc or envelope recipients (accepted or refused) contain it; "
+        "`--subject TEXT` one whose decoded Subject contains it (all case-insensitive). An SMTP mail "
+        "transaction that carried no message (refused, deferred, cut short) matches `--from`/`--to` by its "
+        "MAIL FROM and RCPT TO. The other tables keep the rows joined to what matches by the keys the "
+        "dissectors write on the records (never by time):", "",
+        "| table | `--from`, `--to`, `--subject` keep | `--protocol`, `--session`, `--host`/`--client`/`--server` "
+        "look at | `--since`/`--until` look at |",
+        "|---|---|---|---|",
+        "| messages | the matching messages | the message's session | `ts` (end of the transfer) |",
+        "| attachments | the attachments of matching messages (`session_id`, `message_index`) | the session | "
+        "`ts` of the message |",
+        "| sessions | sessions that carried a matching message or transaction | the session itself | the span "
+        "`start`..`end` |",
+        "| flows | connections whose session did (so `flows --from` dissects) | the connection (`--protocol "
+        "smtp` includes `smtps`) | the span `start`..`end` |",
+        "| commands | the command that carried a matching message (`seq` = the message's `command_seq`); the "
+        "commands of a matching SMTP `transaction`; the commands outside any message and transaction "
+        "(greeting, EHLO, AUTH, SELECT, LOGOUT...) of a session that carried one | the session | `ts` |",
+        "| http | the requests that carried matching webmail (`seq` = the message's `command_seq`) | the "
+        "session | `ts` |",
+        "| credentials | those of a session that carried a matching message | the session | `ts` |",
+        "| anomalies | those of a session that carried one (capture-level anomalies never) | the session | "
+        "`ts` (anomalies without a time never match a time filter) |",
+        "| mailboxes | events that name a matching message's Message-ID; events without one, of a session "
+        "that carried one | the session | `ts` |",
+        "| events (`timeline`) | (not offered) | the session | `ts` |",
+        "| hops, journeys (`journeys`) | (not offered) | (not offered) | the span `start`..`end` "
+        "(`first_seen`..`last_seen` with `--summary`) |", "",
+        "### Time and host filters", "",
+        "`--since TIME` and `--until TIME` take ISO 8601 (`2024-05-01`, `2024-05-01T10:00:00`, "
+        "`2024-05-01 12:00+02:00`, `2024-05-01T10:00:00.25Z`; a time without a zone is UTC) or epoch "
+        "seconds (`1714557600`), in capture time, bounds included. A row with a point in time is kept when "
+        "it lies within the bounds; flows, sessions, hops and journeys when the span they were active "
+        "overlaps them.", "",
+        "`--host IP`, `--client IP` and `--server IP` take an IPv4 or IPv6 address (any spelling: "
+        "`2001:db8::1`, `[2001:db8::1]`, `2001:db8:0::1`) or a CIDR network (`10.0.0.0/8`, "
+        "`2001:db8::/32`); an IPv4-mapped IPv6 address (`::ffff:10.0.0.1`) is its IPv4 address. `--host` "
+        "matches either end of the row's connection, `--client` the side that opened it, `--server` the "
+        "side that accepted it (columns `client_ip`/`server_ip` of flows and sessions).", "",
+        "### --where", "",
+        "`--where EXPR` keeps the rows for which EXPR, over the table's own columns (every column of the "
+        "table, docs/data.md, not only those shown), is true; a missing value counts as false. It is "
+        "applied after the other filters. Examples:", "",
+        "```",
+        "maildissect messages cap.pcap --where \"size > 1e6 and protocol == 'smtp'\"",
+        "maildissect messages cap.pcap --where \"`from`.str.contains('carol') and not complete\"",
+        "maildissect commands cap.pcap --where \"latency > 2 or reply_code in ['421', '450', '451']\"",
+        "maildissect flows cap.pcap --where \"bytes_server > 10 * 1024 * 1024 and close == 'rst'\"",
+        "maildissect http cap.pcap --where \"status >= 400 and ts >= '2024-05-01T10:00Z'\"",
+        "maildissect messages cap.pcap --where \"to.str.contains('@example.org')\"   # a list column: its items",
+        "```", "",
+        "What it accepts, and nothing else (it is checked before anything runs; an expression is never given "
+        "to Python's `eval`, nor to pandas' `eval`, which resolve names and attributes in Python):", "",
+        f"- at most {filters.WHERE_LIMITS['max_length']} characters;",
+        "- column names (a name that is a Python word, such as `from`, in backticks: `` `from` ``), numbers, "
+        "quoted text, `True`, `False`, `None`, and lists of constants (at most 1000) after `in`;",
+        f"- operators: {filters.WHERE_LIMITS['operators']} (no `**`, no arithmetic on text, so an "
+        "expression cannot build a huge value);",
+        f"- calls: {filters.WHERE_LIMITS['calls']}, with constant arguments only; on a list column "
+        "(`to`, `rcpt_to`...) the `.str` tests see its items joined by `, `. `contains` and `match` take "
+        "TEXT as a regular expression unless `regex=False`;",
+        "- a timestamp column compared with text or a number reads it as `--since` does "
+        "(`ts > '2024-05-01'`, `ts < 1714557600`).", "",
+        "No attribute access, subscripts, other calls, comprehensions, lambdas, `@` variables or assignments. "
+        "A wrong expression stops the command with one line naming the problem and listing the table's "
+        "columns (exit status 2), e.g. `maildissect: error: --where: unknown column 'sise'; columns: "
+        "protocol, session_id, ...`.", "",
+    ]
+    return lines
 
 
 def output_markdown() -> list[str]:

@@ -54,6 +54,13 @@ class Analysis:
             return self._frame(name)
         return getattr(self, name)
 
+    def select(self, name: str, criteria=None, **options) -> pd.DataFrame:
+        """The rows of a table that filters keep, with the meaning they have on the command
+        line (:func:`maildissect.filters.select`): ``a.select("commands", from_="carol",
+        since="2024-05-01", host="10.0.0.0/8", where="latency > 1")``."""
+        from .filters import select
+        return select(self, name, criteria, **options)
+
     def _records(self, name: str) -> list:
         if name == "attachments":
             return frames.attachment_rows(self._records("messages"))
@@ -169,8 +176,8 @@ def analyze(paths: str | Iterable[str], *, limits: dict | Limits | None = None,
     for are decrypted with tshark and their plaintext dissected like any other
     (one process; see docs/protocols/tls.md). Key logs a pcapng capture carries
     (Decryption Secrets Blocks) are used as if given here. ``message_hook`` is
-    called with each Message as it completes and ``file_hook`` with each
-    HttpRequest that carries files (with ``keep_bodies`` their bytes are on the
+    called with each Message as it completes and ``file_hook(request, session)``
+    with each HttpRequest that carries files (with ``keep_bodies`` their bytes are on the
     records only during the call: extraction); either one runs the analysis in
     one process. Raises
     :class:`maildissect.capture.files.CaptureError` for a file that is not a

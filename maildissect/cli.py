@@ -49,9 +49,12 @@ def handle_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from .analysis import AnalysisError
+        from .filters import FilterError
         from .output.extract import ExtractError
         try:
             return fn(*args, **kwargs)
+        except FilterError as e:  # a usage error: exit 2, naming the option
+            _fail(str(e), 2)
         except (CaptureError, ExtractError, UserError, AnalysisError) as e:
             _fail(str(e))
         except BrokenPipeError:
@@ -141,14 +144,47 @@ def output_options(fn):
     return fn
 
 
-def filter_options(fn):
+def filter_options(fn=None, *, mail: bool = True, where: bool = True):
+    """The row filters (maildissect.filters): ``mail`` adds --from/--to/--subject, ``where`` --where."""
+    if fn is None:
+        return functools.partial(filter_options, mail=mail, where=where)
+    if where:
+        fn = click.option("--where", default=None, metavar="EXPR",
+                          help="Keep rows where this pandas expression over the table's columns is true, e.g. "
+                               "\"size > 1e6 and protocol == 'smtp'\" (docs/cli.md: what it accepts).")(fn)
+    fn = click.option("--server", "server", multiple=True, metavar="IP[/BITS]",
+                      help="The server end is this address or network (IPv4 or IPv6). Repeatable.")(fn)
+    fn = click.option("--client", "client", multiple=True, metavar="IP[/BITS]",
+                      help="The client end is this address or network. Repeatable.")(fn)
+    fn = click.option("--host", "host", multiple=True, metavar="IP[/BITS]",
+                      help="Either end of the connection is this address or network. Repeatable.")(fn)
+    fn = click.option("--until", default=None, metavar="TIME",
+                      help="Only what happened at or before TIME (ISO 8601, UTC unless a zone is given, or "
+                           "epoch seconds; capture time).")(fn)
+    fn = click.option("--since", default=None, metavar="TIME",
+                      help="Only what happened at or after TIME (ISO 8601 or epoch seconds).")(fn)
     fn = click.option("--session", "session_id", type=int, default=None, help="Only this session (flow id).")(fn)
-    fn = click.option("--subject", default=None, help="Subject contains TEXT (case-insensitive).")(fn)
-    fn = click.option("--to", "to_", default=None, help="A recipient (header or envelope) contains TEXT.")(fn)
-    fn = click.option("--from", "from_", default=None, help="Sender (header or envelope) contains TEXT.")(fn)
+    if mail:
+        fn = click.option("--subject", default=None,
+                          help="Rows of messages whose Subject contains TEXT (case-insensitive; docs/cli.md: what "
+                               "each table keeps).")(fn)
+        fn = click.option("--to", "to_", default=None,
+                          help="Rows of messages with a recipient (To, Cc, Bcc, RCPT TO) containing TEXT.")(fn)
+        fn = click.option("--from", "from_", default=None,
+                          help="Rows of messages whose sender (From, Sender, MAIL FROM) contains TEXT.")(fn)
     fn = click.option("--protocol", type=click.Choice(["smtp", "imap", "pop3", "http", "tls", "socks"]), default=None,
-                      help="Only this protocol.")(fn)
+                      help="Only rows of sessions of this protocol.")(fn)
     return fn
+
+
+def criteria_of(table: str, protocol=None, session_id=None, from_=None, to_=None, subject=None, since=None,
+                until=None, host=(), client=(), server=(), where=None):
+    """The filter options of a command as checked :class:`maildissect.filters.Criteria` for ``table``
+    (a bad value or a filter the table cannot answer stops the command before any analysis)."""
+    from .filters import Criteria, check
+    return check(table, Criteria(protocol=protocol, session=session_id, from_=from_, to=to_, subject=subject,
+                                 since=since, until=until, host=tuple(host), client=tuple(client),
+                                 server=tuple(server), where=where))
 
 
 def bundled_capture() -> str | None:
@@ -232,40 +268,6 @@ def warn_capture_problems(result) -> None:
                  "the key logs hold no keys for them")
 
 
-def apply_filters(df, protocol=None, from_=None, to_=None, subject=None, session_id=None):
-    """Filter a table by the columns it has."""
-    import pandas as pd
-    mask = pd.Series(True, index=df.index)
-    if protocol and "protocol" in df.columns:
-        mask &= df["protocol"].astype("string").str.lower() == protocol
-    if session_id is not None:
-        col = "session_id" if "session_id" in df.columns else "flow_id" if "flow_id" in df.columns else None
-        if col:
-            mask &= df[col] == session_id
-
-    def contains(values, needle):
-        needle = needle.lower()
-        return [any(needle in str(x).lower() for x in (v if isinstance(v, (list, tuple)) else [v]) if x is not None)
-                for v in values]
-    if from_:
-        cols = [c for c in ("from", "mail_from", "auth_user", "user") if c in df.columns]
-        if cols:
-            m = pd.Series(False, index=df.index)
-            for c in cols:
-                m |= pd.Series(contains(df[c].tolist(), from_), index=df.index)
-            mask &= m
-    if to_:
-        cols = [c for c in ("to", "cc", "rcpt_to", "bcc") if c in df.columns]
-        if cols:
-            m = pd.Series(False, index=df.index)
-            for c in cols:
-                m |= pd.Series(contains(df[c].tolist(), to_), index=df.index)
-            mask &= m
-    if subject and "subject" in df.columns:
-        mask &= pd.Series(contains(df["subject"].tolist(), subject), index=df.index)
-    return df[mask].reset_index(drop=True)
-
-
 def emit_table(df, table: str, fmt: str, output: str | None, title: str | None = None, wide: bool = False,
                csv_raw: bool = False) -> None:
     """Write a table in the chosen format (a table fitted to the terminal by default)."""
@@ -325,13 +327,16 @@ def _listing_command(table: str):
     @filter_options
     @analysis_options
     @handle_errors
-    def command(captures, fmt, output, wide, csv_raw, protocol, from_, to_, subject, session_id, quiet, redact,
-                limits, ports, jobs):
-        if table == "flows" and click.get_current_context().get_parameter_source("jobs").name == "DEFAULT":
+    def command(captures, fmt, output, wide, csv_raw, quiet, redact, limits, ports, jobs, **filters):
+        from .filters import select_frame
+        crit = criteria_of(table, **filters)
+        # the flows table needs no dissection, unless a question about mail asks which sessions carried it
+        dissect = table != "flows" or crit.mail()
+        if not dissect and click.get_current_context().get_parameter_source("jobs").name == "DEFAULT":
             jobs = 1  # without dissection, reading dominates and one process is fastest
-        result = run_analysis(captures, quiet=quiet, redact=redact, limits=limits, ports=ports,
-                              dissect=table != "flows", jobs=jobs)
-        df = apply_filters(result.table(table), protocol, from_, to_, subject, session_id)
+        result = run_analysis(captures, quiet=quiet, redact=redact, limits=limits, ports=ports, dissect=dissect,
+                              jobs=jobs)
+        df = select_frame(result.table(table), table, result.records, crit)
         emit_table(df, table, fmt, output, wide=wide, csv_raw=csv_raw)
     command.__doc__ = TABLE_HELP[table] + "\n\nColumns are described in docs/data.md."
     return cli.command(table, help=command.__doc__)(command)
@@ -479,11 +484,11 @@ def follow(capture, flow_id, fmt, side, output, limits):
                                              "DIR/bodies/.")
 @click.option("--csv-raw", is_flag=True, help="index.csv: write text cells as they are (by default a cell "
                                               "starting with = + - @ TAB or CR gets a leading ').")
-@filter_options
+@filter_options(where=False)
 @analysis_options
 @handle_errors
-def extract(captures, directory, overwrite, no_attachments, bodies, csv_raw, protocol, from_, to_, subject,
-            session_id, quiet, redact, limits, ports, jobs):
+def extract(captures, directory, overwrite, no_attachments, bodies, csv_raw, quiet, redact, limits, ports, jobs,
+            **filters):
     """Write every message as .eml (exact bytes as transferred), its attachments and the files carried over HTTP.
 
     Layout: DIR/messages/*.eml, DIR/attachments/*, DIR/files/* (HTTP uploads and downloads),
@@ -493,30 +498,21 @@ def extract(captures, directory, overwrite, no_attachments, bodies, csv_raw, pro
     overwritten unless --overwrite. A file larger than the limit max_extract_size is hashed
     but not written.
     """
+    from .filters import message_predicate, request_predicate
     from .output.extract import Extractor
+    crit = criteria_of("messages", **filters)
+    keep = message_predicate(crit)
+    keep_request = request_predicate(crit)
     ext = Extractor(directory, overwrite=overwrite, attachments=not no_attachments, csv_raw=csv_raw,
                     bodies=bodies, http=not no_attachments)
 
     def hook(msg):
-        if protocol and msg.protocol != protocol:
-            return
-        if session_id is not None and msg.session_id != session_id:
-            return
-        if from_ and from_.lower() not in f"{msg.from_} {msg.mail_from}".lower():
-            return
-        if to_ and to_.lower() not in " ".join(msg.to + msg.cc + msg.rcpt_to).lower():
-            return
-        if subject and subject.lower() not in (msg.subject or "").lower():
-            return
-        ext(msg)
+        if keep(msg):
+            ext(msg)
 
-    def file_hook(req):
-        # files carried over HTTP have no sender, recipients or subject: those filters leave them out
-        if (protocol and protocol != "http") or from_ or to_ or subject:
-            return
-        if session_id is not None and req.session_id != session_id:
-            return
-        ext.http(req)
+    def file_hook(req, session):
+        if keep_request(req, session):
+            ext.http(req)
     try:
         run_analysis(captures, quiet=quiet, redact=redact, limits=limits, ports=ports, keep_bodies=True,
                      message_hook=hook, file_hook=file_hook)
@@ -571,11 +567,11 @@ def export(captures, directory, fmt, csv_raw, quiet, redact, limits, ports, jobs
 @click.option("--message-id", "message_id", default=None,
               help="Only the events of this message (brackets optional; a substring matches too), with the "
                    "connections that carried it or tried to.")
-@click.option("--session", "session_id", type=int, default=None, help="Only this session (flow id).")
 @output_options
+@filter_options(mail=False)
 @analysis_options
 @handle_errors
-def timeline(captures, message_id, session_id, fmt, output, wide, csv_raw, quiet, redact, limits, ports, jobs):
+def timeline(captures, message_id, fmt, output, wide, csv_raw, quiet, redact, limits, ports, jobs, **filters):
     """What happened when: one line per event across every protocol.
 
     Connection attempts (refused, unanswered), greetings, TLS, authentication,
@@ -583,8 +579,13 @@ def timeline(captures, message_id, session_id, fmt, output, wide, csv_raw, quiet
     IMAP/POP3 retrievals, webmail actions, closes and anomalies. Columns and
     event names: docs/data.md (events) and docs/report.md.
     """
+    from dataclasses import replace
+
+    from .filters import select_frame
     from .timeline import filter_events
     from . import frames
+    crit = criteria_of("events", **filters)
+    session_id = crit.session
     result = run_analysis(captures, quiet=quiet, redact=redact, limits=limits, ports=ports, jobs=jobs)
     events = result.event_records
     if message_id is not None or session_id is not None:
@@ -596,7 +597,9 @@ def timeline(captures, message_id, session_id, fmt, output, wide, csv_raw, quiet
             sessions = result.journey_records.sessions_of(j.journey_id for j in found)
         events = filter_events(events, message_id=message_id, session_id=session_id,
                                sessions_of_message=sessions)
-    emit_table(frames.frame("events", events), "events", fmt, output, wide=wide, csv_raw=csv_raw)
+    # (--session was applied by filter_events, with the connections a message's events need)
+    df = select_frame(frames.frame("events", events), "events", result.records, replace(crit, session=None))
+    emit_table(df, "events", fmt, output, wide=wide, csv_raw=csv_raw)
 
 
 @cli.command()
@@ -605,10 +608,17 @@ def timeline(captures, message_id, session_id, fmt, output, wide, csv_raw, quiet
               help="Only this message (brackets optional; a substring matches too).")
 @click.option("--summary", is_flag=True,
               help="One row per message (the journeys table) instead of one row per hop.")
+@click.option("--since", default=None, metavar="TIME", help="Only hops (journeys with --summary) active at or "
+                                                            "after TIME (ISO 8601 or epoch seconds).")
+@click.option("--until", default=None, metavar="TIME", help="Only hops (journeys) active at or before TIME.")
+@click.option("--where", default=None, metavar="EXPR",
+              help="Keep hops (journeys with --summary) where this expression over their columns is true "
+                   "(docs/cli.md).")
 @output_options
 @analysis_options
 @handle_errors
-def journeys(captures, message_id, summary, fmt, output, wide, csv_raw, quiet, redact, limits, ports, jobs):
+def journeys(captures, message_id, summary, since, until, where, fmt, output, wide, csv_raw, quiet, redact, limits,
+             ports, jobs):
     """Follow each message across hops and protocols.
 
     Submission, relay and delivery (with refused or deferred attempts and the
@@ -617,6 +627,9 @@ def journeys(captures, message_id, summary, fmt, output, wide, csv_raw, quiet, r
     view shows each journey with its hops; other formats write the hops table
     (or the journeys table with --summary). Columns: docs/data.md.
     """
+    from .filters import select_frame
+    table = "journeys" if summary else "hops"
+    crit = criteria_of(table, since=since, until=until, where=where)
     result = run_analysis(captures, quiet=quiet, redact=redact, limits=limits, ports=ports, jobs=jobs)
     jr = result.journey_records
     ids = None
@@ -625,10 +638,13 @@ def journeys(captures, message_id, summary, fmt, output, wide, csv_raw, quiet, r
         if not found:
             raise UserError(f"no message with Message-ID {message_id!r}")
         ids = {j.journey_id for j in found}
-    table = "journeys" if summary else "hops"
     df = result.table(table)
     if ids is not None:
         df = df[df["journey_id"].isin(ids)].reset_index(drop=True)
+    if crit.given():
+        df = select_frame(df, table, result.records, crit)
+        kept = set(df["journey_id"].tolist())
+        ids = kept if ids is None else ids & kept
     if fmt != "table" or summary:
         emit_table(df, table, fmt, output, wide=wide, csv_raw=csv_raw)
         return

@@ -526,7 +526,7 @@ class Pipeline:
         self.config = config or Config()
         self.collector = Collector()
         self.message_hook = message_hook
-        self.file_hook = file_hook  # called with each HttpRequest that carries files (extraction)
+        self.file_hook = file_hook  # called with (request, session) for each HttpRequest carrying files
         self.flow_hook = flow_hook  # called with each closed Connection (e.g. follow)
         self.decryption = None  # a maildissect.decrypt.Decryption when a key log decrypts TLS
         lim = self.config.limits
@@ -605,7 +605,7 @@ class Pipeline:
                     self._over(session, "messages", r.ts)
             else:
                 if t is HttpRequest and self.file_hook is not None and (r.files or r.response_file is not None):
-                    self.file_hook(r)
+                    self.file_hook(r, session)
                     for a in r.files:
                         a.data = None
                     if r.response_file is not None:
