@@ -118,6 +118,25 @@ def filters_markdown() -> list[str]:
         "A wrong expression stops the command with one line naming the problem and listing the table's "
         "columns (exit status 2), e.g. `maildissect: error: --where: unknown column 'sise'; columns: "
         "protocol, session_id, ...`.", "",
+        "## Where each row came from", "",
+        "Every row can be found again in Wireshark. `file` is the capture the row came from, as given on "
+        "the command line (`-` for standard input); frame numbers count the frames of that file alone, "
+        "from 1, as Wireshark (and `tshark -r FILE`) numbers them when that file is opened by itself, "
+        "whatever other files were merged with it:", "",
+        "| table | columns |", "|---|---|",
+        "| flows | `first_frame` (the connection's first frame) and `file` |",
+        "| sessions | `first_frame` and `file` of their connection |",
+        "| commands, messages, credentials, http, mailboxes, anomalies | `frame`, the frame that completed "
+        "the row (a command: usually its reply; a message: the end of its transfer, for SMTP the final reply "
+        "to the data; a row completed when a connection closed at the end of the capture or after idling: "
+        "the connection's last frame), and `file` |",
+        "| attachments | `frame` and `file` of their message |", "",
+        "In Wireshark: open `file`, then *Go to Packet* (Ctrl-G) with the number, or the display filter "
+        "`frame.number == N`; `tshark -r FILE -Y 'frame.number == N'` prints it. Several captures are "
+        "merged in time order (a file's frames keep their order); that merged order numbers the connections "
+        "(`flow_id`, as Wireshark's `tcp.stream` of the merged capture) and is the same with `--jobs N` as "
+        "with one process. Capture-file damage (a truncated last record) names its file and the last frame "
+        "read before it. `live` rows carry frame numbers of the capture and no file.", "",
     ]
     return lines
 

@@ -10,7 +10,7 @@ if TYPE_CHECKING:  # imported when a table is first built
 
 from . import frames, parallel
 from .config import Config, Limits
-from .pipeline import Collector, Pipeline
+from .pipeline import Collector, Pipeline, place_frames
 
 TABLES = tuple(frames.SCHEMAS)
 
@@ -205,6 +205,8 @@ def analyze(paths: str | Iterable[str], *, limits: dict | Limits | None = None,
         if hooks:
             raise AnalysisError("extraction runs on one machine; drop --scheduler")
         collector, wstats = _run_scheduler(paths, config, scheduler)
+        from .distributed import origins_of
+        place_frames(collector, origins_of(paths, wstats.pop("offsets")))
         d = wstats["decoder"]
         stats = {"files": list(paths), "frames": wstats["frames"], "tcp_segments": d.get("tcp", 0),
                  "non_ip": d.get("non_ip", 0), "non_tcp": d.get("non_tcp", 0), "malformed": d.get("malformed", 0),
@@ -224,6 +226,7 @@ def analyze(paths: str | Iterable[str], *, limits: dict | Limits | None = None,
     else:
         pipe = Pipeline(config, message_hook=message_hook, file_hook=file_hook)
         collector = pipe.run(paths, progress)
+        place_frames(collector, pipe.origins)
         stats = pipeline_stats(pipe, paths)
         late = sum(r.secrets_bytes for r in pipe.readers)
     if late and config.dissect:
@@ -278,6 +281,7 @@ def analyze_decrypted(paths: list[str], keylogs: list[str], config: Config, prog
     from . import decrypt
     from .capture.files import CaptureReader
     stdin_copy = None
+    given = list(paths)
     try:
         if "-" in paths:
             # tshark and the pipeline both read the capture: keep standard input in a file
@@ -295,8 +299,13 @@ def analyze_decrypted(paths: list[str], keylogs: list[str], config: Config, prog
             pipe = Pipeline(config, message_hook=message_hook, file_hook=file_hook)
             pipe.decryption = decryption
             collector = pipe.run(paths, progress)
+            pipe.origins.names = given  # (standard input was read from a copy)
+            for a in collector.anomalies:
+                if stdin_copy is not None and a.file == stdin_copy:
+                    a.file = "-"
+            place_frames(collector, pipe.origins)
             collector.anomalies.extend(decryption.capture_anomalies())
-            stats = pipeline_stats(pipe, paths)
+            stats = pipeline_stats(pipe, given)
             stats["tls_decrypted"] = {"streams": decryption.streams, "records": decryption.records,
                                       "bytes": decryption.bytes,
                                       "sessions": sum(1 for s in collector.sessions if s.decrypted),

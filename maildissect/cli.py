@@ -532,8 +532,8 @@ def extract(captures, directory, overwrite, no_attachments, bodies, csv_raw, qui
               help="Directory to write the tables into.")
 @click.option("-f", "--format", "fmt", type=click.Choice(["parquet", "csv", "jsonl", "zeek", "zeek-json"]),
               default="parquet", show_default=True,
-              help="File format of the tables; zeek/zeek-json write Zeek logs instead (conn.log, smtp.log, "
-                   "files.log, pop3.log, imap.log; docs/report.md).")
+              help="File format of the tables; zeek/zeek-json write Zeek logs instead (conn, smtp, files, http, "
+                   "ssl, weird, pop3 and imap .log; docs/report.md).")
 @click.option("--csv-raw", is_flag=True, help="CSV: write text cells as they are (by default a cell starting "
                                               "with = + - @ TAB or CR gets a leading ').")
 @analysis_options

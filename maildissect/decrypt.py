@@ -507,7 +507,7 @@ class TlsSplice:
             else:
                 self.session.tls_bytes_server += len(cipher)
             if not self.hello.done[side]:
-                self.hello.feed(side, cipher)
+                self.hello.feed(side, cipher, ts)
         self._release(side, ts)
 
     def gap(self, side: int, length: int, ts: float) -> None:

@@ -22,7 +22,7 @@ import os
 from typing import Iterable
 
 from .capture.decode import Decoder
-from .capture.files import CaptureReader
+from .capture.files import CaptureReader, FrameOrigins
 from .capture.sharding import shard_of
 from .config import Config
 from .parallel import merge
@@ -85,13 +85,21 @@ def _plan(decoded: list[dict]) -> dict[int, int]:
     return offsets
 
 
-def _finish(decoded: list[dict], collectors: list[Collector]) -> tuple[Collector, dict]:
+def origins_of(names, offsets: dict[int, int]) -> FrameOrigins:
+    """Where the frames come from: each file's frames follow the previous file's (see _plan)."""
+    origins = FrameOrigins(names)
+    for i in sorted(offsets, key=lambda i: (offsets[i], i)):
+        origins.add(offsets[i] + 1, i, 1)
+    return origins
+
+
+def _finish(decoded: list[dict], collectors: list[Collector], offsets: dict[int, int]) -> tuple[Collector, dict]:
     merged = merge(collectors)
     for d in decoded:
         merged.anomalies.extend(d["anomalies"])
     counters = {k: sum(d["counters"][k] for d in decoded) for k in decoded[0]["counters"]} if decoded else {}
     stats = {"frames": sum(d["frames"] for d in decoded), "decoder": counters,
-             "linktypes": sorted({lt for d in decoded for lt in d["linktypes"]})}
+             "linktypes": sorted({lt for d in decoded for lt in d["linktypes"]}), "offsets": offsets}
     return merged, stats
 
 
@@ -114,7 +122,7 @@ def run_dask(paths: Iterable[str], config: Config, client=None, buckets: int | N
         shard_futures = [client.submit(dissect_bucket, p, offsets, config, pure=False) for p in parts]
         collectors = client.gather(shard_futures)
         decoded_small = client.gather([client.submit(_without_buckets, f, pure=False) for f in futures])
-        return _finish(decoded_small, collectors)
+        return _finish(decoded_small, collectors, offsets)
     finally:
         if own is not None:
             client.close()
@@ -127,7 +135,7 @@ def run_local(paths: Iterable[str], config: Config, buckets: int = 4) -> tuple[C
     decoded = [decode_file(p, i, buckets, config) for i, p in enumerate(paths)]
     offsets = _plan(decoded)
     collectors = [dissect_bucket([d["buckets"][b] for d in decoded], offsets, config) for b in range(buckets)]
-    return _finish([_without_buckets(d) for d in decoded], collectors)
+    return _finish([_without_buckets(d) for d in decoded], collectors, offsets)
 
 
 def _meta(d: dict) -> dict:

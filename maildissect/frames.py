@@ -43,7 +43,10 @@ SCHEMAS: dict[str, list[tuple]] = {
                                    "handshake as seen at the capture point); empty without a full handshake"),
         ("close", "cat", "how it ended: fin, rst, refused (SYN answered by RST), unanswered (SYN only), "
                          "timeout (idle), open (still open at the end of the capture)"),
-        ("first_frame", "int", "frame number (from 1, as Wireshark counts) of the connection's first packet"),
+        ("first_frame", "int", "number of the connection's first frame in its capture file (from 1, as "
+                               "Wireshark numbers the frames of that file opened alone)"),
+        ("file", "str", "the capture file of that first frame, as given on the command line ('-' for "
+                        "standard input; with several files, first_frame counts the frames of this one)"),
         ("syn_seen", "bool", "the client's SYN is in the capture"),
         ("role_by", "cat", "how client and server were told apart: syn, port (well-known port), first "
                            "(first packet's sender)"),
@@ -66,6 +69,20 @@ SCHEMAS: dict[str, list[tuple]] = {
         ("tls_version", "str", "TLS version negotiated (from the ServerHello, else offered in the ClientHello)"),
         ("sni", "str", "server name the client asked for (TLS SNI)"),
         ("alpn", "str", "application protocol negotiated by TLS ALPN (offered list if no answer seen)"),
+        ("tls_start", "ts", "time of the first TLS byte (the ClientHello; after STARTTLS, the switch)"),
+        ("tls_cipher", "str", "TLS cipher suite the server chose, IANA name (unknown-N otherwise)"),
+        ("tls_curve", "str", "key-exchange group the server chose (TLS 1.3 key_share, TLS 1.2 ECDHE "
+                             "ServerKeyExchange)"),
+        ("tls_resumed", "bool", "the TLS session was resumed (same session id, or a TLS 1.3 pre-shared key)"),
+        ("tls_established", "bool", "the TLS handshake completed (TLS 1.2: both sides changed cipher spec; TLS "
+                                    "1.3: the server answered and each side then sent encrypted records)"),
+        ("tls_alert", "str", "last TLS alert sent in plaintext (handshake_failure, unknown_ca...)"),
+        ("tls_history", "str", "Zeek's ssl_history: a letter per plaintext handshake message, change cipher "
+                               "spec and alert, the client's in capitals (C client hello, s server hello, x "
+                               "certificate, i change cipher spec...)"),
+        ("tls_certificates", "list", "sha256 of each certificate of the server's chain, leaf first (TLS 1.2 "
+                                     "and earlier: TLS 1.3 encrypts them)"),
+        ("tls_client_certificates", "list", "sha256 of each certificate the client sent (TLS 1.2 and earlier)"),
         ("banner", "str", "server greeting text"),
         ("client_software", "str", "client software (IMAP ID, HTTP User-Agent)"),
         ("server_software", "str", "server software (IMAP ID, HTTP Server header)"),
@@ -82,6 +99,8 @@ SCHEMAS: dict[str, list[tuple]] = {
                           "HTTP CONNECT answered 2xx), socks4 (SOCKS4 or 4a) or socks5; empty for a direct session"),
         ("tunnel_target", "str", "host:port the client asked the proxy to connect to, as it asked (a name or an "
                                  "address; IPv6 in brackets)"),
+        ("first_frame", "int", "the connection's first frame, numbered in its capture file (flows.first_frame)"),
+        ("file", "str", "the capture file of that frame, as given on the command line"),
     ],
     "commands": [
         ("session_id", "int", "session the command belongs to"),
@@ -106,6 +125,10 @@ SCHEMAS: dict[str, list[tuple]] = {
                         "LOGIN/AUTH/PASS names its own user)"),
         ("mailbox", "str", "IMAP: the selected mailbox the command ran in (SELECT/EXAMINE: the one selected; "
                            "CLOSE, UNSELECT, LOGOUT: the one closed); POP3: INBOX once the maildrop is open"),
+        ("frame", "int", "the frame that completed the command (usually its reply's; the greeting's own): its number in its capture file (from 1, as Wireshark numbers the "
+                         "frames of that file opened alone)"),
+        ("file", "str", "the capture file that frame is in, as given on the command line ('-' for standard "
+                        "input)"),
     ],
     "messages": [
         ("protocol", "cat", "protocol that carried the message"),
@@ -172,6 +195,10 @@ SCHEMAS: dict[str, list[tuple]] = {
                                "imap (the webmail server's own IMAP fetch of that UID during the request), "
                                "page+imap (both); empty for messages read from their own bytes "
                                "(docs/protocols/webmail.md)"),
+        ("frame", "int", "the frame that completed the transfer (SMTP: the final reply; IMAP/POP3: the end of the data; HTTP: the end of the request or response): its number in its capture file (from 1, as Wireshark numbers the "
+                         "frames of that file opened alone)"),
+        ("file", "str", "the capture file that frame is in, as given on the command line ('-' for standard "
+                        "input)"),
     ],
     "attachments": [
         ("session_id", "int", "session of the message"),
@@ -190,6 +217,8 @@ SCHEMAS: dict[str, list[tuple]] = {
         ("part", "str", "MIME part path (1.2 is the second part of the first part)"),
         ("encoding", "str", "Content-Transfer-Encoding"),
         ("content_id", "str", "Content-ID"),
+        ("frame", "int", "the message's frame (messages.frame)"),
+        ("file", "str", "the message's capture file (messages.file)"),
     ],
     "files": [
         ("ts", "ts", "time of the message that carried it (its ts), or of the HTTP request (an upload) or "
@@ -246,6 +275,10 @@ SCHEMAS: dict[str, list[tuple]] = {
         ("secret", "str", "password, token or response (masked under --redact)"),
         ("success", "bool", "the server accepted it; empty when no verdict was seen"),
         ("detail", "str", "mechanism details (CRAM-MD5 challenge, form field names)"),
+        ("frame", "int", "the frame that completed the exchange (the server's verdict when seen): its number in its capture file (from 1, as Wireshark numbers the "
+                         "frames of that file opened alone)"),
+        ("file", "str", "the capture file that frame is in, as given on the command line ('-' for standard "
+                        "input)"),
     ],
     "anomalies": [
         ("session_id", "int", "session (empty for capture-level anomalies)"),
@@ -253,6 +286,10 @@ SCHEMAS: dict[str, list[tuple]] = {
         ("side", "str", "client, server, or empty"),
         ("name", "str", "anomaly name (docs/anomalies.md lists them all)"),
         ("detail", "str", "what exactly"),
+        ("frame", "int", "the frame it was noticed at (a connection closed at the end of the capture or when idle: its last frame; capture-file damage: the last frame read before it): its number in its capture file (from 1, as Wireshark numbers the "
+                         "frames of that file opened alone)"),
+        ("file", "str", "the capture file that frame is in, as given on the command line ('-' for standard "
+                        "input)"),
     ],
     "http": [
         ("session_id", "int", "session"),
@@ -286,6 +323,10 @@ SCHEMAS: dict[str, list[tuple]] = {
         ("part", "str", "webmail attachment download: the IMAP part number of the file (_part)"),
         ("message_id", "str", "webmail: Message-ID of the message read or downloaded, from the webmail "
                               "server's IMAP fetch or the downloaded message itself"),
+        ("frame", "int", "the frame that completed the exchange (the end of the response, or of the request when no response came): its number in its capture file (from 1, as Wireshark numbers the "
+                         "frames of that file opened alone)"),
+        ("file", "str", "the capture file that frame is in, as given on the command line ('-' for standard "
+                        "input)"),
     ],
     "mailboxes": [
         ("session_id", "int", "session"),
@@ -302,6 +343,10 @@ SCHEMAS: dict[str, list[tuple]] = {
         ("size", "int", "message size"),
         ("message_id", "str", "Message-ID when known"),
         ("detail", "str", "more (COPY target, UIDL id, ENVELOPE...)"),
+        ("frame", "int", "the frame of the exchange that revealed it: its number in its capture file (from 1, as Wireshark numbers the "
+                         "frames of that file opened alone)"),
+        ("file", "str", "the capture file that frame is in, as given on the command line ('-' for standard "
+                        "input)"),
     ],
     "events": [
         ("ts", "ts", "when it happened"),
@@ -429,6 +474,7 @@ TABLE_VIEWS = {
 
 # record attributes that are deliberately not columns
 NOT_COLUMNS = {
+    "Flow": {"merged_frame"},  # internal order of the merged reading (frame numbers per file are columns)
     "Message": {"raw", "entities"},  # entities: rows of the files table
     "HttpRequest": {"response_file"},  # a row of the files table
     "Attachment": {"data"},
@@ -672,7 +718,7 @@ class _AttachmentRow:
         self.m, self.a = m, a
 
     def __getattr__(self, name):
-        if name in ("session_id", "message_index", "protocol", "direction", "ts", "message_id"):
+        if name in ("session_id", "message_index", "protocol", "direction", "ts", "message_id", "frame", "file"):
             return getattr(self.m, name)
         return getattr(self.a, name)
 

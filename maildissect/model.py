@@ -37,6 +37,10 @@ class Anomaly:
     #: where ``detail`` starts quoting secret bytes (an authentication exchange's
     #: client bytes); they run to its end. None: no secret. maildissect.redact masks.
     secret_at: int | None = None
+    # where it came from: the capture file (as given) and the number, in that file, of the frame that
+    # completed it (while the pipeline runs: the frame's number in the merged reading)
+    frame: int | None = None
+    file: str | None = None
 
 
 @dataclass(slots=True)
@@ -60,9 +64,11 @@ class Flow:
     protocol: str = ""
     handshake_rtt: float | None = None  # SYN -> ACK of SYN-ACK, seconds
     close: str = "open"  # fin | rst | refused | unanswered | timeout | open
-    first_frame: int = 0  # capture frame number (from 1) of the connection's first packet
+    first_frame: int = 0  # number (from 1) of the connection's first frame in its capture file
     syn_seen: bool = False
     role_by: str = ""  # how client/server was decided: syn | port | first
+    file: str | None = None  # the capture file (as given) of that first frame
+    merged_frame: int = 0  # the first frame's number in the merged reading of every file (internal order)
 
 
 @dataclass(slots=True)
@@ -89,6 +95,15 @@ class Session:
     tls_version: str | None = None
     sni: str | None = None
     alpn: str | None = None
+    tls_start: float | None = None  # time of the first TLS byte (ClientHello)
+    tls_cipher: str | None = None  # cipher suite the server chose (IANA name)
+    tls_curve: str | None = None  # key-exchange group the server chose
+    tls_resumed: bool = False
+    tls_established: bool = False
+    tls_alert: str | None = None  # last plaintext alert
+    tls_history: str | None = None  # Zeek's ssl_history letters
+    tls_certificates: list[str] = field(default_factory=list)  # sha256 of the server's chain (TLS <= 1.2)
+    tls_client_certificates: list[str] = field(default_factory=list)
     banner: str | None = None  # server greeting text
     server_software: str | None = None  # e.g. from IMAP ID or Server: header
     client_software: str | None = None  # e.g. from IMAP ID or User-Agent
@@ -103,6 +118,8 @@ class Session:
     complete: bool = True  # False when a gap hit the session
     tunnel: str | None = None  # how the session was reached: http-connect, socks4, socks5
     tunnel_target: str | None = None  # host:port the client asked the proxy for
+    first_frame: int | None = None  # its connection's first frame, numbered in its capture file
+    file: str | None = None  # that capture file (as given)
 
 
 @dataclass(slots=True)
@@ -127,6 +144,10 @@ class Command:
     transaction: int | None = None  # SMTP: mail transaction of the session (1, 2...) it belongs to
     user: str | None = None  # user authenticated when the server answered it
     mailbox: str | None = None  # IMAP: selected mailbox it ran in; POP3: INBOX once the maildrop is open
+    # where it came from: the capture file (as given) and the number, in that file, of the frame that
+    # completed it (while the pipeline runs: the frame's number in the merged reading)
+    frame: int | None = None
+    file: str | None = None
 
 
 @dataclass(slots=True)
@@ -141,6 +162,10 @@ class Credential:
     secret: str | None
     success: bool | None = None  # None: no verdict seen
     detail: str = ""  # e.g. CRAM-MD5 challenge, form field names
+    # where it came from: the capture file (as given) and the number, in that file, of the frame that
+    # completed it (while the pipeline runs: the frame's number in the merged reading)
+    frame: int | None = None
+    file: str | None = None
 
 
 @dataclass(slots=True)
@@ -252,6 +277,10 @@ class Message:
     uid: int | None = None  # IMAP UID in that mailbox (IMAP fetches, appends with APPENDUID; webmail reads and downloads)
     filled_from: str | None = None  # webmail page rows: page, imap or page+imap (see docs/protocols/webmail.md)
     raw: bytes | None = None  # exact bytes, only when extraction asks
+    # where it came from: the capture file (as given) and the number, in that file, of the frame that
+    # completed it (while the pipeline runs: the frame's number in the merged reading)
+    frame: int | None = None
+    file: str | None = None
 
 
 @dataclass(slots=True)
@@ -291,6 +320,10 @@ class HttpRequest:
     # the response body when it is a file (a download, any body that is not a page, data or code):
     # a row of the files table, with its bytes when extraction asks
     response_file: Attachment | None = None
+    # where it came from: the capture file (as given) and the number, in that file, of the frame that
+    # completed it (while the pipeline runs: the frame's number in the merged reading)
+    frame: int | None = None
+    file: str | None = None
 
 
 @dataclass(slots=True)
@@ -311,6 +344,10 @@ class MailboxEvent:
     size: int | None = None
     message_id: str | None = None
     detail: str = ""
+    # where it came from: the capture file (as given) and the number, in that file, of the frame that
+    # completed it (while the pipeline runs: the frame's number in the merged reading)
+    frame: int | None = None
+    file: str | None = None
 
 
 # Everything a dissector may return.

@@ -16,7 +16,7 @@ import os
 from typing import Callable
 
 from .config import Config
-from .pipeline import Collector, Pipeline
+from .pipeline import Collector, Pipeline, place_frames
 
 #: Below this much capture data a single process is faster than starting workers.
 MIN_PARALLEL_BYTES = 16 * 1024 * 1024
@@ -67,7 +67,8 @@ def _run_share(paths, config, lo, hi, progress=None):
     pipe.run(paths, progress, shard=(lo, hi, BUCKETS))
     return pipe.collector, {"frames": pipe.frames, "decoder": _decoder_stats(pipe),
                             "linktypes": sorted({lt for r in pipe.readers for lt in r.linktypes}),
-                            "secrets": sum(r.secrets_bytes for r in pipe.readers)}
+                            "secrets": sum(r.secrets_bytes for r in pipe.readers),
+                            "origins": pipe.origins}
 
 
 def _worker(args):
@@ -100,7 +101,11 @@ def run_parallel(paths: list[str], config: Config, jobs: int,
         # The tables need pandas; importing it here overlaps with the workers' last work.
         import pandas  # noqa: F401
         results = pending.get()
-    return merge([mine] + [r[0] for r in results]), stats
+    merged = merge([mine] + [r[0] for r in results])
+    # every process read every frame alike: the main one's origins place them all, once
+    # connections are numbered in the merged order
+    place_frames(merged, stats.pop("origins"))
+    return merged, stats
 
 
 def _preload(config: Config) -> None:

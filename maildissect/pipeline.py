@@ -15,7 +15,7 @@ from typing import Callable, Iterable
 
 from . import anomalies as anomaly_registry
 from .capture.decode import Decoder
-from .capture.files import CaptureReader, read_batches
+from .capture.files import CaptureReader, FrameOrigins, read_batches
 from .capture.sharding import MIN_FIXED, frame_shard, shard_of
 from .config import Config
 from .model import (CLIENT, SERVER, SIDE_NAMES, Anomaly, Command, Credential, Flow, HttpRequest,
@@ -57,6 +57,43 @@ TLS_HEADER = 5
 
 #: implicit-TLS flows are labelled like this in the flows table
 TLS_LABELS = {"smtp": "smtps", "imap": "imaps", "pop3": "pop3s", "http": "https"}
+
+
+def place_frames(collector: "Collector", origins: FrameOrigins | None) -> None:
+    """Give every record its capture file and its frame number in that file.
+
+    While the pipeline runs, records carry the frame's number in the merged
+    reading (what ``--jobs`` merges and numbers connections by); once the
+    results are whole, they are given the file and the number Wireshark shows
+    for that frame in that file alone. Flows keep the merged number in
+    ``merged_frame``. Records placed already (a capture file's own damage)
+    are left as they are.
+    """
+    if origins is None:
+        return
+    single = origins.single
+    name = origins.names[0] if origins.names else None
+    locate = origins.locate
+    for f in collector.flows:
+        if f.file is None:
+            f.merged_frame = f.first_frame
+            if single:
+                f.file = name
+            elif f.first_frame:
+                f.file, f.first_frame = locate(f.first_frame)
+    flows = {f.flow_id: f for f in collector.flows}
+    for s in collector.sessions:
+        f = flows.get(s.session_id)
+        if f is not None:
+            s.first_frame, s.file = f.first_frame, f.file
+    for table in ("commands", "messages", "credentials", "http", "mailboxes", "anomalies"):
+        for r in getattr(collector, table):
+            if r.file is not None or r.frame is None:
+                continue
+            if single:
+                r.file = name
+            else:
+                r.file, r.frame = locate(r.frame)
 
 
 class Collector:
@@ -109,7 +146,8 @@ class SessionRouter:
     """
 
     __slots__ = ("pipeline", "conn", "session", "dissector", "sniffer", "lazy", "consume",
-                 "batch", "batch_len", "batch_side", "batch_ts", "splice", "switched", "after", "inner", "claim")
+                 "batch", "batch_len", "batch_side", "batch_ts", "batch_frame", "splice", "switched", "after",
+                 "inner", "claim")
 
     def __init__(self, pipeline: "Pipeline", conn):
         self.pipeline = pipeline
@@ -121,6 +159,7 @@ class SessionRouter:
         self.batch_len = 0
         self.batch_side = -1
         self.batch_ts = 0.0
+        self.batch_frame = 0
         self.lazy = None  # (protocol, implicit TLS) whose dissector waits for the first byte
         self.consume = None  # where delivered bytes go: the dissector's, or the TLS layer's, data
         self.splice = None  # a decrypt.TlsSplice when a key log decrypted this connection
@@ -201,6 +240,7 @@ class SessionRouter:
                 self.batch_len += len(data)
                 self.batch_side = side
                 self.batch_ts = ts
+                self.batch_frame = self.pipeline.reassembler.frame
                 if self.batch_len >= BATCH:
                     self._flush()
                 return
@@ -224,7 +264,13 @@ class SessionRouter:
         self.batch_len = 0
         self.batch_side = -1
         if self.consume is not None:
-            self.consume(side, data, ts)
+            # what the batch completes is dated to the frame of its last segment, as its time is
+            reasm = self.pipeline.reassembler
+            frame, reasm.frame = reasm.frame, self.batch_frame
+            try:
+                self.consume(side, data, ts)
+            finally:
+                reasm.frame = frame
 
     def _feed(self, side: int, data: bytes, ts: float):
         """Bytes for the dissector (plaintext), unless its side switched to TLS."""
@@ -354,7 +400,8 @@ class SessionRouter:
             flow = self.conn.flow
             self.pipeline.collector.anomalies.append(Anomaly(
                 ts, flow.flow_id, "", "detect_unknown_protocol",
-                f"port {flow.server_port}: {bytes(first[CLIENT][:24] or first[1][:24])!r}"))
+                f"port {flow.server_port}: {bytes(first[CLIENT][:24] or first[1][:24])!r}",
+                frame=self.pipeline.reassembler.frame))
         self._start(proto)
         sniffer.replay(self.data, self.gap)
 
@@ -505,7 +552,8 @@ class SessionRouter:
         self.splice = None
         detail = clean(f"{type(exc).__name__}: {exc}"[:300])[0]
         self.pipeline.collector.anomalies.append(Anomaly(ts, sess.session_id if sess else None, "",
-                                                         "dissector_error", detail))
+                                                         "dissector_error", detail,
+                                                         frame=self.pipeline.reassembler.frame))
         if sess is not None:
             sess.anomalies += 1
 
@@ -536,6 +584,8 @@ class Pipeline:
         self.reassembler = Reassembler(lim, on_open=self._open, on_close=self._closed)
         self.readers: list[CaptureReader] = []
         self.frames = 0
+        #: where each frame came from (set by run(); see place_frames)
+        self.origins: FrameOrigins | None = None
 
     # -- connection hooks -----------------------------------------------------------
     def _open(self, conn):
@@ -554,6 +604,7 @@ class Pipeline:
             if bad:
                 self._unwritable(sess, sess, bad, "sessions")
             sess.end = flow.end
+            sess.first_frame = flow.first_frame
             sess.bytes_client = flow.bytes_client
             sess.bytes_server = flow.bytes_server
             sess.anomalies += conn.anomalies
@@ -570,18 +621,21 @@ class Pipeline:
         c = self.collector
         switch = None
         cap = self.config.limits.max_records
+        frame = self.reassembler.frame  # the frame being dissected completed them
         for r in records:
             bad = scrub(r)
             if bad:
                 self._unwritable(session, r, bad, _TABLE_NAMES.get(type(r), "records"))
             t = type(r)
             if t is Command:
+                r.frame = frame
                 session.commands += 1
                 if session.commands <= cap:
                     c.commands.append(r)
                 else:
                     self._over(session, "commands", r.ts)
             elif t is Message:
+                r.frame = frame
                 session.messages += 1
                 r.message_index = session.messages
                 r.client_ip, r.client_port = session.client_ip, session.client_port
@@ -615,6 +669,7 @@ class Pipeline:
                     if t is TlsStart or t is TunnelStart:
                         switch = r
                     continue
+                r.frame = frame
                 listed = self._listed.get(session.session_id)
                 if listed is None:
                     listed = self._listed[session.session_id] = {}
@@ -637,8 +692,10 @@ class Pipeline:
         if ts is None:
             ts = session.start
         detail = ", ".join(f"{table}.{name}" for name in dict.fromkeys(bad))
-        self.collector.anomalies.append(anomaly_registry.make(
-            ts, session.session_id, "", "text_invalid_unicode", detail[:300], self.config.strict))
+        a = anomaly_registry.make(ts, session.session_id, "", "text_invalid_unicode", detail[:300],
+                                  self.config.strict)
+        a.frame = self.reassembler.frame
+        self.collector.anomalies.append(a)
         session.anomalies += 1
 
     def _over(self, session: Session, table: str, ts) -> None:
@@ -652,7 +709,8 @@ class Pipeline:
             self._capped.add(key)
             self.collector.anomalies.append(Anomaly(
                 ts, session.session_id, "", "session_records_capped",
-                f"more than {self.config.limits.max_records} {table}: the rest are counted, not listed"))
+                f"more than {self.config.limits.max_records} {table}: the rest are counted, not listed",
+                frame=self.reassembler.frame))
 
     # -- running ------------------------------------------------------------------
     def run(self, paths, progress: Callable[[int, int], None] | None = None,
@@ -661,8 +719,9 @@ class Pipeline:
 
         ``progress(done_bytes, total_bytes)`` is called now and then.
         """
+        self.origins = FrameOrigins(paths)
         batches = read_batches(paths, self.config.limits.max_frame, self.readers, shard,
-                               self.config.limits.max_capture_secrets)
+                               self.config.limits.max_capture_secrets, self.origins)
         # frames come in per-block lists; chaining them costs no Python step per frame
         self.process(itertools.chain.from_iterable(batches), progress, shard)
         return self.collector
@@ -685,6 +744,7 @@ class Pipeline:
         lo, hi, nshards = shard if shard else (0, 1, 1)
         others = 0  # TCP frames of other shards, skipped before decoding
         skipped = 0  # ... of which the reader skipped without making a frame
+        base = self.decoder.frames
         # Hundreds of thousands of small objects (connections, records) make CPython's
         # cyclic collector rescan the same survivors over and over; collect less often
         # while reading (cycles are rare here: a connection's are broken at its close).
@@ -697,11 +757,14 @@ class Pipeline:
                 continue
             ts, linktype, data, wirelen = frame
             last_ts = ts
-            if nshards > 1 and linktype == 1 and len(data) >= MIN_FIXED:
-                s = frame_shard(data, 0, nshards)
-                if s >= 0 and not lo <= s < hi:
-                    others += 1
-                    continue
+            if nshards > 1:
+                if linktype == 1 and len(data) >= MIN_FIXED:
+                    s = frame_shard(data, 0, nshards)
+                    if s >= 0 and not lo <= s < hi:
+                        others += 1
+                        continue
+                # the decoder numbers its anomalies by the frames it decoded: count the skipped ones
+                self.decoder.frames = base + n - 1
             seg = decode(ts, linktype, data, wirelen)
             if seg is not None:
                 if nshards == 1 or \
@@ -715,7 +778,8 @@ class Pipeline:
             others += skipped
             last_ts = self.readers[0].last_ts  # the capture's last frame may have been skipped
         self.frames += n
-        self.decoder.frames += others
+        if nshards > 1:
+            self.decoder.frames = base + n
         self.decoder.tcp += others
         self.finish(last_ts)
         if progress is not None:

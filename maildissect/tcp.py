@@ -104,7 +104,7 @@ class Connection:
     """State of one TCP connection; ``flow`` is its summary record."""
 
     __slots__ = ("flow", "halves", "listener", "closed", "keys", "syn_ts", "synack_ts",
-                 "server_isn", "client_isn", "anomalies", "fins", "rst", "established")
+                 "server_isn", "client_isn", "anomalies", "fins", "rst", "established", "last_frame")
 
     def __init__(self, flow: Flow, keys: tuple[bytes, bytes]):
         self.flow = flow
@@ -120,6 +120,7 @@ class Connection:
         self.fins = 0
         self.rst = False
         self.established = False
+        self.last_frame = flow.first_frame  # number of its latest frame (what its close is dated to)
 
     def stream_offset(self, side: int, seq: int) -> int | None:
         """The stream offset of ``side``'s raw 32-bit sequence number ``seq`` (the
@@ -188,6 +189,7 @@ class Reassembler:
                     conn, side = self._new(ts, key, src, dst, sport, dport, flags)
         flow = conn.flow
         flow.packets += 1
+        conn.last_frame = self.frame
         if ts > flow.end:
             flow.end = ts
         if conn.closed:
@@ -251,7 +253,7 @@ class Reassembler:
         else:
             cip, cport, sip, sport_, ckey, skey = dst, dport, src, sport, rkey, key
         flow = Flow(self.next_id, ip_text(cip), cport, ip_text(sip), sport_, ts, ts, role_by=by,
-                    first_frame=self.frame)
+                    first_frame=self.frame, merged_frame=self.frame)
         self.next_id += 1
         conn = Connection(flow, (ckey, skey))
         if len(self.table) >= 2 * self.limits.max_flows:
@@ -326,9 +328,22 @@ class Reassembler:
             self._close(conn, ts, "fin")
 
     def _close(self, conn, ts, reason):
-        """Flush buffered data (with gaps), emit close, report the flow."""
+        """Flush buffered data (with gaps), emit close, report the flow.
+
+        What the close produces (gaps, the dissector's last records) is dated to the
+        connection's latest frame, not to the frame being read when an idle sweep, a
+        full table or the end of the input closes it.
+        """
         if conn.closed:
             return
+        frame = self.frame
+        self.frame = conn.last_frame
+        try:
+            self._closing(conn, ts, reason)
+        finally:
+            self.frame = frame
+
+    def _closing(self, conn, ts, reason):
         for side in (CLIENT, SERVER):
             h = conn.halves[side]
             while h.starts:
@@ -552,7 +567,8 @@ class Reassembler:
         # conflicting retransmissions is counted, not listed a million times
         cap = self.limits.max_records
         if conn.anomalies <= cap:
-            self.anomalies.append(Anomaly(ts, conn.flow.flow_id, side, name, detail))
+            self.anomalies.append(Anomaly(ts, conn.flow.flow_id, side, name, detail, frame=self.frame))
         elif conn.anomalies == cap + 1:
             self.anomalies.append(Anomaly(ts, conn.flow.flow_id, side, "session_records_capped",
-                                          f"more than {cap} TCP anomalies: the rest are counted, not listed"))
+                                          f"more than {cap} TCP anomalies: the rest are counted, not listed",
+                                          frame=self.frame))

@@ -125,7 +125,8 @@ def test_conn_states_of_failed_connections(tmp_path):
     out = tmp_path / "logs"
     cli = cli_run(["export", str(path), "-o", str(out), "-f", "zeek", "-q", "-j", "1"])
     assert cli[0] == 0, cli[2]
-    assert sorted(os.listdir(out)) == ["conn.log", "files.log", "imap.log", "pop3.log", "smtp.log"]
+    assert sorted(os.listdir(out)) == ["conn.log", "files.log", "http.log", "imap.log", "pop3.log", "smtp.log",
+                                       "ssl.log", "weird.log"]
     _, conn = read_zeek(str(out / "conn.log"))
     by_port = {(r["id.orig_h"], r["id.orig_p"]): r for r in conn}
     rej = by_port[("10.0.0.8", "1000")]

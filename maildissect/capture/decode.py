@@ -237,7 +237,7 @@ class Decoder:
         self.malformed += 1
         # one anomaly per kind and per 1000 occurrences keeps a hostile file's report small
         if self.malformed <= 100 or self.malformed % 1000 == 0:
-            self.anomalies.append(Anomaly(ts, None, "", name, f"frame {self.frames}: {detail}"))
+            self.anomalies.append(Anomaly(ts, None, "", name, f"frame {self.frames}: {detail}", frame=self.frames))
         return None
 
     # -- fragments ---------------------------------------------------------------
@@ -245,7 +245,8 @@ class Decoder:
         """A fragment anomaly; like _bad, the first 100 of a kind and every 1000th after."""
         n = self._frag_notes[name] = self._frag_notes.get(name, 0) + 1
         if n <= 100 or n % 1000 == 0:
-            self.anomalies.append(Anomaly(ts, None, "", name, detail if n <= 100 else f"{detail} ({n} so far)"))
+            self.anomalies.append(Anomaly(ts, None, "", name, detail if n <= 100 else f"{detail} ({n} so far)",
+                                          frame=self.frames))
 
     def _fragment(self, ts, key, offset, last, chunk):
         table = self._frags

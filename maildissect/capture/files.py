@@ -142,6 +142,7 @@ class CaptureReader:
         self.shard: tuple[int, int, int] | None = None
         #: timestamp of the last frame read
         self.last_ts: float | None = None
+        self._pending = 0  # frames of the pcap block being read, not yet added to ``frames``
         if stream is None:
             self._src = _open(path)
             # Regular files are read in whole blocks; pipes as data arrives. A gzip
@@ -213,7 +214,9 @@ class CaptureReader:
         return bytes(out)
 
     def _anomaly(self, name: str, detail: str, ts: float | None = None):
-        self.anomalies.append(Anomaly(ts, None, "", name, f"{self.name}: {detail}"))
+        # placed in this file already: the last frame read before the damage, numbered in the file
+        self.anomalies.append(Anomaly(ts, None, "", name, f"{self.name}: {detail}",
+                                      frame=(self.frames + self._pending) or None, file=self.path))
 
     def close(self):
         self._src.close()
@@ -277,6 +280,7 @@ class CaptureReader:
                 if batch:
                     count += len(batch)
                     yield batch
+                self._pending = count
                 if pos + 16 <= n:
                     incl = unpack(buf, pos)[2]
                     if incl > limit:
@@ -300,6 +304,7 @@ class CaptureReader:
                 buf = buf[pos:] + more
                 pos = 0
         finally:
+            self._pending = 0
             self.frames += count
             self.snaplen_cut += cut
             self.unsorted += unsorted
@@ -461,27 +466,120 @@ def _reader(stream):
     return read1 if read1 is not None else stream.read
 
 
+class FrameOrigins:
+    """Where each frame of a reading came from: its file, and its number in that file.
+
+    Frames are numbered from 1 in the order they are processed (several files are
+    merged in time order); that global number is the internal order (the
+    deterministic merge of ``--jobs`` numbers connections by it). People find a
+    frame again by its file and its number in that file, as Wireshark numbers
+    the frames of the file opened alone: :meth:`locate` turns one into the
+    other. Runs of consecutive frames from one file are kept (three numbers a
+    run), so a capture of one file, or of files one after another, costs one
+    run per file; files whose frames interleave cost a run per switch.
+    """
+
+    def __init__(self, names):
+        from array import array
+        self.names = [str(n) for n in names]
+        self.starts = array("q")  # global number of each run's first frame
+        self.files = array("l")  # file index of each run
+        self.firsts = array("q")  # that frame's number in its file
+
+    def add(self, start: int, file: int, first: int) -> None:
+        """Frames from ``start`` on come from file ``file``, numbered from ``first`` there."""
+        if self.starts and self.files[-1] == file and self.firsts[-1] + (start - self.starts[-1]) == first:
+            return  # the run goes on
+        self.starts.append(start)
+        self.files.append(file)
+        self.firsts.append(first)
+
+    def locate(self, frame: int) -> tuple[str, int]:
+        """(file name, number in that file) of global frame number ``frame``."""
+        from bisect import bisect_right
+        i = bisect_right(self.starts, frame) - 1
+        if i < 0:
+            return (self.names[0] if self.names else None), frame
+        return self.names[self.files[i]], self.firsts[i] + frame - self.starts[i]
+
+    @property
+    def single(self) -> bool:
+        """Every frame is numbered as in its file (one file, or one run)."""
+        return len(self.starts) <= 1 and (not self.starts or (self.starts[0] == self.firsts[0] == 1))
+
+
 def read_batches(paths, max_frame: int = 262_144, readers: list | None = None,
-                 shard: tuple[int, int, int] | None = None, max_secrets: int = 64 * 1024 * 1024) -> Iterator[list]:
+                 shard: tuple[int, int, int] | None = None, max_secrets: int = 64 * 1024 * 1024,
+                 origins: FrameOrigins | None = None) -> Iterator[list]:
     """Like :func:`read_frames`, in lists of frames (cheaper to consume one by one).
 
     ``shard=(lo, hi, n)``: a single pcap file's plain Ethernet/IPv4/TCP frames of
     connections outside buckets ``lo``..``hi - 1`` of ``n`` (maildissect.capture.sharding)
-    come as None (counted, not copied).
+    come as None (counted, not copied). ``origins`` (a :class:`FrameOrigins` for
+    ``paths``) receives where each frame came from.
     """
     opened = _open_all(paths, max_frame, max_secrets)
     if readers is not None:
         readers.extend(opened)
     if len(opened) == 1:
         opened[0].shard = shard
+        if origins is not None:
+            origins.add(1, 0, 1)
         yield from opened[0].batches()
     else:
-        merged = heapq.merge(*opened, key=lambda f: f[0])
-        while True:
-            batch = list(itertools.islice(merged, 1024))
-            if not batch:
-                return
-            yield batch
+        yield from _merged(opened, origins)
+
+
+def _merged(readers, origins: FrameOrigins | None = None) -> Iterator[list]:
+    """The frames of several readers merged by timestamp, in lists that each come from one file.
+
+    The order is exactly :func:`heapq.merge`'s (the earliest head first; on equal
+    times, the earlier file), also for files whose times go backwards: a file's
+    frames are taken while they come before every other file's next frame.
+    """
+    batches = [r.batches() for r in readers]
+    current: list = [None] * len(readers)
+    pos = [0] * len(readers)
+    read = [0] * len(readers)  # frames taken from each file so far
+    heads: list = []  # (timestamp of the next frame, file)
+
+    def load(i) -> bool:
+        for b in batches[i]:
+            if b:
+                current[i], pos[i] = b, 0
+                return True
+        current[i] = None
+        return False
+    for i in range(len(readers)):
+        if load(i):
+            heads.append((current[i][0][0], i))
+    heapq.heapify(heads)
+    total = 0
+    while heads:
+        _ts, i = heapq.heappop(heads)
+        b, p = current[i], pos[i]
+        n = len(b)
+        q = p + 1  # (the head itself comes before every other head)
+        if heads:
+            limit, j = heads[0]
+            if i < j:
+                while q < n and b[q][0] <= limit:
+                    q += 1
+            else:
+                while q < n and b[q][0] < limit:
+                    q += 1
+        else:
+            q = n
+        if origins is not None:
+            origins.add(total + 1, i, read[i] + 1)
+        total += q - p
+        read[i] += q - p
+        yield b if (p == 0 and q == n) else b[p:q]
+        if q < n:
+            pos[i] = q
+            heapq.heappush(heads, (b[q][0], i))
+        elif load(i):
+            heapq.heappush(heads, (current[i][0][0], i))
 
 
 def _open_all(paths, max_frame: int, max_secrets: int = 64 * 1024 * 1024) -> list:
@@ -509,4 +607,5 @@ def read_frames(paths, max_frame: int = 262_144, readers: list | None = None) ->
     if len(opened) == 1:
         yield from opened[0]
     else:
-        yield from heapq.merge(*opened, key=lambda f: f[0])
+        for batch in _merged(opened):
+            yield from batch

@@ -1,4 +1,4 @@
-"""Zeek-compatible logs: conn.log, smtp.log, files.log, socks.log, and Zeek-style pop3.log and imap.log.
+"""Zeek-compatible logs: conn, smtp, files, http, ssl, weird and socks, and Zeek-style pop3.log and imap.log.
 
 Zeek's split between analysis and logging is the model of this project; this
 module is the logging half for people whose tooling reads Zeek logs
@@ -71,8 +71,30 @@ SOCKS_FIELDS = [
     ("bound.name", "string"), ("bound_p", "port"),
 ]
 
+_ID = [("id.orig_h", "addr"), ("id.orig_p", "port"), ("id.resp_h", "addr"), ("id.resp_p", "port")]
+HTTP_FIELDS = [
+    ("ts", "time"), ("uid", "string"), *_ID, ("trans_depth", "count"), ("method", "string"), ("host", "string"),
+    ("uri", "string"), ("referrer", "string"), ("version", "string"), ("user_agent", "string"),
+    ("origin", "string"), ("request_body_len", "count"), ("response_body_len", "count"), ("status_code", "count"),
+    ("status_msg", "string"), ("info_code", "count"), ("info_msg", "string"), ("tags", "set[enum]"),
+    ("username", "string"), ("password", "string"), ("proxied", "set[string]"), ("orig_fuids", "vector[string]"),
+    ("orig_filenames", "vector[string]"), ("orig_mime_types", "vector[string]"), ("resp_fuids", "vector[string]"),
+    ("resp_filenames", "vector[string]"), ("resp_mime_types", "vector[string]"),
+]
+SSL_FIELDS = [
+    ("ts", "time"), ("uid", "string"), *_ID, ("version", "string"), ("cipher", "string"), ("curve", "string"),
+    ("server_name", "string"), ("resumed", "bool"), ("last_alert", "string"), ("next_protocol", "string"),
+    ("established", "bool"), ("ssl_history", "string"), ("cert_chain_fps", "vector[string]"),
+    ("client_cert_chain_fps", "vector[string]"), ("sni_matches_cert", "bool"),
+]
+WEIRD_FIELDS = [
+    ("ts", "time"), ("uid", "string"), *_ID, ("name", "string"), ("addl", "string"), ("notice", "bool"),
+    ("peer", "string"), ("source", "string"),
+]
+
 LOGS = {"conn": CONN_FIELDS, "smtp": SMTP_FIELDS, "files": FILES_FIELDS, "pop3": POP3_FIELDS,
-        "imap": IMAP_FIELDS, "socks": SOCKS_FIELDS}
+        "imap": IMAP_FIELDS, "http": HTTP_FIELDS, "ssl": SSL_FIELDS, "weird": WEIRD_FIELDS,
+        "socks": SOCKS_FIELDS}
 
 _B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _SERVICE = {"smtp": "smtp", "imap": "imap", "pop3": "pop3", "http": "http", "smtps": "ssl", "imaps": "ssl",
@@ -589,8 +611,108 @@ def imap_rows(records) -> list[dict]:
     return _command_rows(records, "imap")
 
 
+def http_rows(records) -> list[dict]:
+    """http.log rows: every HTTP request with its response, as Zeek's HTTP script logs them.
+
+    ``trans_depth`` is the exchange's place in its connection (``http.seq``);
+    the request's form files are ``orig_fuids`` (the fuids of files.log), the
+    response body's declared type and Content-Disposition name are
+    ``resp_mime_types`` and ``resp_filenames``.
+    """
+    uids = _Uids(records)
+    sessions = {s.session_id: s for s in records.sessions}
+    depth = defaultdict(int)
+    rows = []
+    for r in sorted(records.http, key=lambda r: (r.ts, r.session_id, r.seq or 0)):
+        s = sessions.get(r.session_id)
+        if s is None:
+            continue
+        uid = uids[r.session_id]
+        depth[r.session_id] += 1
+        version = (r.version or "").upper()
+        row = {"ts": r.ts, "uid": uid, **_ids(s), "trans_depth": r.seq or depth[r.session_id],
+               "method": r.method or None, "host": r.host, "uri": r.uri, "referrer": r.referer,
+               # (Zeek's version is the reply's: without a reply it is unset)
+               "version": (version[5:] if version.startswith("HTTP/") else (r.version or None))
+               if r.status is not None else None,
+               "user_agent": r.user_agent, "request_body_len": r.request_size or 0,
+               "response_body_len": r.response_size or 0, "status_code": r.status,
+               "status_msg": r.reason if r.status is not None else None, "tags": []}
+        if r.files:
+            row["orig_fuids"] = [file_uid(uid, "http", r.ts, i, a.sha256) for i, a in enumerate(r.files, 1)]
+            names = [a.filename for a in r.files if a.filename]
+            types = [a.content_type for a in r.files if a.content_type]
+            row["orig_filenames"] = names or None
+            row["orig_mime_types"] = types or None
+        if r.response_size and r.response_content_type:
+            row["resp_mime_types"] = [r.response_content_type.split(";")[0].strip().lower()]
+        if r.response_filename:
+            row["resp_filenames"] = [r.response_filename]
+        rows.append(row)
+    return rows
+
+
+def _zeek_version(text: str | None) -> str | None:
+    """maildissect's "TLSv1.2" as Zeek writes it ("TLSv12"); a number Zeek does not name as "unknown-N"."""
+    if not text:
+        return None
+    if text.startswith("0x"):
+        try:
+            return f"unknown-{int(text, 16)}"
+        except ValueError:
+            return None
+    return text.replace(".", "")
+
+
+def ssl_rows(records) -> list[dict]:
+    """ssl.log rows: one per connection whose TLS handshake was seen (implicit TLS or after
+    STARTTLS), from what the hellos and the plaintext handshake show."""
+    uids = _Uids(records)
+    rows = []
+    for s in sorted(records.sessions, key=lambda s: (s.tls_start or s.start or 0.0, s.session_id)):
+        if not s.tls or not (s.tls_history or s.tls_version or s.sni):
+            continue
+        alpn = s.alpn if s.alpn and "," not in s.alpn else None  # a list is the client's offer, not a choice
+        rows.append({
+            "ts": s.tls_start if s.tls_start is not None else s.start, "uid": uids[s.session_id], **_ids(s),
+            "version": _zeek_version(s.tls_version) if s.tls_cipher else None, "cipher": s.tls_cipher,
+            "curve": s.tls_curve, "server_name": s.sni, "resumed": bool(s.tls_resumed),
+            "last_alert": s.tls_alert, "next_protocol": alpn, "established": bool(s.tls_established),
+            "ssl_history": s.tls_history or "", "cert_chain_fps": list(s.tls_certificates) or None,
+            "client_cert_chain_fps": list(s.tls_client_certificates) or None})
+    return rows
+
+
+#: Anomaly name prefix -> the analyzer Zeek would name as a weird's source.
+_WEIRD_SOURCE = {"smtp": "SMTP", "imap": "IMAP", "pop3": "POP3", "http": "HTTP", "http2": "HTTP2", "tls": "SSL",
+                 "tcp": "TCP", "ip": "IP", "mime": "MIME", "webmail": "HTTP", "sasl": None}
+
+
+def weird_rows(records, open_ts=None) -> list[dict]:
+    """weird.log rows: every anomaly, with its connection when it has one.
+
+    ``name`` is maildissect's anomaly name (docs/anomalies.md), ``addl`` its
+    detail; an anomaly without a time (the end of a capture) takes its
+    session's start, else the capture's first packet time.
+    """
+    uids = _Uids(records)
+    sessions = {s.session_id: s for s in records.sessions}
+    flows = {f.flow_id: f for f in records.flows}
+    rows = []
+    for a in records.anomalies:
+        conn = sessions.get(a.session_id) or flows.get(a.session_id) if a.session_id is not None else None
+        ts = a.ts if a.ts is not None else (getattr(conn, "start", None) if conn is not None else open_ts)
+        row = {"ts": ts if ts is not None else 0.0, "name": a.name, "addl": a.detail or None, "notice": False,
+               "peer": "maildissect", "source": _WEIRD_SOURCE.get(a.name.split("_", 1)[0])}
+        if conn is not None:
+            row.update(uid=uids[a.session_id], **_ids(conn))
+        rows.append(row)
+    rows.sort(key=lambda r: r["ts"])
+    return rows
+
+
 def write_logs(result, directory: str, fmt: str = "zeek", captures=None) -> list[str]:
-    """Write conn, smtp, files, pop3, imap and socks logs of an Analysis into ``directory``.
+    """Write conn, smtp, files, pop3, imap, http, ssl, weird and socks logs of an Analysis into ``directory``.
 
     ``fmt``: "zeek" (TSV, ``.log``) or "zeek-json" (JSON lines, ``.log`` as
     Zeek names them too). ``captures``: the capture paths, read once more for
@@ -602,11 +724,12 @@ def write_logs(result, directory: str, fmt: str = "zeek", captures=None) -> list
     config = getattr(result, "config", None)
     packets = flow_packets(captures, records.flows, limits=config.limits if config is not None else None) \
         if captures else {}
-    logs = {"conn": conn_rows(records, packets), "smtp": smtp_rows(records), "files": files_rows(records),
-            "pop3": pop3_rows(records), "imap": imap_rows(records), "socks": socks_rows(records)}
-    os.makedirs(directory, exist_ok=True)
     stats = getattr(result, "stats", {}) or {}
     open_ts, close_ts = stats.get("first_ts"), stats.get("last_ts")
+    logs = {"conn": conn_rows(records, packets), "smtp": smtp_rows(records), "files": files_rows(records),
+            "pop3": pop3_rows(records), "imap": imap_rows(records), "http": http_rows(records),
+            "ssl": ssl_rows(records), "weird": weird_rows(records, open_ts), "socks": socks_rows(records)}
+    os.makedirs(directory, exist_ok=True)
     out = []
     for name, rows in logs.items():
         if name == "socks" and not rows:
@@ -621,5 +744,4 @@ def write_logs(result, directory: str, fmt: str = "zeek", captures=None) -> list
 
 
 __all__ = ["LOGS", "conn_uid", "file_uid", "conn_rows", "smtp_rows", "files_rows", "pop3_rows", "imap_rows",
-           "socks_rows",
-           "write_tsv", "write_json", "write_logs"]
+           "socks_rows", "http_rows", "ssl_rows", "weird_rows", "write_tsv", "write_json", "write_logs"]
