@@ -443,12 +443,18 @@ def analyze(captures, scheduler, export_dir, wide, quiet, redact, limits, ports,
 @click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default=None,
               help="Write to FILE instead of standard output.")
 @click.option("--limit", "limits", multiple=True, metavar="NAME=VALUE", help="Override a limit.")
+@click.option("--keylog", type=click.Path(exists=True, dir_okay=False), default=None, metavar="FILE",
+              help="Show the TLS part decrypted with this NSS key log (SSLKEYLOGFILE), like Wireshark's Follow "
+                   "TLS Stream; needs tshark (docs/protocols/tls.md).")
 @handle_errors
-def follow(capture, flow_id, fmt, side, output, limits):
+def follow(capture, flow_id, fmt, side, output, limits, keylog):
     """Show one TCP conversation's bytes, like Wireshark's Follow TCP Stream.
 
     Gaps (bytes never captured) are shown as [N bytes missing]; the client's
     bytes are flush left and the server's indented, as tshark prints them.
+    With --keylog the conversation is shown decrypted (Follow TLS Stream):
+    each TLS record's plaintext in its place, and the plaintext sent before a
+    STARTTLS as it was.
     """
     from .config import Limits
     from .follow import Formatter, follow as follow_flow
@@ -456,6 +462,20 @@ def follow(capture, flow_id, fmt, side, output, limits):
         lim = Limits().updated(**_parse_pairs(limits, "--limit", _number))
     except (ValueError, TypeError) as e:
         raise click.BadParameter(str(e), param_hint="--limit") from None
+    decryption = None
+    if keylog is not None:
+        from .decrypt import MISSING_TSHARK, DecryptError, Decryption, find_tshark
+        if find_tshark() is None:
+            raise UserError(MISSING_TSHARK)
+        if "-" in capture:
+            raise UserError("follow --keylog reads the capture twice (tshark decrypts it): give a file, not '-'")
+        from .capture.files import CaptureReader
+        for p in capture:  # a file that is not a capture: our own message, before tshark's
+            CaptureReader(p).close()
+        try:
+            decryption = Decryption.run(list(capture), keylog)
+        except DecryptError as e:
+            raise UserError(str(e)) from None
     out = sys.stdout if output in (None, "-") else open(output, "w" if fmt != "raw" else "wb")
     try:
         if fmt == "raw":
@@ -464,13 +484,18 @@ def follow(capture, flow_id, fmt, side, output, limits):
         else:
             tty = out is sys.stdout and sys.stdout.isatty()
             fmtr = Formatter(fmt, side, write_text=out.write, color=tty, terminal=tty)
-        flow = follow_flow(list(capture), flow_id, fmtr.event, lim, on_flow=fmtr.header)
+        flow = follow_flow(list(capture), flow_id, fmtr.event, lim, on_flow=fmtr.header, decryption=decryption)
         if flow is None:
             raise UserError(f"no flow {flow_id} in the capture (see `maildissect flows`)")
         fmtr.footer()
+        if decryption is not None and flow.protocol != "tls":
+            from .output.terminal import warn
+            warn(f"no key in the key log decrypts flow {flow_id}: its bytes are shown as captured")
     finally:
         if out is not sys.stdout:
             out.close()
+        if decryption is not None:
+            decryption.close()
 
 
 @cli.command()

@@ -4,6 +4,12 @@ The equivalent of Wireshark's "Follow TCP Stream" (and ``tshark -z follow``):
 :func:`follow` runs only decoding and reassembly (no dissectors) and streams
 the chosen connection's events to a callback; :class:`Formatter` renders them
 as tshark does (ascii, hex) or as raw bytes.
+
+With a key log, the TLS part of the connection is shown decrypted, as
+Wireshark's "Follow TLS Stream" (``tshark -z follow,tls``) shows it: tshark
+decrypts (maildissect.decrypt) and the same splice the analysis uses puts
+each decrypted record in its place in the stream; the plaintext before a
+STARTTLS is shown as it was sent.
 """
 
 from __future__ import annotations
@@ -33,14 +39,36 @@ class _Recorder:
         self.emit("close", None, reason, ts)
 
 
+class _Decrypting:
+    """A connection's events through a TLS splice: its TLS bytes come out decrypted."""
+
+    __slots__ = ("splice", "recorder")
+
+    def __init__(self, splice, recorder):
+        self.splice, self.recorder = splice, recorder
+
+    def data(self, side, data, ts):
+        self.splice.data(side, data, ts)
+
+    def gap(self, side, length, ts):
+        self.splice.gap(side, length, ts)
+
+    def close(self, ts, reason):
+        self.splice.close(ts)
+        self.recorder.close(ts, reason)
+
+
 def follow(paths, flow_id: int, on_event: Callable, limits: Limits | None = None,
-           on_flow: Callable[[Flow], None] | None = None) -> Flow | None:
+           on_flow: Callable[[Flow], None] | None = None, decryption=None) -> Flow | None:
     """Stream events ``(kind, side, value, ts)`` of connection ``flow_id``.
 
     ``kind`` is ``data`` (value: bytes), ``gap`` (value: missing length) or
     ``close`` (value: reason). ``on_flow(flow)`` is called when the connection
-    is first seen. Returns the connection's Flow record, or None when the
-    captures have no such connection.
+    is first seen. With ``decryption`` (a :class:`maildissect.decrypt.Decryption`
+    of the same captures), a connection it has keys for yields its plaintext:
+    ``on_flow`` is then called with ``flow.protocol`` set to ``"tls"`` (and left
+    as it is when no key decrypts it). Returns the connection's Flow record, or
+    None when the captures have no such connection.
     """
     limits = limits or Limits()
     found: list[Flow] = []
@@ -49,9 +77,22 @@ def follow(paths, flow_id: int, on_event: Callable, limits: Limits | None = None
         if conn.flow.flow_id != flow_id:
             return None
         found.append(conn.flow)
+        recorder = _Recorder(on_event)
+        stream = decryption.match(conn.flow) if decryption is not None else None
+        if stream is not None:
+            from .decrypt import TlsSplice
+            from .model import Session
+            from .protocols.detect import by_port
+            flow = conn.flow
+            flow.protocol = "tls"
+            known = by_port(flow.server_port)
+            session = Session(flow.flow_id, "tls", flow.client_ip, flow.client_port, flow.server_ip,
+                              flow.server_port, flow.start, flow.end)
+            recorder = _Decrypting(TlsSplice(session, conn, stream, decryption, bool(known and known[1]),
+                                             recorder.data, recorder.gap), recorder)
         if on_flow is not None:
             on_flow(conn.flow)
-        return _Recorder(on_event)
+        return recorder
 
     decoder = Decoder(limits.max_fragment_bytes, limits.max_fragment_sets, limits.fragment_timeout)
     reasm = Reassembler(limits, on_open=on_open)
@@ -97,7 +138,8 @@ class Formatter:
         if self.fmt == "raw":
             return
         bar = "=" * 67
-        self.write_text(f"{bar}\nFollow: tcp,{self.fmt}\n"
+        layer = "tls" if flow.protocol == "tls" else "tcp"  # (follow sets "tls" on a decrypted connection)
+        self.write_text(f"{bar}\nFollow: {layer},{self.fmt}\n"
                         f"Filter: flow {flow.flow_id} ({flow.client_ip}:{flow.client_port} <-> "
                         f"{flow.server_ip}:{flow.server_port})\n"
                         f"Node 0: {flow.client_ip}:{flow.client_port}\n"
