@@ -175,3 +175,15 @@ def test_frames_are_the_ones_tshark_shows(interleaved):
     for m in a.records.messages:
         sport, dport, length, _ = shark[m.file][m.frame]
         assert {sport, dport} == {ends[m.session_id].client_port, ends[m.session_id].server_port} and length > 0
+
+
+def test_second_read_places_packets_by_merged_order(interleaved):
+    """conn.log's packet counts come from reading the captures again (capture.control): on merged
+    captures packets are placed by each connection's first frame in the merged order."""
+    from maildissect.capture.control import flow_packets
+    _, paths, _ = interleaved
+    a = maildissect.analyze(paths)
+    packets = flow_packets(paths, a.records.flows)
+    assert set(packets) == {f.flow_id for f in a.records.flows}
+    for f in a.records.flows:
+        assert sum(packets[f.flow_id].packets) == f.packets, f.flow_id

@@ -9,7 +9,7 @@ every connection would cost the analysis's per-packet path for every user, so
 the same decoder, when a report or a Zeek log asks for them.
 
 A packet belongs to the connection the reassembler gave it to: the latest
-connection on its endpoints whose first frame (``Flow.first_frame``, counted
+connection on its endpoints whose first frame (``Flow.merged_frame``, counted
 as the first read counted it) is at or before the packet's frame. That is the
 reassembler's own rule (a new connection on reused endpoints takes every
 packet after its first one), so no time window is needed to tell apart
@@ -81,9 +81,12 @@ def flow_packets(paths, flows, flow_ids=None, limits=None, max_frame: int | None
             rev = _key(f.server_ip, f.server_port, f.client_ip, f.client_port)
         except ValueError:
             continue
-        index.setdefault(fwd, []).append((f.first_frame, f, 0))
+        # the first frame's number in the merged reading of every file, as read_frames counts
+        # (first_frame counts within its own file)
+        first = f.merged_frame or f.first_frame
+        index.setdefault(fwd, []).append((first, f, 0))
         if rev != fwd:
-            index.setdefault(rev, []).append((f.first_frame, f, 1))
+            index.setdefault(rev, []).append((first, f, 1))
     if not index:
         return {}
     starts: dict[bytes, list] = {}
