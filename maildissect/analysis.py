@@ -205,8 +205,6 @@ def analyze(paths: str | Iterable[str], *, limits: dict | Limits | None = None,
         if hooks:
             raise AnalysisError("extraction runs on one machine; drop --scheduler")
         collector, wstats = _run_scheduler(paths, config, scheduler)
-        from .distributed import origins_of
-        place_frames(collector, origins_of(paths, wstats.pop("offsets")))
         d = wstats["decoder"]
         stats = {"files": list(paths), "frames": wstats["frames"], "tcp_segments": d.get("tcp", 0),
                  "non_ip": d.get("non_ip", 0), "non_tcp": d.get("non_tcp", 0), "malformed": d.get("malformed", 0),

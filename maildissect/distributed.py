@@ -26,7 +26,7 @@ from .capture.files import CaptureReader, FrameOrigins
 from .capture.sharding import shard_of
 from .config import Config
 from .parallel import merge
-from .pipeline import Collector, Pipeline
+from .pipeline import Collector, Pipeline, place_frames
 
 
 def decode_file(path: str, file_index: int, buckets: int, config: Config) -> dict:
@@ -93,13 +93,15 @@ def origins_of(names, offsets: dict[int, int]) -> FrameOrigins:
     return origins
 
 
-def _finish(decoded: list[dict], collectors: list[Collector], offsets: dict[int, int]) -> tuple[Collector, dict]:
+def _finish(decoded: list[dict], collectors: list[Collector], offsets: dict[int, int], names
+            ) -> tuple[Collector, dict]:
     merged = merge(collectors)
+    place_frames(merged, origins_of(names, offsets))
     for d in decoded:
         merged.anomalies.extend(d["anomalies"])
     counters = {k: sum(d["counters"][k] for d in decoded) for k in decoded[0]["counters"]} if decoded else {}
     stats = {"frames": sum(d["frames"] for d in decoded), "decoder": counters,
-             "linktypes": sorted({lt for d in decoded for lt in d["linktypes"]}), "offsets": offsets}
+             "linktypes": sorted({lt for d in decoded for lt in d["linktypes"]})}
     return merged, stats
 
 
@@ -108,6 +110,7 @@ def run_dask(paths: Iterable[str], config: Config, client=None, buckets: int | N
     """Run the three stages on a dask.distributed ``client`` (a local cluster when None)."""
     from dask.distributed import Client, LocalCluster
 
+    names = [str(p) for p in paths]  # as given: what the rows' file column says
     paths = [os.path.abspath(p) for p in paths]
     own = None
     if client is None:
@@ -122,7 +125,7 @@ def run_dask(paths: Iterable[str], config: Config, client=None, buckets: int | N
         shard_futures = [client.submit(dissect_bucket, p, offsets, config, pure=False) for p in parts]
         collectors = client.gather(shard_futures)
         decoded_small = client.gather([client.submit(_without_buckets, f, pure=False) for f in futures])
-        return _finish(decoded_small, collectors, offsets)
+        return _finish(decoded_small, collectors, offsets, names)
     finally:
         if own is not None:
             client.close()
@@ -135,7 +138,7 @@ def run_local(paths: Iterable[str], config: Config, buckets: int = 4) -> tuple[C
     decoded = [decode_file(p, i, buckets, config) for i, p in enumerate(paths)]
     offsets = _plan(decoded)
     collectors = [dissect_bucket([d["buckets"][b] for d in decoded], offsets, config) for b in range(buckets)]
-    return _finish([_without_buckets(d) for d in decoded], collectors, offsets)
+    return _finish([_without_buckets(d) for d in decoded], collectors, offsets, paths)
 
 
 def _meta(d: dict) -> dict:

@@ -545,6 +545,52 @@ def _column(kind: str, values: list):
     raise ValueError(kind)
 
 
+def _iso_us(ts):
+    """ISO 8601 UTC at the microsecond, as a ``ts`` column of :func:`frame` written to JSON gives it
+    (the float is taken to nanoseconds as pandas does, then cut to microseconds)."""
+    if ts is None or ts != ts:
+        return None
+    try:
+        base = int(ts)
+        ns = base * 1_000_000_000 + int(round(ts - base, 9) * 1e9)
+        whole, us = divmod(ns // 1000, 1_000_000)
+        return datetime.fromtimestamp(whole, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{us:06d}Z"
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _json_value(kind: str, v):
+    if kind == "ts":
+        return _iso_us(v)
+    if kind == "list":
+        return list(v) if v else []
+    if kind == "dicts":
+        return [_plain(x) for x in v] if v else []
+    if v is None:
+        return None
+    if kind == "int":
+        return v if -(1 << 63) <= v < (1 << 63) else None
+    if kind == "float":
+        return None if v != v else float(v)
+    if kind == "bool":
+        return bool(v)
+    return str(v)
+
+
+def json_row(table: str, record) -> dict:
+    """One record as the JSON object its table's row gives (``json_ready(frame(table, [record]))[0]``),
+    without building a DataFrame: what ``live`` prints for each record as it comes."""
+    out = {}
+    for spec in SCHEMAS[table]:
+        v = getattr(record, spec[3] if len(spec) > 3 else spec[0], None)
+        if spec[1] == "ts" and v is not None and not -9e9 < v < 9e9:
+            # a time pandas' nanoseconds cannot hold (a hostile Date header): its own conversion says
+            from .output.files import json_ready
+            return json_ready(frame(table, [record]))[0]
+        out[spec[0]] = _json_value(spec[1], v)
+    return out
+
+
 def frame(table: str, records: list) -> pd.DataFrame:
     import pandas as pd
     """Build one table's DataFrame from its records (column by column, once)."""

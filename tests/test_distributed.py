@@ -53,10 +53,22 @@ def split(path, parts, out_dir):
     return names
 
 
-def assert_same_tables(a, b):
+ORIGIN = ["file", "frame", "first_frame"]
+
+
+def assert_same_tables(a, b, pieces=False):
+    """``pieces``: ``b`` read the capture of ``a`` as rotated files, so rows name other files and
+    count frames within them; everything else is equal, and connections start at the same frame of
+    the whole reading."""
     for t in TABLES:
         x, y = a.table(t), b.table(t)
+        if pieces:
+            x, y = x.drop(columns=ORIGIN, errors="ignore"), y.drop(columns=ORIGIN, errors="ignore")
         assert x.equals(y), f"table {t} differs"
+    if pieces:
+        assert [f.first_frame for f in sorted(a.records.flows, key=lambda f: f.flow_id)] == \
+            [f.merged_frame for f in sorted(b.records.flows, key=lambda f: f.flow_id)]
+        assert len(set(b.flows["file"])) > 1
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +88,8 @@ def test_inprocess_stages_identical(capture, tmp_path):
     whole = maildissect.analyze(capture)
     rotated = split(capture, 3, tmp_path)
     staged = maildissect.analyze(rotated, scheduler="inprocess")
-    assert_same_tables(whole, staged)
+    assert_same_tables(whole, staged, pieces=True)
+    assert set(staged.flows["file"]) <= set(rotated)
 
 
 def test_dask_local_cluster_on_rotated_files(capture, tmp_path):
@@ -95,7 +108,7 @@ def test_dask_local_cluster_on_rotated_files(capture, tmp_path):
         config = make_config()
         collector, stats = distributed.run_dask(rotated, config, client)
     dask_result = Analysis(collector, config, {"frames": stats["frames"]})
-    assert_same_tables(whole, dask_result)
+    assert_same_tables(whole, dask_result, pieces=True)
     spanning = [f for f in whole.records.flows if f.first_frame <= len(list(CaptureReader(rotated[0])))
                 and f.end > min(fr[0] for fr in CaptureReader(rotated[1]))]
     assert spanning, "the split should cut through connections"

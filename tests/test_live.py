@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -23,8 +24,12 @@ needs_capture = pytest.mark.skipif(not PERMITTED, reason=f"live capture not perm
 
 
 def start_live(*args):
+    # stdout goes to a file: a pipe nobody reads until the end fills up (64 KiB) and blocks the
+    # capture's printing, and with it the capture
+    out = tempfile.TemporaryFile("w+")
     proc = subprocess.Popen([sys.executable, "-m", "maildissect.cli", "live", "-i", "lo", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=out, stderr=subprocess.PIPE, text=True)
+    proc.out_file = out
     deadline = time.time() + 20
     line = ""
     while time.time() < deadline and "capturing on" not in line:
@@ -45,7 +50,9 @@ def test_live_prints_every_message_of_a_generated_journey(tmp_path):
         time.sleep(1.5)
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C: finish, print the summary
-        out, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=30)
+    proc.out_file.seek(0)
+    out = proc.out_file.read()
     assert proc.returncode == 0, err
     assert "packets" in err and "kernel dropped" in err
     rows = [json.loads(line) for line in out.splitlines() if line.strip()]
@@ -172,7 +179,9 @@ def test_live_keylog_during_generated_tls_traffic(tmp_path):
         time.sleep(1.5)
     finally:
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=120)
+    proc.out_file.seek(0)
+    out = proc.out_file.read()
     assert proc.returncode == 0, err
     rows = [json.loads(line) for line in out.splitlines() if line.strip()]
     printed = {r["sha256"] for r in rows if r["record"] == "message"}
