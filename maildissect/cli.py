@@ -378,15 +378,16 @@ def match_hash(df, prefix: str):
 @filter_options
 @analysis_options
 @handle_errors
-def files_command(captures, hash_, fmt, output, wide, csv_raw, protocol, from_, to_, subject, session_id, quiet,
-                  redact, limits, ports, jobs):
+def files_command(captures, hash_, fmt, output, wide, csv_raw, quiet, redact, limits, ports, jobs, **filters):
     """Every file: each MIME entity of every message (body parts, attachments, forwarded messages) and
     every file carried over HTTP, with md5/sha1/sha256 of the decoded bytes.
 
     Columns are described in docs/data.md (files).
     """
+    from .filters import select_frame
+    crit = criteria_of("files", **filters)
     result = run_analysis(captures, quiet=quiet, redact=redact, limits=limits, ports=ports, jobs=jobs)
-    df = apply_filters(result.table("files"), protocol, from_, to_, subject, session_id)
+    df = select_frame(result.table("files"), "files", result.records, crit)
     if hash_ is not None:
         df = match_hash(df, hash_)
         if fmt == "table":

@@ -9,7 +9,8 @@ the dissectors write on the records (``session_id``, ``message_index``,
 
 - sessions, flows, credentials and anomalies: the session carried a matching
   message (or a matching SMTP transaction whose data never went through);
-- attachments: their message matches;
+- attachments and files: their message matches (a file carried over HTTP: the
+  webmail message its request carried);
 - commands: those that carried a matching message; those of an SMTP mail
   transaction that matches; and the session-level commands (greeting, EHLO,
   AUTH, SELECT, LOGOUT...) of a session that carried one;
@@ -93,7 +94,7 @@ _ALL = frozenset(OPTION)
 #: The criteria each table answers; any other is refused.
 ACCEPTS = {
     "flows": _ALL, "sessions": _ALL, "commands": _ALL, "messages": _ALL, "attachments": _ALL,
-    "credentials": _ALL, "anomalies": _ALL, "http": _ALL, "mailboxes": _ALL,
+    "credentials": _ALL, "anomalies": _ALL, "http": _ALL, "mailboxes": _ALL, "files": _ALL,
     "events": _ALL - {"from_", "to", "subject"},
     "hops": _ALL - {"from_", "to", "subject"},
     "journeys": frozenset({"since", "until", "where"}),
@@ -360,6 +361,10 @@ def _mail_mask(df, table: str, records, c: Criteria, sids: list) -> list[bool]:
         return [(s, i) in m.messages for s, i in zip(sids, _key_list(df, "message_index"))]
     if table == "http":
         return [(s, q) in m.carried for s, q in zip(sids, _key_list(df, "seq"))]
+    if table == "files":
+        # a message's entity: its message decides; a file carried over HTTP: the webmail its request carried
+        return [((s, i) in m.messages) if i is not None else ((s, q) in m.carried) if q is not None else False
+                for s, i, q in zip(sids, _key_list(df, "message_index"), _key_list(df, "http_seq"))]
     if table == "commands":
         out = []
         for s, q, t in zip(sids, _key_list(df, "seq"), _key_list(df, "transaction")):

@@ -25,7 +25,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 CAP = ROOT / "captures"
 TCAP = ROOT / "tests" / "captures"
 TABLES = ["flows", "sessions", "commands", "messages", "attachments", "credentials", "anomalies", "http",
-          "mailboxes"]
+          "mailboxes", "files"]
 SOURCES = {
     "journey": [CAP / "journey.pcap"],
     "webmail": [CAP / "webmail.pcap"],
@@ -88,6 +88,10 @@ def expected_rows(records, table, df, what, needle):
         return [(r["session_id"], r["message_index"]) in keys for r in rows]
     if table == "http":
         return [(r["session_id"], r["seq"]) in {(m.session_id, m.command_seq) for m in msgs} for r in rows]
+    if table == "files":
+        carried = {(m.session_id, m.command_seq) for m in msgs}
+        return [(r["session_id"], r["message_index"]) in keys if r["message_index"] is not None
+                else (r["session_id"], r["http_seq"]) in carried for r in rows]
     if table == "mailboxes":
         ids = {m.message_id for m in msgs if m.message_id}
         return [r["message_id"] in ids if r["message_id"] else r["session_id"] in sessions for r in rows]
@@ -374,4 +378,6 @@ def test_cli_filters_on_timeline_journeys_and_extract(tmp_path):
                                    "--server", "127.0.0.0/8"], catch_exceptions=False)
     assert res.exit_code == 0
     index = pd.read_csv(out / "index.csv")
-    assert len(index) == len(select(a, "messages", from_="bob@", server="127.0.0.0/8")) > 0
+    messages = index[index["kind"] == "message"]
+    assert len(messages) == len(select(a, "messages", from_="bob@", server="127.0.0.0/8")) > 0
+    assert set(index["session_id"]) == set(messages["session_id"])  # no file of another message
