@@ -615,12 +615,21 @@ def http_rows(records) -> list[dict]:
     """http.log rows: every HTTP request with its response, as Zeek's HTTP script logs them.
 
     ``trans_depth`` is the exchange's place in its connection (``http.seq``);
-    the request's form files are ``orig_fuids`` (the fuids of files.log), the
-    response body's declared type and Content-Disposition name are
-    ``resp_mime_types`` and ``resp_filenames``.
+    the request's form files and the response's file are ``orig_*`` and
+    ``resp_*`` (fuids, names and declared types of their files.log rows).
     """
+    from ..frames import file_rows
     uids = _Uids(records)
     sessions = {s.session_id: s for s in records.sessions}
+    carried = defaultdict(list)  # (session, http seq, orig|resp) -> its files' (fuid, row), as files.log has them
+    for f in file_rows(records):
+        if f.http_seq is None or f.protocol != "http":
+            continue
+        side = "orig" if f.direction in ("sent", "uploaded", "appended") else "resp"
+        uid = uids[f.session_id]
+        fuid = file_uid(uid, f.session_id, f.message_index, f.part, f.sha256) if f.source == "message" else \
+            file_uid(uid, "http", f.http_seq, f.direction, f.part, f.sha256)
+        carried[(f.session_id, f.http_seq, side)].append((fuid, f))
     depth = defaultdict(int)
     rows = []
     for r in sorted(records.http, key=lambda r: (r.ts, r.session_id, r.seq or 0)):
@@ -638,16 +647,12 @@ def http_rows(records) -> list[dict]:
                "user_agent": r.user_agent, "request_body_len": r.request_size or 0,
                "response_body_len": r.response_size or 0, "status_code": r.status,
                "status_msg": r.reason if r.status is not None else None, "tags": []}
-        if r.files:
-            row["orig_fuids"] = [file_uid(uid, "http", r.ts, i, a.sha256) for i, a in enumerate(r.files, 1)]
-            names = [a.filename for a in r.files if a.filename]
-            types = [a.content_type for a in r.files if a.content_type]
-            row["orig_filenames"] = names or None
-            row["orig_mime_types"] = types or None
-        if r.response_size and r.response_content_type:
-            row["resp_mime_types"] = [r.response_content_type.split(";")[0].strip().lower()]
-        if r.response_filename:
-            row["resp_filenames"] = [r.response_filename]
+        for side in ("orig", "resp"):
+            files = carried.get((r.session_id, r.seq, side))
+            if files:  # the files the request sent and the response brought: files.log's rows and fuids
+                row[f"{side}_fuids"] = [fuid for fuid, _ in files]
+                row[f"{side}_filenames"] = [f.filename for _, f in files if f.filename] or None
+                row[f"{side}_mime_types"] = [f.content_type for _, f in files if f.content_type] or None
         rows.append(row)
     return rows
 
