@@ -188,10 +188,12 @@ SCHEMAS: dict[str, list[tuple]] = {
         ("transaction", "int", "SMTP: the mail transaction that carried it (commands.transaction)"),
         ("user", "str", "user authenticated in the session when the message was transferred"),
         ("mailbox", "str", "IMAP: the mailbox it was fetched from (the selected one) or appended to; POP3: "
-                           "INBOX; webmail reads and downloads: the mailbox the URL names (Roundcube's _mbox)"),
+                           "INBOX; webmail reads and downloads: the mailbox the URL names (Roundcube's _mbox), "
+                           "or for JMAP the one its Email object names (by its Mailbox/get name)"),
         ("uid", "int", "IMAP UID of the message in that mailbox (IMAP fetches; webmail reads and downloads)"),
         ("filled_from", "str", "webmail reads and downloads: where the fields come from: page (the page "
-                               "shown, or for a download the message's page seen before in the session), "
+                               "shown, or for a download the message's page or JMAP Email/get seen before in "
+                               "the session), "
                                "imap (the webmail server's own IMAP fetch of that UID during the request), "
                                "page+imap (both); empty for messages read from their own bytes "
                                "(docs/protocols/webmail.md)"),
@@ -239,7 +241,8 @@ SCHEMAS: dict[str, list[tuple]] = {
         ("from", "str", "From header of the message", "from_"),
         ("to", "list", "To header addresses of the message"),
         ("subject", "str", "Subject of the message"),
-        ("mailbox", "str", "IMAP or webmail: the mailbox the message is in"),
+        ("mailbox", "str", "IMAP or webmail: the mailbox the message is in (messages.mailbox; http: of the "
+                           "message a download belongs to)"),
         ("uid", "int", "IMAP or webmail: the message's UID in that mailbox"),
         ("part", "str", "MIME part path in IMAP numbering (\"1\", \"2.1\"; a forwarded message's entities are "
                         "below its own part); http: the form part number of an upload, or the webmail part "
@@ -258,12 +261,13 @@ SCHEMAS: dict[str, list[tuple]] = {
         ("is_attachment", "bool", "an attachment or inline file (the attachments table lists these); false for "
                                   "text body parts"),
         ("complete", "bool", "false when some of its bytes were not seen or not decoded: a gap, a part without "
-                             "its closing boundary, an incomplete message, a limit"),
-        ("http_seq", "int", "http: the exchange that carried it (http.seq of the session)"),
-        ("method", "str", "http: request method"),
-        ("host", "str", "http: Host header"),
-        ("uri", "str", "http: request target"),
-        ("status", "int", "http: response status"),
+                             "its closing boundary, an incomplete message, a limit; or none were (an attachment "
+                             "that a webmail page only names: no hashes)"),
+        ("http_seq", "int", "protocol http: the exchange that carried it (http.seq of the session)"),
+        ("method", "str", "protocol http: request method"),
+        ("host", "str", "protocol http: Host header"),
+        ("uri", "str", "protocol http: request target"),
+        ("status", "int", "protocol http: response status"),
     ],
     "credentials": [
         ("session_id", "int", "session"),
@@ -662,9 +666,11 @@ def file_rows(records) -> list:
     """
     rows: list = []
     held: set = set()  # (session_id, exchange seq, sha256) of files that messages hold
+    exchanges = {(r.session_id, r.seq): r for r in records.http if r.seq is not None}
     for m in sort_records("messages", records.messages):
+        ex = exchanges.get((m.session_id, m.command_seq)) if m.protocol == "http" else None
         for a in message_files(m):
-            rows.append(_FileRow.of_message(m, a))
+            rows.append(_FileRow.of_message(m, a, ex))
             if m.command_seq is not None and a.sha256:
                 held.add((m.session_id, m.command_seq, a.sha256))
     sessions = {s.session_id: s for s in records.sessions}
@@ -704,7 +710,7 @@ class _FileRow:
     __slots__ = tuple(spec[3] if len(spec) > 3 else spec[0] for spec in SCHEMAS["files"]) + ("a", "missing")
 
     @classmethod
-    def of_message(cls, m, a) -> "_FileRow":
+    def of_message(cls, m, a, ex=None) -> "_FileRow":
         row = cls()
         row.a = a
         for name in ("ts", "protocol", "session_id", "client_ip", "client_port", "server_ip", "server_port",
@@ -712,11 +718,14 @@ class _FileRow:
             setattr(row, name, getattr(m, name))
         row.source = "message"
         row._file(a)
-        row.complete = a.complete and m.complete
+        # (a file that a webmail page only names has no hashes: its bytes were not seen)
+        row.complete = a.complete and m.complete and bool(a.sha256)
         row.missing = 0 if row.complete else (m.missing_bytes or 0)
         row.http_seq = row.method = row.host = row.uri = row.status = None
         if m.protocol == "http":
             row.http_seq = m.command_seq
+            if ex is not None:  # the exchange that carried it
+                row.method, row.host, row.uri, row.status = ex.method, ex.host, ex.uri, ex.status
         return row
 
     @classmethod

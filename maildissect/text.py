@@ -508,9 +508,16 @@ def _plan(cls) -> tuple[str, ...]:
         except TypeError:
             fields = ()
         plan = tuple(f.name for f in fields
-                     if any(word in str(f.type) for word in ("str", "list", "tuple", "dict")))
+                     if any(word in str(f.type) for word in ("str", "list", "tuple", "dict"))
+                     or _nested(str(f.type)))
         _PLANS[cls] = plan
     return plan
+
+
+def _nested(kind: str) -> bool:
+    """A field annotation naming one record class, optionally None (``Attachment | None``)."""
+    name = kind.replace(" ", "").removesuffix("|None")
+    return name.isidentifier() and name[:1].isupper()
 
 
 def _check_for(cls):
@@ -535,6 +542,8 @@ def _check_for(cls):
                          f"            if not v.isascii() and not _w(v): return False")
         elif kind.startswith("list[") and "[" not in kind[5:]:
             lines.append(f"    for x in r.{name}:\n        if not _all(x): return False")
+        elif _nested(kind):  # one nested record, or None (HttpRequest.response_file)
+            lines.append(f"    v = r.{name}\n    if v is not None and not _all(v): return False")
         else:
             lines.append("    return False")
             break

@@ -3,7 +3,7 @@
 The scenario drives the lab's webmail (a Roundcube-style form interface and a
 JMAP API on a real ASGI server) with a real HTTP client: login, list, read,
 raw download, attachment upload, send; JMAP session, Mailbox/get,
-Email/query + Email/get, blob download and upload, Email/set +
+Email/query + Email/get, blob downloads (a message, an attachment) and upload, Email/set +
 EmailSubmission/set. Its manifest states every message that crossed the
 wire; each must come out of the capture with its headers and hashes.
 """
@@ -45,7 +45,7 @@ def test_every_webmail_message_is_found(run):
     assert want, "the scenario moved no mail over HTTP"
     kinds = {(m["direction"], m["kind"]) for m in want}
     assert {("retrieved", "view"), ("downloaded", "rfc822"), ("uploaded", "form"), ("sent", "form"),
-            ("retrieved", "jmap"), ("uploaded", "blob"), ("sent", "jmap")} <= kinds
+            ("retrieved", "jmap"), ("uploaded", "blob"), ("sent", "jmap"), ("downloaded", "attachment")} <= kinds
     unmatched = list(got)
     for w in want:
         cands = [g for g in unmatched if (g.direction, g.kind, g.source) == (w["direction"], w["kind"], w["source"])
@@ -84,3 +84,21 @@ def test_webmail_credentials_and_actions(run):
             "jmap:upload", "jmap:download"} <= actions
     assert any(x.startswith("jmap:") and "Email/get" in x for x in actions)
     assert not [x for x in a.records.anomalies if x.name.startswith("http_")]
+
+
+def test_jmap_attachment_download_is_a_file_of_its_message(run):
+    """A blob download of an attachment an Email/get listed: with the message's Message-ID, its
+    mailbox (by Mailbox/get name) and the part, in files, attachments and journeys."""
+    manifest, a = run
+    (w,) = [m for m in manifest["messages"] if (m["direction"], m["kind"]) == ("downloaded", "attachment")]
+    want = w["attachments"][0]
+    files = a.files[a.files["sha256"] == want["sha256"]]
+    row = files[files["direction"] == "downloaded"].iloc[0]
+    assert (row["message_id"], row["mailbox"], row["part"], row["filename"]) == (
+        w["message_id"], "INBOX", w["part"], want["filename"])
+    assert row["uri"] == w["source"].split(" ", 1)[1] and row["source"] == "message"
+    http = a.http[a.http["mail_action"] == "jmap:download"]
+    assert w["message_id"] in set(http["message_id"]) and w["part"] in set(http["part"])
+    hops = a.hops[a.hops["message_id"] == w["message_id"]]
+    assert "downloaded" in set(hops["direction"])
+    assert want["sha256"] in set(a.attachments["sha256"])

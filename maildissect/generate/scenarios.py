@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from urllib.parse import quote
 
 from .clients import (LabIMAP4, LabIMAP4_SSL, LabPOP3, LabPOP3_SSL, SmtpClient, http_client,
                       http_session, imap_literals, pop3_body)
@@ -442,8 +443,8 @@ def _hidden_code(html_text):
 
 
 def webmail_jmap(lab, user, *, src_ip, host, send_to=None):
-    """Session resource, Mailbox/get + Email/query + Email/get, a raw download,
-    a blob upload, Email/set (draft) + EmailSubmission/set."""
+    """Session resource, Mailbox/get + Email/query + Email/get, a raw download, an
+    attachment's blob download, a blob upload, Email/set (draft) + EmailSubmission/set."""
     base = f"http://{host}"
     auth = (user.user, user.password)
     with http_client(lab, src_ip, base, f"{user.user}'s JMAP client") as c:
@@ -487,6 +488,17 @@ def webmail_jmap(lab, user, *, src_ip, host, send_to=None):
             r, session, ts = _http(lab, c, "GET", url, "jmap:download", auth=auth)
             lab.manifest.add_message(session, protocol="http", direction="downloaded", kind="rfc822",
                                      data=r.content, ts=ts, source=f"GET {url}")
+        owner = next((e for e in emails if e.get("attachments")), None)
+        if owner is not None:  # an attachment of a message read, downloaded as its blob
+            part = owner["attachments"][0]
+            name, ctype = part.get("name") or "attachment", part.get("type") or "application/octet-stream"
+            url = f"/jmap/download/{acct}/{part['blobId']}/{quote(name)}?accept={quote(ctype, safe='')}"
+            r, session, ts = _http(lab, c, "GET", url, "jmap:download", auth=auth)
+            lab.manifest.add_message(session, protocol="http", direction="downloaded", kind="attachment", ts=ts,
+                                     source=f"GET {url}",
+                                     meta={"message_id": f"<{owner['messageId'][0]}>" if owner.get("messageId")
+                                           else None, "subject": owner.get("subject"), "part": part["partId"],
+                                           "attachments": [file_entry(name, ctype, r.content)]})
         to = send_to or [lab.alice]
         form = lab.content.webmail_form(user, to, [])
         attachments, files = [], []

@@ -15,10 +15,11 @@ import base64
 import binascii
 import re
 
-from ..model import Attachment, Command, Credential, HttpRequest, Message
+from ..model import Command, Credential, HttpRequest, Message
 from .base import CLIENT, SERVER
 from .forms import decode_text, header_params, is_message_type, load_json, login_fields, parse_urlencoded
 from .http_body import Body
+from .httpfiles import body_is_file, exchange_files
 from .webmail import WebmailContext
 
 __all__ = ["Headers", "HttpMessage", "Exchange", "ExchangeProcessor"]
@@ -286,22 +287,24 @@ class ExchangeProcessor:
         scripts, styles, media, archives: they are counted and hashed only.
         """
         ct, _ = header_params(msg.headers.get("content-type"))
-        _, dparams = header_params(msg.headers.get("content-disposition"))
+        disp, dparams = header_params(msg.headers.get("content-disposition"))
         keep = (ct in _KEEP_TYPES or ct.endswith("+json") or ct.startswith("message/")
                 or is_message_type(ct, dparams.get("filename"))
                 or (ct == "text/html" and request is not None
                     and (request.method == "POST" or self.webmail.wants_page(request))))
         keep_files = self.config.keep_bodies
-        # a message's file downloaded through webmail: hashed as attachments are, kept for extraction
-        file = not msg.is_request and request is not None and self.webmail.wants_file(request)
-        keep = keep or (file and keep_files)
+        # a file (a download, an upload with a name: protocols/httpfiles.py), or a message's file
+        # downloaded through webmail: hashed as attachments are, kept for extraction
+        file = body_is_file(msg, ct, disp, dparams) or (
+            not msg.is_request and request is not None and self.webmail.wants_file(request))
 
         def keep_part(part) -> bool:
             return (part.filename is None or keep_files
                     or is_message_type(part.content_type, part.filename))
         blob = msg.is_request and self.webmail.is_blob_upload(msg)
-        return Body(msg.headers, self.config, keep=keep, keep_part=keep_part, md5=blob or not msg.is_request,
-                    sha1=blob or file)
+        return Body(msg.headers, self.config, keep=keep or (file and keep_files), keep_part=keep_part,
+                    md5=blob or file or not msg.is_request, sha1=blob or file,
+                    extract_only=file and keep_files and not keep)
 
     # records -------------------------------------------------------------
     def complete(self, ex: Exchange) -> list:
@@ -336,6 +339,17 @@ class ExchangeProcessor:
             if type(r) is Message and r.command_seq is None:
                 r.command_seq = self._seq
                 r.user = sess.auth_user
+            # a downloaded file that webmail made a message of (an attachment download) is
+            # listed once, with its message
+            if type(r) is Message and record.response_file is not None and any(
+                    a.sha256 and a.sha256 == record.response_file.sha256 for a in r.attachments):
+                record.response_file = None
+            if type(r) is Message and r.direction == "downloaded" and r.kind in ("attachment", "rfc822"):
+                # the exchange names the message it downloaded, or whose file (a JMAP blob download)
+                record.mailbox = record.mailbox or r.mailbox
+                if r.kind == "attachment":
+                    record.part = record.part or (r.attachments[0].part if r.attachments else None)
+                record.message_id = record.message_id or r.message_id
         out.extend(extra)
         return out
 
@@ -347,14 +361,7 @@ class ExchangeProcessor:
         host = req.headers.get("host") if req else None
         if host is None and req is not None and "://" in req.uri[:10]:
             host = req.uri.split("://", 1)[1].split("/", 1)[0] or None
-        files = []
-        for part in ex.files():
-            files.append(Attachment(
-                filename=part.filename, content_type=part.content_type, size=part.size,
-                md5=part.md5, sha1=part.sha1, sha256=part.sha256, disposition=part.disposition,
-                part=str(part.index + 1), encoding=part.encoding, content_id=part.content_id,
-                data=bytes(part.data) if self.config.keep_bodies and part.data is not None
-                and not part.truncated else None))
+        files, response_file = exchange_files(ex, self.limits.max_extract_size if self.config.keep_bodies else -1)
         complete = ((req is None or req.complete) and (resp is None or resp.complete)
                     and (rb is None or rb.usable) and (sb is None or sb.usable))
         mailbox, uid, part = self.webmail.roundcube.reference(ex) if req is not None else (None, None, None)
@@ -386,6 +393,7 @@ class ExchangeProcessor:
             mailbox=mailbox,
             uid=uid,
             part=part,
+            response_file=response_file,
         )
 
     def _command(self, ex: Exchange) -> Command:

@@ -212,12 +212,14 @@ class Body:
 
     __slots__ = ("content_type", "params", "codings", "decoder", "wire_size", "size", "_md5", "_sha1",
                  "_sha256", "data", "limit", "multipart", "complete", "missing", "opaque",
-                 "issues", "finished", "disposition", "filename")
+                 "issues", "finished", "disposition", "filename", "extract_only")
 
     def __init__(self, headers, config, *, keep: bool, keep_part=None, md5: bool = True,
-                 sha1: bool = False):
+                 sha1: bool = False, extract_only: bool = False):
         limits = config.limits
         self.issues: list[tuple[str, str]] = []
+        # kept only to be written by extraction: up to limits.max_extract_size, silently
+        self.extract_only = extract_only
         self.content_type, self.params = header_params(headers.get("content-type"), self.issues)
         disp, dparams = header_params(headers.get("content-disposition"), self.issues)
         self.disposition = disp or None
@@ -243,7 +245,7 @@ class Body:
         self._md5 = hashlib.md5() if md5 else None
         self._sha1 = hashlib.sha1() if sha1 else None
         self._sha256 = hashlib.sha256()
-        self.limit = limits.max_http_body
+        self.limit = limits.max_extract_size if extract_only else limits.max_http_body
         self.multipart = None
         if self.content_type.startswith("multipart/") and self.content_type != "multipart/byteranges" \
                 and not self.opaque:
@@ -294,7 +296,8 @@ class Body:
                 self.data += data
             else:
                 self.data = None
-                self.issues.append(("http_body_too_large", f"body beyond limits.max_http_body ({self.limit})"))
+                if not self.extract_only:
+                    self.issues.append(("http_body_too_large", f"body beyond limits.max_http_body ({self.limit})"))
         if self.multipart is not None:
             self.multipart.feed(data)
 

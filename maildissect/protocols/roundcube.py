@@ -455,20 +455,8 @@ class Roundcube:
             return
         seen = self.pages.get((mailbox, uid))
         listed = next((a for a in seen.attachments if a.part == part), None) if seen is not None else None
-        name = body.filename or (listed.filename if listed else None)
-        att = Attachment(filename=name, content_type=body.content_type or (
-            listed.content_type if listed else "application/octet-stream"), size=body.size,
-            md5=body.md5 or "", sha1=body.sha1 or "", sha256=body.sha256 or "",
-            disposition=body.disposition or "attachment", part=part)
-        if ctx.config.keep_bodies and body.data is not None and body.usable:
-            att.data = bytes(body.data)
-        msg = ctx._new(ex, "downloaded", "attachment", ctx._source(ex))
+        msg = ctx.attachment_download(ex, body, part, listed)
         msg.mailbox, msg.uid = mailbox, uid
-        msg.attachments = [att]
-        msg.size = body.size
-        msg.sha256 = body.sha256  # the file is the payload
-        msg.complete = body.usable
-        msg.missing_bytes = body.missing
         if seen is not None:
             for f in ("from_", "to", "cc", "bcc", "reply_to", "subject", "message_id"):
                 setattr(msg, f, getattr(seen, f))

@@ -42,6 +42,7 @@ from datetime import datetime
 from email.utils import getaddresses, parsedate_to_datetime
 
 from ..model import Attachment, MailboxEvent, Message
+from ..text import percent_decode
 from .base import CLIENT, SERVER, fill_message
 from .forms import is_message_type
 from .roundcube import Roundcube
@@ -173,6 +174,8 @@ class WebmailContext:
         self.jmap_upload: str | None = None  # path prefix before {accountId}
         self.jmap_download: str | None = None
         self.blobs = _Bounded()  # blobId -> Attachment of an uploaded blob
+        self.attachment_blobs = _Bounded()  # blobId -> (Message an Email/get listed it in, its part id)
+        self.mailbox_names = _Bounded()  # JMAP Mailbox id -> name (Mailbox/get)
         self.drafts = _Bounded()  # JMAP Email id -> Message created but not yet submitted
         self.compose = _Bounded()  # Roundcube compose id -> [Attachment] uploaded for it
         self.user: str | None = None  # last login-form user
@@ -205,6 +208,8 @@ class WebmailContext:
             action = self._by_url(ex)
         if raw_action is not None:
             self.roundcube.tag_raw(ex, out)
+            if jmap_action == "jmap:download":
+                self._tag_jmap_raw(ex, out)
         if action == "read" and raw_action is None and not any(type(r) is Message and r.kind == "view"
                                                                 for r in out):
             self._html_view(ex, out)
@@ -365,6 +370,7 @@ class WebmailContext:
             if ex.path.rstrip("/") == "/.well-known/jmap":
                 return "jmap:session"
             if self._is_jmap_download(ex):
+                self._jmap_download(ex, out)
                 return "jmap:download"
         if ex.method == "POST" and self.jmap_upload and ex.path.startswith(self.jmap_upload):
             return self._jmap_upload(ex, out)
@@ -609,6 +615,70 @@ class WebmailContext:
                          if isinstance(v, dict) and isinstance(v.get("value"), str)), None)
         msg.text_preview = _preview(text, self.limits.preview_chars)
         msg.attachments = [self._jmap_attachment(a) for a in atts]
+        if direction == "retrieved":
+            # a later blob download of one of its files, or of the whole message, is this message's
+            for a in atts:
+                if isinstance(a.get("blobId"), str):
+                    self.attachment_blobs.remember(a["blobId"], (msg, str(a.get("partId") or "")))
+            if isinstance(obj.get("blobId"), str):
+                self.attachment_blobs.remember(obj["blobId"], (msg, ""))
+            boxes = obj.get("mailboxIds")
+            if isinstance(boxes, dict):
+                msg.mailbox = next((self.mailbox_names[b] for b in boxes if b in self.mailbox_names), None)
+        return msg
+
+    def _blob_owner(self, ex):
+        """``(Message, part id)`` of the blob a download URL names, as an Email/get listed it."""
+        for segment in ex.path[len(self.jmap_download):].split("/")[:8]:
+            owner = self.attachment_blobs.get(percent_decode(segment.encode("utf-8", "surrogateescape"))[0])
+            if owner is not None:
+                return owner
+        return None
+
+    def _tag_jmap_raw(self, ex, out: list) -> None:
+        """A whole message downloaded as its blob: the mailbox its Email/get named."""
+        owner = self._blob_owner(ex)
+        if owner is not None:
+            for r in out:
+                if type(r) is Message and r.kind == "rfc822" and r.direction == "downloaded":
+                    r.mailbox = r.mailbox or owner[0].mailbox
+
+    def _jmap_download(self, ex, out: list) -> None:
+        """A blob download of an attachment that an Email/get listed: a ``downloaded`` message of
+        kind ``attachment`` with that message's fields, as a Roundcube attachment download."""
+        resp = ex.response
+        body = resp.body if resp is not None else None
+        if body is None or not body.size or resp.status is None or not 200 <= resp.status < 300 \
+                or self._body_is_message(body, ex.path, True):
+            return  # an error, or a whole message (_raw_messages reads it)
+        owner = self._blob_owner(ex)
+        if owner is None or not owner[1]:
+            return
+        seen, part = owner
+        listed = next((a for a in seen.attachments if a.part == part), None)
+        msg = self.attachment_download(ex, body, part, listed)
+        for f in ("from_", "to", "cc", "bcc", "reply_to", "subject", "message_id", "mailbox"):
+            setattr(msg, f, getattr(seen, f))
+        msg.filled_from = "page"
+        out.append(msg)
+
+    def attachment_download(self, ex, body, part: str, listed: Attachment | None) -> Message:
+        """A ``downloaded`` message of kind ``attachment`` holding the one file ``body`` is (part
+        ``part`` of a message; ``listed``: that part as the message's page or Email/get named it)."""
+        att = Attachment(filename=body.filename or (listed.filename if listed else None),
+                         content_type=body.content_type or (listed.content_type if listed
+                                                            else "application/octet-stream"),
+                         size=body.size, md5=body.md5 or "", sha1=body.sha1 or "", sha256=body.sha256 or "",
+                         disposition=body.disposition or "attachment", part=part, complete=body.usable)
+        if self.config.keep_bodies and body.data is not None and body.usable \
+                and body.size <= self.limits.max_extract_size:
+            att.data = bytes(body.data)
+        msg = self._new(ex, "downloaded", "attachment", self._source(ex))
+        msg.attachments = [att]
+        msg.size = body.size
+        msg.sha256 = body.sha256  # the file is the payload
+        msg.complete = body.usable
+        msg.missing_bytes = body.missing
         return msg
 
     @staticmethod
@@ -674,6 +744,8 @@ class WebmailContext:
                 detail.append(f"unread={box['unreadEmails']}")
             if isinstance(box.get("id"), str):
                 detail.append(f"id={box['id']}")
+                if isinstance(box.get("name"), str):
+                    self.mailbox_names.remember(box["id"], box["name"])
             out.append(MailboxEvent(
                 session_id=self.session.session_id, ts=ex.response.ts if ex.response else ex.request.ts,
                 protocol="http", user=self.session.auth_user or self.user,
