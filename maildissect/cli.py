@@ -530,7 +530,7 @@ def extract(captures, directory, overwrite, no_attachments, bodies, csv_raw, qui
     keep = message_predicate(crit)
     keep_request = request_predicate(crit)
     ext = Extractor(directory, overwrite=overwrite, attachments=not no_attachments, csv_raw=csv_raw,
-                    bodies=bodies, http=not no_attachments)
+                    bodies=bodies, http=not no_attachments, redact=redact)
 
     def hook(msg):
         if keep(msg):

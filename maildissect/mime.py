@@ -55,7 +55,7 @@ from .config import Config
 from .model import Anomaly, Attachment, Message, Received
 from .text import BAD_ENCODED_WORD, UNKNOWN_CHARSET, decode, decode_8bit, decode_words
 
-__all__ = ["fill_message", "ANOMALIES", "side_of"]
+__all__ = ["fill_message", "place_entities", "ANOMALIES", "side_of"]
 
 ANOMALIES = {
     "mime_bad_base64": "a base64 body has characters outside the alphabet, data after padding or a truncated quantum (decoded leniently)",
@@ -853,6 +853,24 @@ class _Parser:
                 break
         out = " ".join(words)[:limit]
         return out or None
+
+
+_MULTIPART_HEADER = re.compile(rb"(?im)^content-type:[ \t]*multipart/")
+
+
+def place_entities(msg: Message, path: str, header: bytes, text: bool = False) -> None:
+    """Give the entities of a message parsed from one fetched section (IMAP ``BODY[2]``, whose
+    ``header`` is that part's MIME header; ``text``: ``BODY[2.TEXT]``, the body of the message in
+    part 2) the part paths they have in the whole message."""
+    if not path:
+        return
+    prefix = text or bool(_MULTIPART_HEADER.search(header))
+    for a in msg.entities if msg.entities else msg.attachments:
+        p = a.part or "1"
+        if prefix:  # the section's children: 1, 2... are path.1, path.2...
+            a.part = f"{path}.{p}"
+        else:  # the section itself is entity 1 (a leaf, or a message whose entities are 1.x)
+            a.part = path + p[1:] if p == "1" or p.startswith("1.") else f"{path}.{p}"
 
 
 def fill_message(msg: Message, raw: bytes, config: Config) -> list[Anomaly]:

@@ -285,3 +285,27 @@ def test_eml_names_keep_letters_of_every_script(tmp_path):
     names = sorted(p.name for p in (tmp_path / "messages").iterdir())
     assert names == ["1-1-Grüße_.._x_y_z_@例え.jp.eml", "1-2-CON@host.eml", "1-3-gpj.exe@x.eml"]
     assert all(unicodedata.is_normalized("NFC", n) for n in names)
+
+
+def test_imap_part_fetches_keep_their_paths_in_the_message():
+    """Dovecot serving BODY[1] and BODY[2]: each entity at the path it has in the whole message."""
+    a = maildissect.analyze(os.path.join(HERE, "captures", "dovecot", "dovecot-imap.pcap"))
+    parts = a.files[a.files["direction"] == "retrieved"]
+    fetched = {(p, n) for p, n in zip(parts["part"], parts["filename"].fillna(""))}
+    assert {("1", ""), ("2", "chart.png")} <= fetched
+    # a section that is a multipart, a forwarded message, or a message's body
+    from maildissect.mime import place_entities
+    for header, text, inner, want in (
+            (b"Content-Type: multipart/mixed; boundary=b\r\n\r\n", False, ["1", "2"], ["3.1", "3.2"]),
+            (b"Content-Type: message/rfc822\r\n\r\n", False, ["1.1", "1.2"], ["3.1", "3.2"]),
+            (b"Content-Type: image/png\r\n\r\n", False, ["1"], ["3"]),
+            (b"\r\n", True, ["1", "2"], ["3.1", "3.2"])):
+        m = Message(protocol="imap", session_id=1, ts=0.0, direction="retrieved")
+        m.entities = [_att(p) for p in inner]
+        place_entities(m, "3", header, text)
+        assert [e.part for e in m.entities] == want, header
+
+
+def _att(part):
+    from maildissect.model import Attachment
+    return Attachment(None, "text/plain", 0, "", "", "", part=part)

@@ -117,8 +117,9 @@ class Extractor:
     """
 
     def __init__(self, directory: str, overwrite: bool = False, attachments: bool = True, csv_raw: bool = False,
-                 bodies: bool = False, http: bool = True):
+                 bodies: bool = False, http: bool = True, redact: bool = False):
         self.directory = directory
+        self.redact = redact  # mask the index's text as --redact masks every output (not the files written)
         self.csv_raw = csv_raw
         self.overwrite = overwrite
         self.write_attachments = attachments
@@ -363,6 +364,10 @@ class Extractor:
         # an HTTP file that a message of the same exchange holds is listed with that message
         rows = [r for r in self.rows if not (r["kind"] == "http" and r["sha256"] and (
             r["session_id"], r["http_seq"], r["sha256"]) in self._held)]
+        if self.redact:  # (the hooks saw the records before they were masked)
+            from ..redact import redact_text
+            rows = [{k: redact_text(v) if isinstance(v, str) and k != "path" else v for k, v in row.items()}
+                    for row in rows]
         text = io.StringIO(newline="")
         w = csv.DictWriter(text, fieldnames=INDEX_FIELDS)
         w.writeheader()

@@ -17,7 +17,7 @@ from ..config import Config
 from ..model import CLIENT, SERVER, SIDE_NAMES, Anomaly, Message, Session
 
 __all__ = ["Dissector", "StreamBuffer", "OVERLONG", "CLIENT", "SERVER", "SIDE_NAMES", "TlsStart", "TunnelStart",
-           "fill_message", "TRUNCATION_ANOMALIES"]
+           "fill_message", "place_entities", "TRUNCATION_ANOMALIES"]
 
 
 @dataclass(eq=True)
@@ -121,6 +121,13 @@ def fill_message(msg: Message, raw: bytes, config: Config) -> list:
     if not msg.complete:
         found = [a for a in found if a.name not in TRUNCATION_ANOMALIES]
     return found
+
+
+def place_entities(msg: Message, path: str, header: bytes, text: bool = False) -> None:
+    """The entities of a section fetched alone, at their paths in the whole message
+    (:func:`maildissect.mime.place_entities`)."""
+    from .. import mime
+    mime.place_entities(msg, path, header, text)
 
 
 #: Returned by :meth:`StreamBuffer.readline` when a line exceeded the limit.

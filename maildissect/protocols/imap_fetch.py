@@ -17,7 +17,7 @@ import json
 from collections import OrderedDict
 
 from ..model import SERVER, Message
-from .base import fill_message
+from .base import fill_message, place_entities
 from .imap_grammar import (FETCH_VERBS, SECTION, STORE_VERBS, Literal, Section, as_int, as_text, compact_part,
                            flatten_bodystructure, mime_header_for, norm_section, parse_envelope, section_kind,
                            value_data, value_len)
@@ -283,6 +283,7 @@ class FetchMessages:
                 header = mime_header_for(root, False) if root else b"\r\n"
                 msgs.append(self._make_message("retrieved", ts, [sec.value], "text", f"{prefix} {sec.att}",
                                                False, out, header=header))
+                place_entities(msgs[-1], sec.path, header, text=True)
             elif sec.kind == "part":
                 mi = mime_of.get(sec.path)
                 if mi is not None:
@@ -294,6 +295,7 @@ class FetchMessages:
                     header = b"\r\n"
                 msgs.append(self._make_message("retrieved", ts, [sec.value], "part", f"{prefix} {sec.att}",
                                                False, out, header=header))
+                place_entities(msgs[-1], sec.path, header)
         return msgs
 
     def _partial_piece(self, sec, p, key, known, prefix, ts, out) -> Message | None:
