@@ -78,7 +78,7 @@ def test_clean_makes_controls_visible_and_keeps_text():
     assert clean(12) == "12"
 
 
-COMMANDS = [["analyze"], ["flows"], ["sessions"], ["messages"], ["attachments"], ["credentials"], ["commands"],
+COMMANDS = [["analyze"], ["flows"], ["sessions"], ["messages"], ["attachments"], ["files"], ["credentials"], ["commands"],
             ["anomalies"], ["http"], ["mailboxes"], ["timeline"], ["journeys"], ["journeys", "--summary"],
             ["follow", "--flow", "0"]]
 

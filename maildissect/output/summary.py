@@ -50,6 +50,14 @@ def unread_tls(sessions) -> tuple[int, int]:
     return n, size
 
 
+def _file_counts(records) -> str:
+    """The rows of the files table: MIME entities of messages, files over HTTP (`maildissect files`)."""
+    from ..frames import file_rows
+    rows = file_rows(records)
+    http = sum(1 for f in rows if f.source == "http")
+    return f"{len(rows)} ({len(rows) - http} MIME entities, {http} over HTTP)" if rows else "0"
+
+
 def overview(result) -> list[tuple[str, str]]:
     """(label, value) figures of an Analysis."""
     r, s = result.records, result.stats
@@ -66,6 +74,7 @@ def overview(result) -> list[tuple[str, str]]:
         ("sessions", ", ".join(f"{n} {p}" for p, n in sorted(protos.items())) or "none"),
         ("messages", message_counts(r.messages)),
         ("attachments", str(sum(len(m.attachments) for m in r.messages))),
+        ("hashed files", _file_counts(r)),
         ("credentials", str(len(r.credentials))),
         ("anomalies", str(len(r.anomalies))),
     ]
