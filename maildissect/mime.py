@@ -644,8 +644,9 @@ class _Parser:
                 body = buf if whole else memoryview(buf)[bstart:end]
             else:
                 body = self.decode_body(buf if whole else buf[bstart:end], cte, where)
-            if is_attachment or not is_message:
-                # a file: every leaf entity, and a forwarded message that is an attachment
+            if is_attachment or (not is_message and len(body)):
+                # a file: every leaf entity, and a forwarded message that is an attachment (an
+                # empty body part is none: a header-only fetch has one; Zeek logs no file for it)
                 cid = hdr.get("content-id")
                 charset = cparams.get("charset")
                 entity = Attachment(

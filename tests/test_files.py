@@ -309,3 +309,13 @@ def test_imap_part_fetches_keep_their_paths_in_the_message():
 def _att(part):
     from maildissect.model import Attachment
     return Attachment(None, "text/plain", 0, "", "", "", part=part)
+
+
+def test_an_empty_body_part_is_no_file():
+    """A header-only message (an IMAP BODY.PEEK[HEADER], a TOP 0) lists no empty body; an empty
+    attachment stays listed."""
+    m, _ = _fill(b"Subject: headers only\r\nMessage-ID: <h@x>\r\n\r\n")
+    assert m.entities == [] and m.subject == "headers only"
+    m, _ = _fill(b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\n\r\n--b\r\n"
+                 b"Content-Disposition: attachment; filename=empty.txt\r\n\r\n\r\n--b--\r\n")
+    assert [(e.part, e.filename, e.size) for e in m.entities] == [("2", "empty.txt", 0)]
