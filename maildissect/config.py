@@ -34,6 +34,7 @@ class Limits:
     max_claim_bytes: int = 4_096  # bytes at the start of a port-mapped session held while its protocol is unconfirmed (violations after them are only anomalies)
     # dissectors
     max_line: int = 65_536  # command/reply/header line
+    max_reply_lines: int = 1_000  # lines of a multi-line reply kept on its command (commands.reply_lines)
     max_pending_commands: int = 1_000  # commands awaiting a reply (pipelining): SMTP, POP3, IMAP tagged commands, HTTP requests; formerly also max_commands_in_flight, still accepted
     max_recipients: int = 10_000  # RCPT TO per transaction
     max_message_size: int = 64 * 1024 * 1024  # bytes of one message kept for parsing

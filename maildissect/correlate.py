@@ -468,40 +468,36 @@ def _failed_attempts(records, ix: _Index) -> list[_Attempt]:
         out.append(_Attempt(f.start, f.end, f.client_ip, f.client_port, f.server_ip, f.server_port, f.flow_id,
                             f.close, reply))
     for s in records.sessions:
-        if s.protocol != "smtp" or ix.messages.get(s.session_id):
+        rows = ix.messages.get(s.session_id, ())
+        if s.protocol != "smtp" or any(m.kind != "envelope" for m in rows):
             continue  # sessions with message records show as message hops
         flow = ix.flows.get(s.session_id)
         if flow is not None and flow.close in ("refused", "unanswered"):
             continue
-        cmds = ix.commands.get(s.session_id, [])
-        greeting = next((c for c in cmds if c.command == ""), None)
-        mail = next((c for c in cmds if c.command == "MAIL"), None)
-        rcpts = [c for c in cmds if c.command == "RCPT"]
+        # the session's transactions are its messages rows of kind envelope (they carried no
+        # message): the first that was refused tells why the attempt failed
+        greeting = next((c for c in ix.commands.get(s.session_id, []) if c.command == ""), None)
         failing = None
         if greeting is not None and smtp_outcome(greeting.reply_code) in ("deferred", "failed"):
-            failing = greeting
-        elif mail is not None:
-            if smtp_outcome(mail.reply_code) in ("deferred", "failed"):
-                failing = mail
-            elif rcpts and all(smtp_outcome(c.reply_code) in ("deferred", "failed") for c in rcpts):
-                failing = rcpts[-1]
-            else:
-                failing = next((c for c in cmds if c.command in ("DATA", "BDAT")
-                                and smtp_outcome(c.reply_code) in ("deferred", "failed")), None)
-        if failing is None and (mail is None or s.tls):
+            failing = (greeting.reply_code, greeting.reply_text, greeting.reply_ts)
+        txn = next((m for m in rows if m.outcome in ("rejected", "no_recipients")), None)
+        if failing is None and txn is not None:
+            failing = (txn.reply_code, txn.reply_text, None)
+        if txn is None:
+            txn = next((m for m in rows if m.mail_from is not None), None)
+        if failing is None and (txn is None or s.tls):
             # no mail transaction began (a probe, or TLS hid it): not an attempt we can judge
             continue
         if failing is not None:
-            outcome = "deferred" if smtp_outcome(failing.reply_code) == "deferred" else "rejected"
-            reply = " ".join(x for x in (failing.reply_code, failing.reply_text) if x)
+            outcome = "deferred" if smtp_outcome(failing[0]) == "deferred" else "rejected"
+            reply = " ".join(x for x in failing[:2] if x)
+        elif txn.outcome == "aborted":
+            outcome, reply = "aborted", "the transaction was abandoned before its data (RSET, QUIT...)"
         else:
             outcome, reply = "aborted", "connection closed before a message was accepted"
-        end = (flow.end if flow is not None else None) or s.end or (failing.reply_ts if failing else s.start)
-        mail_from = None
-        if mail is not None:
-            m = re.search(r"<([^<>]*)>", mail.argument or "")
-            mail_from = (m.group(1) if m else (mail.argument or "").partition(":")[2].split(" ")[0]).lower()
-        rcpt_addrs = tuple(_bare((c.argument or "").partition(":")[2].split(" ")[0] or c.argument) for c in rcpts)
+        end = (flow.end if flow is not None else None) or s.end or (failing[2] if failing else None) or s.start
+        mail_from = txn.mail_from.lower() if txn is not None and txn.mail_from is not None else None
+        rcpt_addrs = tuple(_bare(a) for a in (txn.rcpt_to + txn.rcpt_rejected)) if txn is not None else ()
         out.append(_Attempt(s.start if s.start is not None else (flow.start if flow else 0.0), end,
                             s.client_ip, s.client_port, s.server_ip, s.server_port, s.session_id, outcome,
                             reply, mail_from, rcpt_addrs, s.tls))
@@ -880,9 +876,10 @@ def correlate(records, *, window: float = ENVELOPE_WINDOW) -> Journeys:
     from .webmail_backend import submissions
     ix = _Index(records)
     # a header or part fetch without Message-ID (a mailbox listing) starts no journey of its own
-    messages = [m for m in records.messages if _identity(m) and not (
+    # (an SMTP transaction without a message -- kind envelope -- is an attempt, not a message)
+    messages = [m for m in records.messages if _identity(m) and m.kind != "envelope" and not (
         m.kind in PARTIAL_KINDS and m.protocol in ("imap", "pop3") and not m.message_id)]
-    loose = [m for m in records.messages if not _identity(m)]
+    loose = [m for m in records.messages if not _identity(m) and m.kind != "envelope"]
     links = [(i, j, "webmail_submission") for i, j in
              submissions(messages, ix.sessions, ix.http, lambda m: ix.smtp_window(m)[0])]
     grouped, how = _group_messages(messages, window, links)

@@ -114,6 +114,9 @@ SCHEMAS: dict[str, list[tuple]] = {
         ("reply_code", "str", "SMTP code (250), POP3 +OK/-ERR, IMAP OK/NO/BAD, HTTP status, SOCKS reply code "
                               "(decimal: SOCKS5 0 succeeded, SOCKS4 90 granted)"),
         ("reply_text", "str", "first line of the reply after the code"),
+        ("reply_lines", "list", "the lines of a multi-line reply after the first, as Suricata logs a reply's "
+                                "data: SMTP continuation lines (EHLO's extensions), POP3 LIST, UIDL, CAPA and "
+                                "AUTH listings; at most max_reply_lines; empty for a one-line reply"),
         ("reply_ts", "ts", "time of the reply"),
         ("latency", "float", "seconds between command and reply"),
         ("seq", "int", "position of the command in its session: 0 for the server greeting, then 1, 2... in the "
@@ -174,9 +177,16 @@ SCHEMAS: dict[str, list[tuple]] = {
         ("text_preview", "str", "start of the text body, whitespace collapsed"),
         ("has_html", "bool", "the message has an HTML part"),
         ("queue_id", "str", "queue id from the server's final reply (\"queued as X\")"),
-        ("reply_code", "str", "the server's final reply code for the transfer"),
+        ("outcome", "cat", "SMTP: how the mail transaction ended: delivered (final 2xx to its data), rejected "
+                           "(its MAIL, DATA/BDAT or data refused), no_recipients (no RCPT accepted), aborted "
+                           "(RSET, QUIT, HELO/EHLO, a new MAIL or STARTTLS before its data ended), unterminated "
+                           "(the capture or a gap ended it); every transaction is a row, those without a "
+                           "message have kind envelope"),
+        ("reply_code", "str", "the server's final reply code for the transfer (an envelope row: the reply that "
+                              "ended it, or the last one to its commands)"),
         ("reply_text", "str", "the server's final reply text"),
-        ("kind", "str", "how the message was found: SMTP data/bdat, IMAP body (the whole message), header, "
+        ("kind", "str", "how the message was found: SMTP data/bdat (envelope: a transaction without a "
+                        "message), IMAP body (the whole message), header, "
                         "text, part, partial, POP3 retr/top, webmail jmap/form/rfc822/view (a page showing "
                         "it)/attachment (one of its files downloaded)/blob"),
         ("source", "str", "the command or request that carried it (\"RETR 3\", \"POST /upload\")"),

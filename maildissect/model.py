@@ -136,6 +136,9 @@ class Command:
     reply_text: str | None = None  # first reply line after the code
     reply_ts: float | None = None
     latency: float | None = None  # reply_ts - ts
+    #: the lines of a multi-line reply after the first (SMTP continuation lines; POP3 LIST,
+    #: UIDL, CAPA and AUTH bodies), at most limits.max_reply_lines; None for a one-line reply
+    reply_lines: list[str] | None = None
     #: where ``argument`` starts carrying a secret (a password, a SASL response); it
     #: runs to the end of the argument. None: no secret. maildissect.redact masks.
     secret_at: int | None = None
@@ -262,6 +265,8 @@ class Message:
     text_preview: str | None = None
     has_html: bool = False
     queue_id: str | None = None  # SMTP "queued as X"
+    #: SMTP: how its mail transaction ended: delivered, rejected, no_recipients, aborted, unterminated
+    outcome: str | None = None
     reply_code: str | None = None  # final reply to DATA/BDAT, FETCH, RETR...
     reply_text: str | None = None
     message_index: int = 0  # ordinal of this message within its session

@@ -42,6 +42,12 @@ EVENTS: dict[str, str] = {
     "message_deferred": "a message transferred over SMTP and refused with a temporary (4xx) reply",
     "message_rejected": "a message transferred over SMTP and refused with a permanent (5xx) reply",
     "message_unanswered": "a message transferred over SMTP with no final reply seen",
+    "transaction_rejected": "an SMTP transaction without a message: its MAIL, DATA or BDAT was refused (its messages "
+                            "row, kind `envelope`, outcome `rejected`)",
+    "transaction_no_recipients": "an SMTP transaction without a message: every RCPT was refused",
+    "transaction_aborted": "an SMTP transaction abandoned before its data (RSET, QUIT, HELO/EHLO, a new MAIL, "
+                           "STARTTLS)",
+    "transaction_unterminated": "an SMTP transaction cut off by the end of the capture or a gap",
     "imap_select": "IMAP SELECT/EXAMINE of a mailbox",
     "imap_fetch": "IMAP FETCH: a message (or part of one) retrieved, or flags/envelopes fetched",
     "imap_append": "IMAP APPEND: a message stored into a mailbox by the client",
@@ -327,6 +333,30 @@ def _command_events(ctx: _Ctx, session_id: int, cmds: list) -> list[Event]:
 
 
 # -- messages ---------------------------------------------------------------------------------
+#: an SMTP transaction without a message, by its outcome: (event, event outcome, how it ended)
+_TRANSACTION_EVENTS = {
+    "rejected": ("transaction_rejected", "failed", "refused"),
+    "no_recipients": ("transaction_no_recipients", "failed", "no recipient accepted"),
+    "aborted": ("transaction_aborted", "", "abandoned before its data"),
+    "unterminated": ("transaction_unterminated", "unanswered", "cut off by the capture's end or a gap"),
+}
+
+
+def _transaction_event(ctx: _Ctx, m) -> Event:
+    """An SMTP transaction that carried no message (its messages row of kind envelope)."""
+    name, outcome, how = _TRANSACTION_EVENTS.get(m.outcome or "", _TRANSACTION_EVENTS["unterminated"])
+    if outcome == "failed" and smtp_outcome(m.reply_code) == "deferred":
+        outcome = "deferred"
+    sender = f"MAIL FROM:<{_short(m.mail_from, 60)}>" if m.mail_from is not None else "no MAIL FROM seen"
+    rcpts = f"{len(m.rcpt_to)} recipient(s) accepted" + (f", {len(m.rcpt_rejected)} refused"
+                                                           if m.rcpt_rejected else "")
+    reply = _reply(m.reply_code, m.reply_text)
+    return ctx.event(m.ts, m.session_id, name, outcome, actor="client", source="messages", order=10 ** 5,
+                     command_seq=m.command_seq,
+                     description=f"transaction {m.transaction}: {sender}, {rcpts}; {how}"
+                                 + (f" ({_short(reply, 60)})" if reply else ""))
+
+
 def _message_event(ctx: _Ctx, m) -> Event | None:
     size = _size(m.size)
     atts = f", {len(m.attachments)} attachment(s)" if m.attachments else ""
@@ -334,6 +364,8 @@ def _message_event(ctx: _Ctx, m) -> Event | None:
     mid = m.message_id
     label = f"message {mid}" if mid else "message without Message-ID"
     subj = f" \u201c{_short(m.subject, 50)}\u201d" if m.subject else ""
+    if m.protocol == "smtp" and m.kind == "envelope":
+        return _transaction_event(ctx, m)
     if m.protocol == "smtp":
         outcome = smtp_outcome(m.reply_code)
         name = {"ok": "message_accepted", "deferred": "message_deferred",

@@ -251,7 +251,7 @@ def submissions(messages: list, sessions: dict, http: dict, start_of) -> list[tu
         return []
     by_client = defaultdict(list)  # SMTP client address -> [(start, index)]
     for i, m in enumerate(messages):
-        if m.protocol == "smtp" and m.direction == "sent":
+        if m.protocol == "smtp" and m.direction == "sent" and m.kind != "envelope":
             s = sessions.get(m.session_id)
             if s is not None:
                 by_client[s.client_ip].append((start_of(m), i))

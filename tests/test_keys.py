@@ -58,9 +58,12 @@ def test_smtp_sequence_transactions_and_carrying_command():
     # the user: from the accepted AUTH on (the AUTH exchange itself included)
     assert v["EHLO"][0].user is None and v["AUTH-RESPONSE"][0].user == "alice"
     assert all(c.user == "alice" for c in v["MAIL"] + v["QUIT"])
-    m1, m2 = of_type(records, Message)
+    m1, aborted, m2 = of_type(records, Message)
     assert (m1.transaction, m1.command_seq, m1.user) == (1, v["DATA"][0].seq, "alice")
     assert (m2.transaction, m2.command_seq) == (3, v["BDAT"][0].seq)
+    # the transaction given up with RSET is a row too, keyed to its MAIL
+    assert (aborted.kind, aborted.outcome, aborted.transaction, aborted.command_seq) == \
+        ("envelope", "aborted", 2, v["MAIL"][1].seq)
     assert m1.mailbox is None and all(c.mailbox is None for c in cmds)
 
 

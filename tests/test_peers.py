@@ -91,3 +91,50 @@ def test_arkime_smtp_through_socks5(tmp_path):
     auth = [c for c in a.records.commands if c.command == "AUTH"]
     assert [(c.argument, c.reply_code) for c in auth] == [("LOGIN", "503")]
     assert flow.close == "rst"
+
+
+def test_zeek_bdat_with_a_bad_size(tmp_path):
+    """Zeek logs each of these transactions with its envelope and the 521; so do we (a row of
+    kind envelope, outcome rejected), with the anomaly smtp_bad_bdat for Zeek's weird."""
+    case = peers.ZEEK_BDAT_INVALID
+    frames = []
+    for k, (client, exchanges) in enumerate(case["connections"]):
+        part, _, _ = conversation(client=client, server=case["server"], exchanges=exchanges, t0=1000.0 + k,
+                                  close=False)
+        frames += part
+    path = tmp_path / "bdat-invalid.pcap"
+    write_pcap(path, sorted(frames, key=lambda f: f[0]))
+    a = maildissect.analyze(str(path))
+    log = zeek.smtp_rows(a.records)
+    assert len(log) == 3
+    for row in log:
+        for field, value in case["smtp"].items():
+            assert row.get(field) == value, (field, row.get(field))
+    txns = sorted(a.records.messages, key=lambda m: m.session_id)
+    assert [(m.kind, m.outcome, m.mail_from, m.rcpt_to, f"{m.reply_code} {m.reply_text}") for m in txns] == \
+        [("envelope", "rejected", "zeek@localhost", ["root@localhost"], case["smtp"]["last_reply"])] * 3
+    assert [x.name for x in a.records.anomalies] == ["smtp_bad_bdat"] * 3
+    ehlo = [c for c in a.records.commands if c.command == "EHLO"]
+    assert [c.reply_lines for c in ehlo] == [case["ehlo_lines"]] * 3
+
+
+def test_suricata_pop3(tmp_path):
+    case = peers.SURICATA_POP3
+    a, _, _ = build(tmp_path, case, "pop3")
+    cmds = a.records.commands
+    # one Suricata pop3 event per command (the greeting's included)
+    assert len(cmds) == case["events"]
+    greeting = cmds[0]
+    assert (greeting.command, greeting.reply_code, greeting.reply_text) == ("", "+OK", case["greeting"])
+    user = next(c for c in cmds if c.command == "USER")
+    assert (user.argument, user.reply_code, user.reply_text) == (case["user"][0], "+OK", case["user"][1])
+    from collections import Counter
+    counts = Counter(c.command for c in cmds)
+    assert {k: counts[k] for k in case["counts"]} == case["counts"]
+    assert all(c.reply_code == "+OK" for c in cmds)  # response.success: true
+    # response.data: the lines of LIST and UIDL
+    by = {c.command: c for c in cmds}
+    assert by["LIST"].reply_lines == [f"{i} 1000" for i in range(1, 50)]
+    assert by["UIDL"].reply_lines == [f"{i} uid-{i:04d}" for i in range(1, 50)]
+    assert by["STAT"].reply_lines is None
+    assert len([m for m in a.records.messages if m.kind == "top"]) == 49

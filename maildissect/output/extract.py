@@ -272,6 +272,8 @@ class Extractor:
     def __call__(self, msg: Message) -> None:
         """Write a message (.eml) and its files; index them."""
         from ..frames import message_files
+        if msg.kind == "envelope":
+            return  # an SMTP transaction that carried no message: nothing to extract
         eml = None
         if msg.raw is not None:
             name = safe_name(f"{msg.session_id}-{msg.message_index}-{_slug(msg.message_id or msg.subject)}.eml")

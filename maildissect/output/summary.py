@@ -16,23 +16,39 @@ from .terminal import text
 #: How much of a message a record holds, by its kind (messages.kind).
 KIND_LABELS = {"data": "full", "bdat": "full", "body": "full", "retr": "full", "rfc822": "full", "jmap": "full",
                "header": "header", "top": "header", "text": "partial", "part": "partial", "partial": "partial",
-               "view": "page", "attachment": "attachment", "form": "form", "blob": "file"}
+               "view": "page", "attachment": "attachment", "form": "form", "blob": "file", "envelope": "envelope"}
+
+#: SMTP transaction outcomes, in the order the summary lists them (messages.outcome)
+OUTCOMES = ("delivered", "rejected", "no_recipients", "aborted", "unterminated")
 
 
 def message_counts(messages) -> str:
-    """``35 retrieved (4 full, 20 header, 6 partial, 5 page), 2 sent``: records per direction, and
-    when they are not all whole messages, how many hold the full message, its header only
-    (a mailbox listing), a part, a webmail page, a downloaded attachment, a form..."""
+    """``35 retrieved (4 full, 20 header, 6 partial, 5 page), 9 sent (6 delivered, 2 rejected,
+    1 aborted)``: records per direction, and when they are not all whole messages, how many hold
+    the full message, its header only (a mailbox listing), a part, a webmail page, a downloaded
+    attachment, a form...; SMTP transactions are counted by outcome instead, so that refused and
+    abandoned attempts (rows without a message) show apart from delivered mail."""
     by_dir: dict[str, Counter] = {}
+    outcomes: dict[str, Counter] = {}
     for m in messages:
-        by_dir.setdefault(m.direction, Counter())[KIND_LABELS.get(m.kind or "", "full")] += 1
+        if m.outcome is not None:
+            outcomes.setdefault(m.direction, Counter())[m.outcome] += 1
+        else:
+            by_dir.setdefault(m.direction, Counter())[KIND_LABELS.get(m.kind or "", "full")] += 1
     out = []
-    for d in sorted(by_dir):
-        kinds = by_dir[d]
-        line = f"{sum(kinds.values())} {d}"
-        if set(kinds) != {"full"}:
-            order = list(dict.fromkeys(KIND_LABELS.values()))
-            line += " (" + ", ".join(f"{kinds[k]} {k}" for k in sorted(kinds, key=order.index)) + ")"
+    order = list(dict.fromkeys(KIND_LABELS.values()))
+    for d in sorted(set(by_dir) | set(outcomes)):
+        kinds = by_dir.get(d, Counter())
+        ends = outcomes.get(d, Counter())
+        parts = []
+        if ends:
+            parts += [f"{ends[k]} {k}" for k in OUTCOMES if ends[k]]
+            parts += [f"{kinds[k]} {k}" for k in sorted(kinds, key=order.index)]
+        elif set(kinds) != {"full"}:
+            parts += [f"{kinds[k]} {k}" for k in sorted(kinds, key=order.index)]
+        line = f"{sum(kinds.values()) + sum(ends.values())} {d}"
+        if parts:
+            line += " (" + ", ".join(parts) + ")"
         out.append(line)
     return ", ".join(out) or "none"
 

@@ -40,6 +40,8 @@ ANOMALIES = {
     "pop3_bad_reply": "a server line that is neither +OK, -ERR, a continuation nor part of a multi-line reply",
     "pop3_unexpected_multiline": "lines after a +OK the dissector took for single-line: read as a multi-line reply up to its terminator",
     "pop3_unterminated_multiline": "the connection ended inside a multi-line reply",
+    "pop3_reply_lines_capped": "a LIST, UIDL, CAPA or AUTH listing of more than max_reply_lines lines: the first are "
+                               "kept on its command (commands.reply_lines)",
     "pop3_sasl_malformed": "an AUTH response that does not decode for its mechanism",
     "pop3_resync": "after a gap, bytes skipped until the next recognisable command or reply",
     "pop3_stls_pipelined": "plaintext bytes sent by the client after STLS before the server's go-ahead",
@@ -497,6 +499,7 @@ class Pop3Dissector(LineDissector):
             msg = self._message(p, m, complete, out)
         else:
             body = m.data()
+            self._reply_lines(p, body, ts, out)
             if verb == "CAPA":
                 caps = [c.strip() for c in wire(body).split("\n") if c.strip()]
                 if caps:
@@ -520,6 +523,25 @@ class Pop3Dissector(LineDissector):
         self._emit(p, out)
         if msg is not None:
             out.append(msg)
+
+    def _reply_lines(self, p, body: bytes, ts, out) -> None:
+        """The lines of a LIST, UIDL, CAPA or AUTH listing, kept on its command as Suricata logs a
+        reply's data; at most max_reply_lines, each at most max_line characters."""
+        cap = self.limits.max_reply_lines
+        width = self.limits.max_line
+        lines = []
+        count = 0
+        for raw in body.split(b"\n"):
+            raw = raw.rstrip(b"\r")
+            if not raw:
+                continue
+            count += 1
+            if len(lines) < cap:
+                lines.append(wire(raw[:width]))
+        if count > cap:
+            out.append(self.anomaly(ts, SERVER, "pop3_reply_lines_capped",
+                                    f"{p.verb}: {count} lines, the first {cap} kept"))
+        p.cmd.reply_lines = lines
 
     def _message(self, p, m, complete, out) -> Message:
         body = m.data()

@@ -75,11 +75,13 @@ ANOMALIES = {
     "smtp_bad_reply_line": "a server line that is not a 3-digit reply",
     "smtp_reply_code_mismatch": "a multi-line reply whose lines carry different codes",
     "smtp_reply_too_long": "a multi-line reply longer than max_line in total (the rest of its text is dropped)",
+    "smtp_reply_lines_capped": "a multi-line reply of more than max_reply_lines lines: the first are kept on its command",
     "smtp_unmatched_reply": "a server reply with no command waiting for it",
     "smtp_reply_during_data": "the server replied while the client was still sending DATA (the message is closed there)",
     "smtp_data_unterminated": "the connection ended inside DATA, before CRLF.CRLF",
     "smtp_bdat_unterminated": "the connection ended before a BDAT chunk or its LAST chunk was complete",
-    "smtp_bad_bdat": "a BDAT command without a valid chunk size",
+    "smtp_bad_bdat": "a BDAT command without a valid chunk size (missing, negative, not a number, over 64 bits): "
+                     "its transaction goes on, and the client's side resynchronises on the next command line",
     "smtp_bad_address": "a MAIL FROM or RCPT TO argument that is not a valid path",
     "smtp_bad_auth_response": "a SASL response that does not decode as its mechanism requires",
     "smtp_incomplete_line": "the connection ended in the middle of a command line",
@@ -88,14 +90,26 @@ ANOMALIES = {
 #: most SASL client responses kept per exchange (each bounded by max_line)
 _MAX_SASL_LINES = 32
 
+#: the largest BDAT chunk size (RFC 3030: a 64-bit count); beyond it the command is bad
+_MAX_CHUNK = 2 ** 64 - 1
+
 class _Txn:
-    """One mail transaction: envelope, recipients' outcomes, message body."""
+    """One mail transaction: envelope, recipients' outcomes, message body, and how it ended."""
 
     __slots__ = ("mail_from", "rcpts", "rcpt_overflow", "body", "data_ts", "source", "gap",
-                 "tls", "body_done", "reply", "reply_seen", "emitted", "number", "data_seq")
+                 "tls", "body_done", "reply", "reply_seen", "emitted", "number", "data_seq",
+                 "ts", "mail_seq", "mail_ok", "refused", "last", "ended", "outstanding", "messages")
 
-    def __init__(self, mail_from: str | None = None, gap: bool = False, number: int = 0):
+    def __init__(self, mail_from: str | None = None, gap: bool = False, number: int = 0, ts: float = 0.0):
         self.mail_from = mail_from
+        self.ts = ts  # when it began (its MAIL, or the first command of an implicit one)
+        self.mail_seq: int | None = None  # Command.seq of its MAIL
+        self.mail_ok: bool | None = None  # the server's verdict on MAIL (None: not seen)
+        self.refused: tuple[str, str] | None = None  # DATA or BDAT refused: (code, text)
+        self.last: tuple[str, str] | None = None  # the last reply to one of its commands
+        self.ended: str | None = None  # the command that ended it before its data did (rset, quit...)
+        self.outstanding = 0  # its commands still awaiting a reply
+        self.messages = 0  # message rows it produced (a BDAT message given up on may be followed by another)
         self.number = number  # ordinal in the session (Command.transaction, Message.transaction)
         self.data_seq: int | None = None  # Command.seq of the DATA / first BDAT carrying the message
         self.rcpts: list[list] = []  # [address, True accepted / False refused / None no reply]
@@ -109,6 +123,32 @@ class _Txn:
         self.reply: tuple[str, list[str], float] | None = None
         self.reply_seen = False  # final reply received or given up on
         self.emitted = False
+
+
+#: what ended a transaction before its data: commands that reset it (RFC 5321 4.1.4, RFC 3207)
+_ABORTING = frozenset(("rset", "quit", "ehlo", "helo", "mail", "starttls"))
+
+
+def _outcome(txn: _Txn) -> str:
+    """A transaction's outcome (messages.outcome, docs/protocols/smtp.md): delivered (final 2xx
+    to its data), rejected (its MAIL, DATA/BDAT or data refused), no_recipients (RCPTs sent, none
+    accepted), aborted (RSET, QUIT, HELO/EHLO, a new MAIL or STARTTLS before its data ended),
+    unterminated (the capture or a gap ended it)."""
+    rcpts = [ok for _, ok in txn.rcpts]
+    nobody = bool(rcpts) and all(ok is False for ok in rcpts)
+    if txn.reply is not None:
+        if txn.reply[0][:1] == "2":
+            return "delivered"
+        return "no_recipients" if nobody else "rejected"
+    if txn.mail_ok is False:
+        return "rejected"
+    if nobody:
+        return "no_recipients"
+    if txn.refused is not None:
+        return "rejected"
+    if txn.ended in _ABORTING and not txn.gap and (txn.body is None or txn.source == "BDAT"):
+        return "aborted"
+    return "unterminated"
 
 
 class _Auth:
@@ -157,6 +197,8 @@ class SmtpDissector(LineDissector):
         self.pending.append(_Pending("greeting"))
         self._txn: _Txn | None = None
         self._txns = 0  # transactions begun so far
+        self._ending: list[_Txn] = []  # ended before a message, awaiting their commands' replies
+        self._helo_ok: str | None = None  # the last HELO/EHLO the server accepted
         self._auth: _Auth | None = None  # exchange whose responses the client may still send
         self._auths: list[_Auth] = []  # exchanges whose credential is not emitted yet
         self._closed = False
@@ -238,6 +280,10 @@ class SmtpDissector(LineDissector):
                 out.append(self.anomaly(ts, CLIENT, "smtp_bdat_unterminated", "no LAST chunk"))
             txn.body_done = txn.reply_seen = True
             self._finalize(txn, ts, out)
+        self._end_txn(ts, out)  # the connection's end ends the open transaction (unterminated)
+        for txn in self._ending:  # (every reply is in or given up by now)
+            self._envelope(txn, out)
+        self._ending = []
         for auth in list(self._auths):
             self._emit_credential(auth, None, ts, out)
         self._closed = True
@@ -382,21 +428,23 @@ class SmtpDissector(LineDissector):
         arg = parts[1].strip() if len(parts) > 1 else ""
         cmd = Command(self.session.session_id, "smtp", ts, verb[:64], arg, seq=self.next_seq())
         if verb in ("EHLO", "HELO", "LHLO"):
+            # the client's word until the server answers (a refusal brings back the accepted one)
             self.session.helo = arg or None
-            self._end_txn(ts, out)
+            self._end_txn(ts, out, "helo" if verb == "HELO" else "ehlo")
             self._push(_Pending("ehlo" if verb != "HELO" else "helo", cmd), ts, out)
         elif verb == "MAIL":
             addr, ok = _parse_path(arg, "FROM:")
             if not ok:
                 out.append(self.anomaly(ts, CLIENT, "smtp_bad_address", f"MAIL {arg[:80]}"))
-            self._end_txn(ts, out)
-            self._txn = self._new_txn(addr)
+            self._end_txn(ts, out, "mail")
+            self._txn = self._new_txn(addr, ts=ts)
+            self._txn.mail_seq = cmd.seq
             self._push(_Pending("mail", cmd, self._txn), ts, out)
         elif verb == "RCPT":
             addr, ok = _parse_path(arg, "TO:")
             if not ok:
                 out.append(self.anomaly(ts, CLIENT, "smtp_bad_address", f"RCPT {arg[:80]}"))
-            txn = self._current_txn()
+            txn = self._current_txn(ts)
             rcpt = None
             if addr is not None:
                 if len(txn.rcpts) < self.limits.max_recipients:
@@ -408,7 +456,7 @@ class SmtpDissector(LineDissector):
                                             f"over {self.limits.max_recipients} recipients"))
             self._push(_Pending("rcpt", cmd, txn, rcpt=rcpt), ts, out)
         elif verb == "DATA":
-            txn = self._current_txn()
+            txn = self._current_txn(ts)
             self._close_open_body(txn, ts, out)
             self._begin_data(txn, ts)
             txn.data_seq = cmd.seq
@@ -416,9 +464,10 @@ class SmtpDissector(LineDissector):
         elif verb == "BDAT":
             self._bdat(cmd, arg, ts, out)
         elif verb in ("RSET", "QUIT"):
-            self._end_txn(ts, out)
+            self._end_txn(ts, out, verb.lower())
             self._push(_Pending(verb.lower(), cmd), ts, out)
         elif verb == "STARTTLS":
+            self._end_txn(ts, out, "starttls")  # RFC 3207: TLS starts a fresh session
             self._push(_Pending("starttls", cmd), ts, out)
             self.hold()
         elif verb == "AUTH":
@@ -430,28 +479,49 @@ class SmtpDissector(LineDissector):
 
     def _push(self, entry: _Pending, ts: float, out: list) -> None:
         entry.epoch = self._epoch
-        if entry.txn is not None and entry.cmd is not None:
-            entry.cmd.transaction = entry.txn.number
+        if entry.txn is not None:
+            entry.txn.outstanding += 1
+            if entry.cmd is not None:
+                entry.cmd.transaction = entry.txn.number
         self.push(entry, ts, out)
 
-    def _current_txn(self) -> _Txn:
+    def _current_txn(self, ts: float = 0.0) -> _Txn:
         """The open transaction, or an implicit one when MAIL was not seen
         (lost in a gap, or a client that skipped it)."""
         if self._txn is None:
-            self._txn = self._new_txn(None, gap=self._recovering)
-            self._txn.tls = self.session.tls
+            self._txn = self._new_txn(None, gap=self._recovering, ts=ts)
         return self._txn
 
-    def _new_txn(self, mail_from: str | None, gap: bool = False) -> _Txn:
+    def _new_txn(self, mail_from: str | None, gap: bool = False, ts: float = 0.0) -> _Txn:
         self._txns += 1
-        return _Txn(mail_from, gap, self._txns)
+        txn = _Txn(mail_from, gap, self._txns, ts)
+        txn.tls = self.session.tls
+        return txn
 
-    def _end_txn(self, ts: float, out: list) -> None:
-        """A command that ends the transaction (MAIL, RSET, QUIT, EHLO)."""
+    def _end_txn(self, ts: float, out: list, reason: str = "") -> None:
+        """A command that ends the transaction (MAIL, RSET, QUIT, HELO/EHLO, STARTTLS)."""
         txn = self._txn
         if txn is not None:
+            if txn.ended is None:
+                txn.ended = reason or None
             self._close_open_body(txn, ts, out)
+            if txn.messages == 0:
+                # no message: the transaction is a row of its own once its replies are in
+                self._ending.append(txn)
         self._txn = None
+        self._settle(ts, out)
+
+    def _settle(self, ts: float, out: list) -> None:
+        """Emit the rows of ended transactions whose commands have all been answered (or given up)."""
+        if not self._ending:
+            return
+        waiting = []
+        for txn in self._ending:
+            if txn.outstanding > 0:
+                waiting.append(txn)
+            else:
+                self._envelope(txn, out)
+        self._ending = waiting
 
     def _close_open_body(self, txn: _Txn, ts: float, out: list) -> None:
         """A BDAT message without its LAST chunk is over: emit it incomplete."""
@@ -562,13 +632,18 @@ class SmtpDissector(LineDissector):
 
     def _bdat(self, cmd: Command, arg: str, ts: float, out: list) -> None:
         m = _BDAT_ARG.fullmatch(arg)
-        if m is None:
-            out.append(self.anomaly(ts, CLIENT, "smtp_bad_bdat", arg[:60]))
-            self._push(_Pending("other", cmd), ts, out)
+        size = int(m.group(1)) if m is not None else -1
+        if m is None or size > _MAX_CHUNK:
+            # no size to count the chunk by: the transaction stays (its outcome comes from the
+            # replies), and the client's side finds the next command line again
+            out.append(self.anomaly(ts, CLIENT, "smtp_bad_bdat", repr(arg[:60])))
+            self._push(_Pending("badbdat", cmd, self._current_txn(ts)), ts, out)
+            c = self.dirs[CLIENT]
+            c.resync = True
+            c.skipped = 0
             return
-        size = int(m.group(1))
         last = m.group(2) is not None
-        txn = self._current_txn()
+        txn = self._current_txn(ts)
         if txn.body is None or txn.source != "BDAT" or txn.emitted:
             txn.body = Body(self.limits.max_message_size)
             txn.data_ts = ts
@@ -720,6 +795,8 @@ class SmtpDissector(LineDissector):
             out.append(entry.cmd)
         kind = entry.kind
         txn = entry.txn
+        if txn is not None:
+            txn.outstanding -= 1
         if kind == "eod" or (kind == "bdat" and entry.last):
             txn.reply_seen = True
             if txn.body_done:
@@ -735,6 +812,7 @@ class SmtpDissector(LineDissector):
             auth.outstanding -= 1
             if auth.outstanding <= 0 and self._auth is not auth:
                 self._emit_credential(auth, None, ts, out)
+        self._settle(ts, out)
 
     # ------------------------------------------------------------------ server side
 
@@ -804,6 +882,8 @@ class SmtpDissector(LineDissector):
             cmd.reply_code = code
             cmd.reply_text = text
             cmd.reply_ts = ts
+            if len(lines) > 1:
+                self._reply_lines(cmd, lines, ts, out)
             if kind != "greeting" or known:
                 cmd.latency = ts - cmd.ts
             out.append(cmd)
@@ -812,9 +892,23 @@ class SmtpDissector(LineDissector):
             self._recovering = False
         positive = code[:1] == "2"
         txn = entry.txn
+        if txn is not None:
+            txn.outstanding -= 1
+            txn.last = (code, text)
+        if kind in ("ehlo", "helo"):
+            if positive:
+                self._helo_ok = cmd.argument or None
+            elif self._helo_ok is not None:
+                # a refused HELO/EHLO leaves the one the server accepted in force
+                self.session.helo = self._helo_ok
         if kind == "ehlo":
             if positive:
                 self.session.extensions = [line for line in lines[1:] if line]
+        elif kind == "mail":
+            txn.mail_ok = positive
+        elif kind == "badbdat":
+            if not positive:
+                txn.refused = (code, text)
         elif kind == "rcpt":
             if entry.rcpt is not None:
                 entry.rcpt[1] = positive
@@ -823,6 +917,7 @@ class SmtpDissector(LineDissector):
                 if self._data_txn is txn:
                     self._acked = True
             else:
+                txn.refused = (code, text)
                 self._data_refused(txn, code, lines, ts, out)
         elif kind == "eod" or (kind == "bdat" and entry.last):
             txn.reply = (code, lines, ts)
@@ -846,6 +941,19 @@ class SmtpDissector(LineDissector):
             self._auth_unseen(ts)
         if cmd is not None:  # after the reply's effect: an accepted AUTH names its user
             cmd.user = self.session.auth_user
+        if txn is not None:
+            self._settle(ts, out)
+
+    def _reply_lines(self, cmd: Command, lines: list[str], ts: float, out: list) -> None:
+        """The lines of a multi-line reply after its first (EHLO's extensions...) kept on its
+        command, as Suricata logs a reply's data lines; at most max_reply_lines."""
+        cap = self.limits.max_reply_lines
+        more = lines[1:]
+        if len(more) > cap:
+            out.append(self.anomaly(ts, SERVER, "smtp_reply_lines_capped",
+                                    f"{cmd.command or 'greeting'}: {len(more)} lines, the first {cap} kept"))
+            more = more[:cap]
+        cmd.reply_lines = more
 
     def _unexpected_reply(self, code: str, lines: list[str], ts: float, out: list) -> None:
         """A reply no command waits for."""
@@ -883,6 +991,7 @@ class SmtpDissector(LineDissector):
         if txn.emitted or body is None:
             return
         txn.emitted = True
+        txn.messages += 1
         raw = b"".join(body.chunks)
         body.chunks = []  # the joined copy is all that is needed from here
         accepted = [a for a, ok in txn.rcpts if ok is not False]
@@ -891,7 +1000,7 @@ class SmtpDissector(LineDissector):
                       direction="sent", mail_from=txn.mail_from, rcpt_to=accepted,
                       rcpt_rejected=refused, helo=self.session.helo, tls=txn.tls, source=txn.source,
                       kind=txn.source.lower(), command_seq=txn.data_seq, transaction=txn.number,
-                      user=self.session.auth_user)
+                      user=self.session.auth_user, outcome=_outcome(txn))
         if txn.reply is not None:
             code, lines, _ = txn.reply
             msg.reply_code = code
@@ -909,3 +1018,17 @@ class SmtpDissector(LineDissector):
         out.append(msg)
         out.extend(found)
         body.kept = 0
+
+    def _envelope(self, txn: _Txn, out: list) -> None:
+        """The row of a transaction that ended before any message: its envelope, the replies
+        it got, and its outcome (rejected, no_recipients, aborted, unterminated)."""
+        accepted = [a for a, ok in txn.rcpts if ok is not False]
+        refused = [a for a, ok in txn.rcpts if ok is False]
+        msg = Message(protocol="smtp", session_id=self.session.session_id, ts=txn.ts, direction="sent",
+                      mail_from=txn.mail_from, rcpt_to=accepted, rcpt_rejected=refused, helo=self.session.helo,
+                      tls=txn.tls, source="", kind="envelope", command_seq=txn.mail_seq, transaction=txn.number,
+                      user=self.session.auth_user, complete=not txn.gap, outcome=_outcome(txn))
+        reply = txn.refused or txn.last
+        if reply is not None:
+            msg.reply_code, msg.reply_text = reply
+        out.append(msg)
