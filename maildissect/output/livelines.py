@@ -57,8 +57,10 @@ def record_line(table: str, r) -> str:
     if table == "messages":
         atts = f", {len(r.attachments)} attachment(s)" if r.attachments else ""
         subject = f" \u201c{clean(r.subject)}\u201d" if r.subject else ""
+        # an SMTP transaction says how it ended (one without a message: its envelope and outcome)
+        outcome = f" [{r.outcome}]" if r.outcome and r.outcome != "delivered" else ""
         return clean(f"{when} message  #{r.session_id} {r.protocol} {r.direction}: {r.from_ or r.mail_from or '?'} "
-                     f"-> {', '.join(r.to or r.rcpt_to) or '?'}") + subject + atts
+                     f"-> {', '.join(r.to or r.rcpt_to or r.rcpt_rejected) or '?'}") + subject + atts + outcome
     if table == "anomalies":
         return clean(f"{when} anomaly  #{r.session_id if r.session_id is not None else '-'} {r.name}: {r.detail}")
     return clean(f"{when} session  #{r.session_id} {r.protocol} {r.client_ip}:{r.client_port} -> "

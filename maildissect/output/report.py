@@ -135,7 +135,7 @@ def _layout(height: int, **kw) -> dict:
 def overview_figure(records) -> dict:
     """Bar charts: sessions per protocol, messages per direction, connections by how they ended."""
     protos = Counter(s.protocol for s in records.sessions)
-    dirs = Counter(f"{m.protocol} {m.direction}" for m in records.messages)
+    dirs = Counter(f"{m.protocol} {m.direction}" for m in records.messages if m.kind != "envelope")
     closes = Counter(f.close for f in records.flows)
     data = [
         {"type": "bar", "x": list(protos), "y": list(protos.values()), "xaxis": "x", "yaxis": "y",
@@ -531,12 +531,14 @@ def _cards(result, journeys) -> str:
     if s.get("first_ts") is not None and s.get("last_ts") is not None:
         span = _dur(s["last_ts"] - s["first_ts"])
     failed = sum(1 for f in r.flows if f.close in ("refused", "unanswered"))
+    envelopes = sum(1 for m in r.messages if m.kind == "envelope")
     cards = [
         (f"{s.get('frames', 0):,}", "frames"),
         (f"{len(r.flows):,}", "TCP connections" + (f" ({failed} failed)" if failed else "")),
         (f"{len(r.sessions):,}", "sessions: " + ", ".join(f"{n} {p}" for p, n in
                                                            sorted(Counter(x.protocol for x in r.sessions).items()))),
-        (f"{len(r.messages):,}", "message transfers"),
+        (f"{sum(1 for m in r.messages if m.kind != 'envelope'):,}", "message transfers"
+         + (f" (and {envelopes} SMTP transactions without a message)" if envelopes else "")),
         (f"{len(journeys.journeys):,}", "distinct messages (journeys)"),
         (f"{sum(len(m.attachments) for m in r.messages):,}", "attachments"),
         (f"{len(result.files):,}", "files (MIME entities and HTTP files)"),
