@@ -200,10 +200,12 @@ def _progress_callback(quiet: bool):
     """A rich progress bar on stderr when it is a terminal."""
     if quiet or not sys.stderr.isatty():
         return None, None
-    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                               TransferSpeedColumn)
 
     from .output.terminal import make_console
-    progress = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+    # the console reads no markup (output/terminal.py), so the columns say theirs explicitly
+    progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(),
                         TransferSpeedColumn(), TimeRemainingColumn(), console=make_console(stderr=True),
                         transient=True)
     task = progress.add_task("reading", total=None)

@@ -155,3 +155,21 @@ def test_limit_and_port_options_work():
     assert any(r["complete"] is False for r in rows)
     res = run("anomalies", JOURNEY, "-f", "jsonl", "--limit", "max_message_size=1K", "-q")
     assert "too_large" in res.output or "limit" in res.output
+
+
+def test_progress_bar_shows_its_words_not_style_names(monkeypatch):
+    """The progress bar's console reads no markup, so its columns must not rely on it."""
+    import io
+
+    from rich.console import Console
+
+    from maildissect import cli as cli_module
+    monkeypatch.setattr(cli_module.sys.stderr, "isatty", lambda: True, raising=False)
+    progress, update = cli_module._progress_callback(quiet=False)
+    assert progress is not None
+    update(1000, 4000)
+    out = io.StringIO()
+    # rendered as its own console renders it: without markup
+    Console(file=out, width=100, color_system=None, markup=False).print(progress.get_renderable())
+    text = out.getvalue()
+    assert "reading" in text and "[progress" not in text
