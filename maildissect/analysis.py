@@ -11,6 +11,7 @@ if TYPE_CHECKING:  # imported when a table is first built
 from . import frames, parallel
 from .config import Config, Limits
 from .pipeline import Collector, Pipeline, place_frames
+from .runner import Files, Stats
 
 TABLES = tuple(frames.SCHEMAS)
 
@@ -30,16 +31,12 @@ class Analysis:
     capture counters. docs/data.md explains every column.
     """
 
-    def __init__(self, collector: Collector, config: Config, stats: dict):
-        # webmail reads and downloads take what the webmail server's own IMAP fetches show
-        # (maildissect.webmail_backend); before any table or export is made from the records
-        from .webmail_backend import fill
-        fill(collector)
-        if config.redact:
-            # masked in the records themselves, so that every table, export, log and
-            # report made from them is masked alike (maildissect.redact)
-            from .redact import redact_collector
-            redact_collector(collector)
+    def __init__(self, collector: Collector, config: Config, stats: Stats | dict, whole: bool = False):
+        if not whole:
+            # records made elsewhere (a Dask run's collector): made whole here as analyze() does
+            sink = make_sink(config, collector)
+            close_records(sink)
+            collector = sink.records
         self.records = collector
         self.config = config
         self.stats = stats
@@ -161,6 +158,25 @@ def make_config(limits: dict | Limits | None = None, **options) -> Config:
     return Config(limits=lim, **options)
 
 
+def make_sink(config: Config, collector: Collector | None = None):
+    """The sink an analysis collects into: lists, masked once whole when ``config.redact``
+    (maildissect.redact.Redacting, the one place records are masked)."""
+    sink = collector if collector is not None else Collector()
+    if config.redact:
+        from .redact import Redacting
+        sink = Redacting(sink)
+    return sink
+
+
+def close_records(sink) -> None:
+    """The run's records are whole: webmail reads and downloads take what the webmail
+    server's own IMAP fetches show (maildissect.webmail_backend), then the sink closes
+    (masking them under ``redact``), before any table or export is made from them."""
+    from .webmail_backend import fill
+    fill(sink.records)
+    sink.close()
+
+
 def analyze(paths: str | Iterable[str], *, limits: dict | Limits | None = None,
             progress: Callable[[int, int], None] | None = None,
             message_hook: Callable | None = None, jobs: int = 1, scheduler: str | None = None,
@@ -188,10 +204,6 @@ def analyze(paths: str | Iterable[str], *, limits: dict | Limits | None = None,
         paths = [paths]
     paths = [str(p) for p in paths]
     config = make_config(limits, **options)
-    if message_hook is not None and config.redact:
-        # the hook sees the messages as every other output does (exact bytes in ``raw`` kept)
-        from .redact import redacting
-        message_hook = redacting(message_hook)
     keylogs = _keylogs(keylog)
     secrets = b""
     if config.dissect:  # (the flows table reads no content: nothing to decrypt)
@@ -201,40 +213,36 @@ def analyze(paths: str | Iterable[str], *, limits: dict | Limits | None = None,
         if (keylogs or secrets) and scheduler is None:
             return analyze_decrypted(paths, keylogs, config, progress, message_hook, file_hook, secrets)
     hooks = message_hook is not None or file_hook is not None
+    sink = make_sink(config)
     if scheduler is not None:
         if hooks:
             raise AnalysisError("extraction runs on one machine; drop --scheduler")
-        collector, wstats = _run_scheduler(paths, config, scheduler)
-        d = wstats["decoder"]
-        stats = {"files": list(paths), "frames": wstats["frames"], "tcp_segments": d.get("tcp", 0),
-                 "non_ip": d.get("non_ip", 0), "non_tcp": d.get("non_tcp", 0), "malformed": d.get("malformed", 0),
-                 "ip_fragments": d.get("fragments", 0), "linktypes": wstats["linktypes"], "scheduler": scheduler}
-        stats.update(_span(collector))
+        _, stats = _run_scheduler(paths, config, scheduler, sink)
+        stats.files, stats.jobs, stats.scheduler = list(paths), None, scheduler
         if secrets:
-            collector.anomalies.append(_secrets_unused("TLS decryption runs on one machine: drop --scheduler"))
-        return Analysis(collector, config, stats)
+            sink.records.anomalies.append(_secrets_unused("TLS decryption runs on one machine: drop --scheduler"))
+        return _whole(sink, config, stats)
     if not hooks and parallel.worth_parallel(paths, jobs):
-        collector, wstats = parallel.run_parallel(paths, config, jobs, progress)
-        d = wstats["decoder"]
-        stats = {"files": list(paths), "frames": wstats["frames"], "tcp_segments": d["tcp"],
-                 "non_ip": d["non_ip"], "non_tcp": d["non_tcp"], "malformed": d["malformed"],
-                 "ip_fragments": d["fragments"], "linktypes": wstats["linktypes"], "jobs": jobs}
-        stats.update(_span(collector))
-        late = wstats.get("secrets", 0)
+        _, stats = parallel.run_parallel(paths, config, jobs, progress, sink)
     else:
-        pipe = Pipeline(config, message_hook=message_hook, file_hook=file_hook)
-        collector = pipe.run(paths, progress)
-        place_frames(collector, pipe.origins)
-        stats = pipeline_stats(pipe, paths)
-        late = sum(r.secrets_bytes for r in pipe.readers)
-    if late and config.dissect:
+        pipe = Pipeline(Files(paths), sink, config, message_hook=message_hook, file_hook=file_hook)
+        stats = pipe.run(progress)
+        place_frames(sink.records, pipe.origins)
+    stats.span(sink.records)
+    if stats.secrets and config.dissect:
         # key logs after the first packets of a capture (rare: editcap puts them first)
         if "-" not in paths and not hooks:
             return analyze_decrypted(paths, keylogs, config, progress, message_hook, file_hook, b"")
-        collector.anomalies.append(_secrets_unused(
+        sink.records.anomalies.append(_secrets_unused(
             "read from standard input, whose first packets carried none: read the file instead" if "-" in paths
             else "they come after the first packets, found while extracting: run again to extract the decrypted mail"))
-    return Analysis(collector, config, stats)
+    return _whole(sink, config, stats)
+
+
+def _whole(sink, config: Config, stats: Stats) -> Analysis:
+    """The Analysis of a run whose records are all in ``sink``."""
+    close_records(sink)
+    return Analysis(sink.records, config, stats, whole=True)
 
 
 def _keylogs(keylog) -> list[str]:
@@ -294,22 +302,22 @@ def analyze_decrypted(paths: list[str], keylogs: list[str], config: Config, prog
         except decrypt.DecryptError as e:
             raise AnalysisError(str(e)) from None
         with decryption:
-            pipe = Pipeline(config, message_hook=message_hook, file_hook=file_hook)
+            sink = make_sink(config)
+            pipe = Pipeline(Files(paths, names=given), sink, config, message_hook=message_hook, file_hook=file_hook)
             pipe.decryption = decryption
-            collector = pipe.run(paths, progress)
-            pipe.origins.names = given  # (standard input was read from a copy)
-            for a in collector.anomalies:
+            stats = pipe.run(progress)
+            records = sink.records
+            for a in records.anomalies:
                 if stdin_copy is not None and a.file == stdin_copy:
                     a.file = "-"
-            place_frames(collector, pipe.origins)
-            collector.anomalies.extend(decryption.capture_anomalies())
-            stats = pipeline_stats(pipe, given)
-            stats["tls_decrypted"] = {"streams": decryption.streams, "records": decryption.records,
-                                      "bytes": decryption.bytes,
-                                      "sessions": sum(1 for s in collector.sessions if s.decrypted),
-                                      "keylogs": list(keylogs),
-                                      "capture_secrets": sum(r.secrets_bytes for r in pipe.readers)}
-        return Analysis(collector, config, stats)
+            place_frames(records, pipe.origins)
+            records.anomalies.extend(decryption.capture_anomalies())
+            stats.span(records)
+            stats.tls_decrypted = {"streams": decryption.streams, "records": decryption.records,
+                                   "bytes": decryption.bytes,
+                                   "sessions": sum(1 for s in records.sessions if s.decrypted),
+                                   "keylogs": list(keylogs), "capture_secrets": stats.secrets}
+        return _whole(sink, config, stats)
     finally:
         if stdin_copy is not None:
             try:
@@ -318,13 +326,13 @@ def analyze_decrypted(paths: list[str], keylogs: list[str], config: Config, prog
                 pass
 
 
-def _run_scheduler(paths, config, scheduler: str):
+def _run_scheduler(paths, config, scheduler: str, sink=None):
     """Run on Dask: "local" starts a LocalCluster, "inprocess" runs the stages here, else an address."""
     from . import distributed
     if scheduler == "inprocess":
-        return distributed.run_local(paths, config)
+        return distributed.run_local(paths, config, sink=sink)
     if scheduler == "local":
-        return distributed.run_dask(paths, config)
+        return distributed.run_dask(paths, config, sink=sink)
     try:
         from dask.distributed import Client
     except ImportError:
@@ -334,30 +342,9 @@ def _run_scheduler(paths, config, scheduler: str):
     except OSError as e:
         raise AnalysisError(f"cannot reach the Dask scheduler at {scheduler}: {e}") from None
     try:
-        return distributed.run_dask(paths, config, client)
+        return distributed.run_dask(paths, config, client, sink=sink)
     finally:
         client.close()
-
-
-def _span(collector) -> dict:
-    return {"first_ts": min((f.start for f in collector.flows), default=None),
-            "last_ts": max((f.end for f in collector.flows), default=None)}
-
-
-def pipeline_stats(pipe: Pipeline, paths) -> dict:
-    d = pipe.decoder
-    return {
-        "files": list(paths),
-        "frames": pipe.frames,
-        "tcp_segments": d.tcp,
-        "non_ip": d.non_ip,
-        "non_tcp": d.non_tcp,
-        "malformed": d.malformed,
-        "ip_fragments": d.fragments,
-        "linktypes": sorted({lt for r in pipe.readers for lt in r.linktypes}),
-        "jobs": 1,
-        **_span(pipe.collector),
-    }
 
 
 def read_flows(paths: str | Iterable[str], *, limits: dict | Limits | None = None, jobs: int = 1) -> list:

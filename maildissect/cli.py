@@ -532,7 +532,7 @@ def extract(captures, directory, overwrite, no_attachments, bodies, csv_raw, qui
     keep = message_predicate(crit)
     keep_request = request_predicate(crit)
     ext = Extractor(directory, overwrite=overwrite, attachments=not no_attachments, csv_raw=csv_raw,
-                    bodies=bodies, http=not no_attachments, redact=redact)
+                    bodies=bodies, http=not no_attachments)
 
     def hook(msg):
         if keep(msg):
@@ -542,9 +542,9 @@ def extract(captures, directory, overwrite, no_attachments, bodies, csv_raw, qui
         if keep_request(req, session):
             ext.http(req)
     try:
-        run_analysis(captures, quiet=quiet, redact=redact, limits=limits, ports=ports, keep_bodies=True,
-                     message_hook=hook, file_hook=file_hook)
-        index = ext.write_index()
+        result = run_analysis(captures, quiet=quiet, redact=redact, limits=limits, ports=ports, keep_bodies=True,
+                              message_hook=hook, file_hook=file_hook)
+        index = ext.write_index(result.records)
     finally:
         ext.close()
     if not quiet:

@@ -21,56 +21,42 @@ from __future__ import annotations
 import os
 from typing import Iterable
 
-from .capture.decode import Decoder
 from .capture.files import CaptureReader, FrameOrigins
-from .capture.sharding import shard_of
 from .config import Config
 from .parallel import merge
 from .pipeline import Collector, Pipeline, place_frames
+from .runner import Bucket, Buckets, Files, Stats
 
 
 def decode_file(path: str, file_index: int, buckets: int, config: Config) -> dict:
-    """Stage 1: the segments of one file, bucketed by connection.
+    """Stage 1: the segments of one file, bucketed by connection (the pipeline's frame loop,
+    with segments going to buckets instead of the reassembler).
 
     Returns {"buckets": [[(ts, file_index, frame, seg), ...] per bucket],
-    "frames", "first_ts", "anomalies", "counters", "linktypes"}.
+    "frames", "first_ts", "anomalies", "stats"}.
     """
-    lim = config.limits
-    reader = CaptureReader(path, lim.max_frame)
-    decoder = Decoder(lim.max_fragment_bytes, lim.max_fragment_sets, lim.fragment_timeout)
-    decode = decoder.decode
-    out: list[list] = [[] for _ in range(buckets)]
-    n = 0
-    first_ts = None
-    for ts, linktype, data, wirelen in reader:
-        n += 1
-        if first_ts is None:
-            first_ts = ts
-        seg = decode(ts, linktype, data, wirelen)
-        if seg is not None:
-            out[shard_of((seg[1][-1] << 16) | seg[3], (seg[2][-1] << 16) | seg[4], buckets)].append(
-                (ts, file_index, n, seg))
-    decoder.finish()
-    return {"buckets": out, "frames": n, "first_ts": first_ts, "anomalies": reader.anomalies + decoder.anomalies,
-            "linktypes": sorted(reader.linktypes),
-            "counters": {"tcp": decoder.tcp, "non_ip": decoder.non_ip, "non_tcp": decoder.non_tcp,
-                         "malformed": decoder.malformed, "fragments": decoder.fragments}}
+    out = Buckets(buckets, file_index)
+    pipe = Pipeline(Files([path]), Collector(), config, segments=out)
+    stats = pipe.run()
+    return {"buckets": out.buckets, "frames": stats.frames, "first_ts": _first_ts(path, config),
+            "anomalies": pipe.collector.anomalies, "stats": stats}
+
+
+def _first_ts(path: str, config: Config) -> float | None:
+    """The time of a file's first frame (files are taken in that order)."""
+    reader = CaptureReader(path, config.limits.max_frame)
+    try:
+        for frame in reader:
+            return frame[0]
+        return None
+    finally:
+        reader.close()
 
 
 def dissect_bucket(parts: list[list], offsets: dict[int, int], config: Config) -> Collector:
     """Stage 2: reassemble and dissect one bucket's segments from every file."""
-    segments = [s for part in parts for s in part]
-    segments.sort(key=lambda s: (offsets[s[1]] + s[2]))
-    pipe = Pipeline(config)
-    reasm = pipe.reassembler
-    packet = reasm.packet
-    last = None
-    for ts, file_index, frame, seg in segments:
-        reasm.frame = offsets[file_index] + frame
-        packet(ts, seg)
-        last = ts
-    reasm.finish(last)
-    pipe.collector.anomalies.extend(reasm.anomalies)
+    pipe = Pipeline(Bucket(parts, offsets), Collector(), config)
+    pipe.run()
     return pipe.collector
 
 
@@ -93,20 +79,20 @@ def origins_of(names, offsets: dict[int, int]) -> FrameOrigins:
     return origins
 
 
-def _finish(decoded: list[dict], collectors: list[Collector], offsets: dict[int, int], names
-            ) -> tuple[Collector, dict]:
-    merged = merge(collectors)
-    place_frames(merged, origins_of(names, offsets))
+def _finish(decoded: list[dict], collectors: list[Collector], offsets: dict[int, int], names, sink=None
+            ) -> tuple[Collector, Stats]:
+    merged = merge(collectors, sink)
+    place_frames(merged.records, origins_of(names, offsets))
     for d in decoded:
-        merged.anomalies.extend(d["anomalies"])
-    counters = {k: sum(d["counters"][k] for d in decoded) for k in decoded[0]["counters"]} if decoded else {}
-    stats = {"frames": sum(d["frames"] for d in decoded), "decoder": counters,
-             "linktypes": sorted({lt for d in decoded for lt in d["linktypes"]})}
-    return merged, stats
+        merged.records.anomalies.extend(d["anomalies"])
+    stats = Stats(files=list(names), jobs=None)
+    for d in decoded:
+        stats.add(d["stats"])
+    return merged.records, stats
 
 
-def run_dask(paths: Iterable[str], config: Config, client=None, buckets: int | None = None
-             ) -> tuple[Collector, dict]:
+def run_dask(paths: Iterable[str], config: Config, client=None, buckets: int | None = None, sink=None
+             ) -> tuple[Collector, Stats]:
     """Run the three stages on a dask.distributed ``client`` (a local cluster when None)."""
     from dask.distributed import Client, LocalCluster
 
@@ -125,20 +111,20 @@ def run_dask(paths: Iterable[str], config: Config, client=None, buckets: int | N
         shard_futures = [client.submit(dissect_bucket, p, offsets, config, pure=False) for p in parts]
         collectors = client.gather(shard_futures)
         decoded_small = client.gather([client.submit(_without_buckets, f, pure=False) for f in futures])
-        return _finish(decoded_small, collectors, offsets, names)
+        return _finish(decoded_small, collectors, offsets, names, sink)
     finally:
         if own is not None:
             client.close()
             own.close()
 
 
-def run_local(paths: Iterable[str], config: Config, buckets: int = 4) -> tuple[Collector, dict]:
+def run_local(paths: Iterable[str], config: Config, buckets: int = 4, sink=None) -> tuple[Collector, Stats]:
     """The same three stages in this process (what the tests compare against)."""
     paths = list(paths)
     decoded = [decode_file(p, i, buckets, config) for i, p in enumerate(paths)]
     offsets = _plan(decoded)
     collectors = [dissect_bucket([d["buckets"][b] for d in decoded], offsets, config) for b in range(buckets)]
-    return _finish([_without_buckets(d) for d in decoded], collectors, offsets, paths)
+    return _finish([_without_buckets(d) for d in decoded], collectors, offsets, paths, sink)
 
 
 def _meta(d: dict) -> dict:

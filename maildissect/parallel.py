@@ -17,6 +17,7 @@ from typing import Callable
 
 from .config import Config
 from .pipeline import Collector, Pipeline, place_frames
+from .runner import Files, Stats
 
 #: Below this much capture data a single process is faster than starting workers.
 MIN_PARALLEL_BYTES = 16 * 1024 * 1024
@@ -63,33 +64,27 @@ def bucket_ranges(jobs: int) -> list[tuple[int, int]]:
 
 
 def _run_share(paths, config, lo, hi, progress=None):
-    pipe = Pipeline(config)
-    pipe.run(paths, progress, shard=(lo, hi, BUCKETS))
-    return pipe.collector, {"frames": pipe.frames, "decoder": _decoder_stats(pipe),
-                            "linktypes": sorted({lt for r in pipe.readers for lt in r.linktypes}),
-                            "secrets": sum(r.secrets_bytes for r in pipe.readers),
-                            "origins": pipe.origins}
+    """One process's share: the reading of ``paths`` keeping buckets ``lo``..``hi - 1``."""
+    pipe = Pipeline(Files(paths, shard=(lo, hi, BUCKETS)), Collector(), config)
+    stats = pipe.run(progress)
+    return pipe.collector, stats, pipe.origins
 
 
 def _worker(args):
     paths, config, lo, hi = args
-    return _run_share(paths, config, lo, hi)
-
-
-def _decoder_stats(pipe):
-    d = pipe.decoder
-    return {"tcp": d.tcp, "non_ip": d.non_ip, "non_tcp": d.non_tcp, "malformed": d.malformed,
-            "fragments": d.fragments}
+    collector, stats, _origins = _run_share(paths, config, lo, hi)
+    return collector, stats
 
 
 def run_parallel(paths: list[str], config: Config, jobs: int,
-                 progress: Callable[[int, int], None] | None = None) -> tuple[Collector, dict]:
-    """Analyse ``paths`` with ``jobs`` processes; returns (merged collector, stats).
+                 progress: Callable[[int, int], None] | None = None, sink=None) -> tuple[Collector, Stats]:
+    """Analyse ``paths`` with ``jobs`` processes; returns (merged records, stats).
 
     The main process is one of them: it forks ``jobs - 1`` workers, analyses its
     own (slightly smaller) share of the connections, then imports pandas for the
     tables while the workers finish. No process sits idle, and only the workers'
-    results cross a pipe.
+    results cross a pipe. The shards' records are merged into ``sink`` (a new
+    Collector when None), their stats into one.
     """
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
     if ctx.get_start_method() == "fork":
@@ -97,15 +92,15 @@ def run_parallel(paths: list[str], config: Config, jobs: int,
     ranges = bucket_ranges(jobs)
     with ctx.Pool(jobs - 1) as pool:
         pending = pool.map_async(_worker, [(paths, config, lo, hi) for lo, hi in ranges[1:]])
-        mine, stats = _run_share(paths, config, *ranges[0], progress)
+        mine, stats, origins = _run_share(paths, config, *ranges[0], progress)
         # The tables need pandas; importing it here overlaps with the workers' last work.
         import pandas  # noqa: F401
         results = pending.get()
-    merged = merge([mine] + [r[0] for r in results])
+    merged = merge([mine] + [r[0] for r in results], sink)
     # every process read every frame alike: the main one's origins place them all, once
     # connections are numbered in the merged order
-    place_frames(merged, stats.pop("origins"))
-    return merged, stats
+    place_frames(merged.records, origins)
+    return merged.records, Stats.of_shards([stats] + [r[1] for r in results])
 
 
 def _preload(config: Config) -> None:
@@ -118,14 +113,15 @@ def _preload(config: Config) -> None:
     detect._load_sniffers()
 
 
-def merge(collectors: list[Collector]) -> Collector:
-    """One collector from shard collectors, with connections renumbered globally."""
+def merge(collectors: list[Collector], sink=None):
+    """One collector (``sink``, a new Collector when None) from shard collectors, with
+    connections renumbered globally; returns the sink."""
     flows = [(f.first_frame, k, f) for k, c in enumerate(collectors) for f in c.flows]
     flows.sort(key=lambda x: (x[0], x[1]))
     mapping: list[dict[int, int]] = [{} for _ in collectors]
     for new_id, (_frame, k, f) in enumerate(flows):
         mapping[k][f.flow_id] = new_id
-    out = Collector()
+    out = sink if sink is not None else Collector()
     for k, c in enumerate(collectors):
         m = mapping[k]
         for f in c.flows:

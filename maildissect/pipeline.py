@@ -10,12 +10,11 @@ turns them into DataFrames once, at the end.
 from __future__ import annotations
 
 import gc
-import itertools
 from typing import Callable, Iterable
 
 from . import anomalies as anomaly_registry
 from .capture.decode import Decoder
-from .capture.files import CaptureReader, FrameOrigins, read_batches
+from .capture.files import CaptureReader, FrameOrigins
 from .capture.sharding import MIN_FIXED, frame_shard, shard_of
 from .config import Config
 from .model import (CLIENT, SERVER, SIDE_NAMES, Anomaly, Command, Credential, Flow, HttpRequest,
@@ -97,7 +96,7 @@ def place_frames(collector: "Collector", origins: FrameOrigins | None) -> None:
 
 
 class Collector:
-    """Lists of records, one per table."""
+    """Lists of records, one per table: the list sink (maildissect.runner)."""
 
     def __init__(self):
         self.flows: list[Flow] = []
@@ -108,6 +107,19 @@ class Collector:
         self.anomalies: list[Anomaly] = []
         self.http: list[HttpRequest] = []
         self.mailboxes: list[MailboxEvent] = []
+
+    @property
+    def records(self) -> "Collector":
+        """The collector that holds the records (a sink wrapping one gives that one)."""
+        return self
+
+    def hook(self, callback):
+        """``callback`` as records it sees on their way must reach it (unchanged here; masked
+        by :class:`maildissect.redact.Redacting`)."""
+        return callback
+
+    def close(self) -> None:
+        """The records are whole (after a merge): nothing to do for plain lists."""
 
 
 #: TLS record content types: change_cipher_spec, alert, handshake, application_data
@@ -567,14 +579,27 @@ def _port_of(target: str | None) -> int:
 
 
 class Pipeline:
-    """Runs captures through decoding, reassembly and the dissectors."""
+    """The one runner: ``Pipeline(source, sink, config).run()`` reads the source's frames
+    through decoding, reassembly and the dissectors into the sink, and returns the
+    run's :class:`~maildissect.runner.Stats` (maildissect.runner: sources and sinks).
 
-    def __init__(self, config: Config | None = None, message_hook: Callable[[Message], None] | None = None,
-                 flow_hook: Callable | None = None, file_hook: Callable | None = None):
+    ``Pipeline(config)`` is a pipeline without a source, fed by :meth:`process`
+    (tests, fuzzing) and collecting into a :class:`Collector`.
+    """
+
+    def __init__(self, source=None, sink=None, config: Config | None = None,
+                 message_hook: Callable[[Message], None] | None = None,
+                 flow_hook: Callable | None = None, file_hook: Callable | None = None, segments=None):
+        if isinstance(source, Config):  # Pipeline(config)
+            source, config = None, source
         self.config = config or Config()
-        self.collector = Collector()
-        self.message_hook = message_hook
-        self.file_hook = file_hook  # called with (request, session) for each HttpRequest carrying files
+        self.source = source
+        #: the sink records go to (its tables are appended to as records complete)
+        self.collector = sink if sink is not None else Collector()
+        # hooks see records as every other output does (masked by a redacting sink)
+        self.message_hook = self.collector.hook(message_hook) if message_hook is not None else None
+        # called with (request, session) for each HttpRequest carrying files
+        self.file_hook = self.collector.hook(file_hook) if file_hook is not None else None
         self.flow_hook = flow_hook  # called with each closed Connection (e.g. follow)
         self.decryption = None  # a maildissect.decrypt.Decryption when a key log decrypts TLS
         lim = self.config.limits
@@ -582,9 +607,11 @@ class Pipeline:
         self._capped: set[tuple[int, str]] = set()
         self.decoder = Decoder(lim.max_fragment_bytes, lim.max_fragment_sets, lim.fragment_timeout)
         self.reassembler = Reassembler(lim, on_open=self._open, on_close=self._closed)
+        #: where decoded segments go: the reassembler, or a Dask decode stage's buckets
+        self.segments = segments if segments is not None else self.reassembler
         self.readers: list[CaptureReader] = []
         self.frames = 0
-        #: where each frame came from (set by run(); see place_frames)
+        #: where each frame came from (set by the source; see place_frames)
         self.origins: FrameOrigins | None = None
 
     # -- connection hooks -----------------------------------------------------------
@@ -713,33 +740,31 @@ class Pipeline:
                 frame=self.reassembler.frame))
 
     # -- running ------------------------------------------------------------------
-    def run(self, paths, progress: Callable[[int, int], None] | None = None,
-            shard: tuple[int, int, int] | None = None) -> Collector:
-        """Process capture files (merged in time order); returns the collector.
+    def run(self, progress: Callable[[int, int], None] | None = None):
+        """Read the source into the sink; returns the run's Stats.
 
         ``progress(done_bytes, total_bytes)`` is called now and then.
         """
-        self.origins = FrameOrigins(paths)
-        batches = read_batches(paths, self.config.limits.max_frame, self.readers, shard,
-                               self.config.limits.max_capture_secrets, self.origins)
-        # frames come in per-block lists; chaining them costs no Python step per frame
-        self.process(itertools.chain.from_iterable(batches), progress, shard)
-        return self.collector
+        source = self.source
+        self.process(source.open(self), progress, source.shard)
+        return source.stats(self)
 
     def process(self, frames, progress=None, shard: tuple[int, int, int] | None = None) -> None:
         """Decode, reassemble and dissect ``frames`` (``(ts, linktype, data, wirelen)``,
-        or None for a frame the reader skipped as another shard's).
+        or None for a frame the reader skipped as another shard's): the one frame loop.
 
         ``shard=(lo, hi, n)``: handle only the connections whose bucket (their
         endpoint hash modulo ``n``, maildissect.capture.sharding) is in
         ``lo``..``hi - 1`` (every frame is still read and counted, so frame
         numbers and capture-level anomalies are the same in every shard).
         """
-        decode = self.decoder.decode
-        reasm = self.reassembler
+        source = self.source
+        decode = getattr(source, "decode", None) or self.decoder.decode
+        reasm = self.segments
         packet = reasm.packet
         n = 0
-        total = sum(r.size or 0 for r in self.readers)
+        if source is None:
+            progress = None
         last_ts = None
         lo, hi, nshards = shard if shard else (0, 1, 1)
         others = 0  # TCP frames of other shards, skipped before decoding
@@ -772,21 +797,23 @@ class Pipeline:
                     reasm.frame = n
                     packet(ts, seg)
             if progress is not None and not n & 0x3FFF:
-                progress(sum(r.position() for r in self.readers), total)
+                progress(*source.position())
         gc.set_threshold(*thresholds)
         if skipped:
             others += skipped
-            last_ts = self.readers[0].last_ts  # the capture's last frame may have been skipped
+            # the reading's last frame may have been skipped
+            last_ts = source.last_ts(last_ts) if source is not None else last_ts
         self.frames += n
         if nshards > 1:
             self.decoder.frames = base + n
         self.decoder.tcp += others
         self.finish(last_ts)
         if progress is not None:
+            total = source.position()[1]
             progress(total, total)
 
     def finish(self, ts=None) -> None:
-        self.reassembler.finish(ts)
+        self.segments.finish(ts)
         self.decoder.finish()
         c = self.collector
         for r in self.readers:
@@ -794,5 +821,5 @@ class Pipeline:
             r.anomalies = []
         c.anomalies.extend(self.decoder.anomalies)
         self.decoder.anomalies = []
-        c.anomalies.extend(self.reassembler.anomalies)
-        self.reassembler.anomalies = []
+        c.anomalies.extend(self.segments.anomalies)
+        self.segments.anomalies = []

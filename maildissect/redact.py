@@ -20,9 +20,10 @@ journeys, the report, extraction's index, live lines) is masked alike:
   of JSON members with such a name (``"password": "..."``), and the token
   after ``Bearer``/``Basic``.
 
-:func:`redact_record` masks one record, :func:`redact_collector` all of an
-analysis, :func:`redacting` wraps a record stream (live capture, the
-extraction hook), :func:`masked_analysis` gives the report its masked copy.
+:func:`redact_record` masks one record; :class:`Redacting` is the sink every
+masked output takes its records from (an analysis's lists once they are whole, a
+live stream as each record leaves, extraction's hooks); :func:`masked_analysis`
+gives the report its masked copy through it.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from urllib.parse import unquote
 
 from .model import Anomaly, Command, Credential, Flow, Session
 
-__all__ = ["MASK", "redact_text", "is_secret_name", "masked_argument", "redact_record", "redact_collector",
-           "redacting", "masked_analysis"]
+__all__ = ["MASK", "redact_text", "is_secret_name", "masked_argument", "redact_record", "Redacting",
+           "redact_collector", "redacting", "masked_analysis"]
 
 MASK = "********"
 
@@ -206,21 +207,63 @@ def redact_record(record):
 _TABLES = ("flows", "sessions", "commands", "messages", "credentials", "anomalies", "http", "mailboxes")
 
 
+class Redacting:
+    """The redacting sink (maildissect.runner): wraps a sink so that every record leaving
+    it is masked. Every output that masks (``--redact``, the report's default) takes its
+    records from this wrapper.
+
+    - Around a stream (:class:`maildissect.runner.Stream`), each record is masked as it
+      is handed on, as it completes (live capture).
+    - Around a list (:class:`maildissect.pipeline.Collector`), the records are masked in
+      the lists when they are whole (:meth:`close`, after a ``--jobs`` or Dask merge and
+      the webmail back-end's fill, which still mutate them).
+    - Callbacks that see records on their way (extraction's message and file hooks) are
+      handed masked copies (:meth:`hook`); the lists keep the records the run goes on with.
+    """
+
+    def __init__(self, inner):
+        self.inner = inner
+        for name in _TABLES:
+            table = getattr(inner, name)
+            setattr(self, name, table)
+            if getattr(table, "callback", None) is not None:  # a stream's table
+                table.callback = self.hook(table.callback)
+
+    @property
+    def records(self):
+        return self.inner.records
+
+    def hook(self, callback):
+        """``callback(record)`` or ``callback(table, record)`` / ``callback(request, session)``
+        handed the masked record (the record is the argument that is not a Session)."""
+        def masked(*args):
+            if len(args) == 2 and type(args[1]) is Session:  # file_hook(request, session)
+                return callback(redact_record(args[0]), args[1])
+            return callback(*args[:-1], redact_record(args[-1]))
+        return masked
+
+    def close(self):
+        """The records are whole: mask them where they are kept."""
+        self.inner.close()
+        records = self.inner.records
+        for name in _TABLES:
+            table = getattr(records, name, None)
+            if type(table) is list:
+                for i, r in enumerate(table):
+                    masked = redact_record(r)
+                    if masked is not r:
+                        table[i] = masked
+
+
 def redact_collector(collector):
     """Mask the secrets of every record of a Collector, in place."""
-    for name in _TABLES:
-        records = getattr(collector, name, None)
-        if records:
-            for i, r in enumerate(records):
-                masked = redact_record(r)
-                if masked is not r:
-                    records[i] = masked
+    Redacting(collector).close()
     return collector
 
 
 def redacting(callback):
     """A record stream's callback that is handed masked records: ``callback(record)``
-    or ``callback(table, record)`` (live capture, the extraction hook)."""
+    or ``callback(table, record)`` (live capture)."""
     def masked(*args):
         return callback(*args[:-1], redact_record(args[-1]))
     return masked
@@ -235,5 +278,5 @@ def masked_analysis(result):
     records = type(result.records)()
     for name, value in vars(result.records).items():
         setattr(records, name, list(value) if isinstance(value, list) else value)
-    # an Analysis made with redact masks its records (redact_collector)
-    return Analysis(records, dataclasses.replace(result.config, redact=True), result.stats)
+    Redacting(records).close()
+    return Analysis(records, dataclasses.replace(result.config, redact=True), result.stats, whole=True)

@@ -117,9 +117,8 @@ class Extractor:
     """
 
     def __init__(self, directory: str, overwrite: bool = False, attachments: bool = True, csv_raw: bool = False,
-                 bodies: bool = False, http: bool = True, redact: bool = False):
+                 bodies: bool = False, http: bool = True):
         self.directory = directory
-        self.redact = redact  # mask the index's text as --redact masks every output (not the files written)
         self.csv_raw = csv_raw
         self.overwrite = overwrite
         self.write_attachments = attachments
@@ -350,26 +349,27 @@ class Extractor:
                 "http_seq": msg.command_seq if msg.protocol == "http" and msg.command_seq is not None else "",
                 "method": "", "host": "", "uri": ""}
 
-    def write_index(self) -> str:
+    def write_index(self, records=None) -> str:
         """Write index.csv (one row per file: messages, attachments, body parts, HTTP files) and
         return its path.
 
+        ``records``: the analysis's records once whole (``Analysis.records``), which the
+        message rows are brought up to date from; the records the hooks saw, otherwise.
+        Under ``--redact`` both are masked (maildissect.redact.Redacting), so the index is.
         Like every other file it never replaces an existing one unless
         ``overwrite`` (a second run into the same directory writes
         index-1.csv, unless the index is the same).
         """
         # a webmail read or download learns its message's fields after it was written (from the
         # webmail server's IMAP fetch, maildissect.webmail_backend): the index says what is known now
+        final = {(m.session_id, m.message_index): m for m in records.messages} if records is not None else {}
         for row, msg in self._messages:
+            msg = final.get((msg.session_id, msg.message_index), msg)
             row.update({"from": msg.from_ or "", "to": "; ".join(msg.to), "subject": msg.subject or "",
                         "message_id": msg.message_id or ""})
         # an HTTP file that a message of the same exchange holds is listed with that message
         rows = [r for r in self.rows if not (r["kind"] == "http" and r["sha256"] and (
             r["session_id"], r["http_seq"], r["sha256"]) in self._held)]
-        if self.redact:  # (the hooks saw the records before they were masked)
-            from ..redact import redact_text
-            rows = [{k: redact_text(v) if isinstance(v, str) and k != "path" else v for k, v in row.items()}
-                    for row in rows]
         text = io.StringIO(newline="")
         w = csv.DictWriter(text, fieldnames=INDEX_FIELDS)
         w.writeheader()
