@@ -41,14 +41,14 @@ Memory is bounded by the limits ``max_line``, ``max_pending_commands``,
 The state machine sits on the line skeleton (:class:`~.lines.LineDissector`:
 both directions' buffers, the pending-command queue, gap resynchronisation,
 STARTTLS hold-and-switch); the syntax of lines, paths and replies is
-:mod:`.smtp_syntax`, the message bytes after DATA :mod:`.smtp_data`.
+:mod:`.smtp_syntax`, the message bytes after DATA :mod:`.smtp_data`, a transaction and
+the messages-table row it becomes :mod:`.smtp_txn`.
 """
 
 from __future__ import annotations
 
-from .. import mime
 from ..config import Config
-from ..model import CLIENT, SERVER, Command, Credential, Message, Session
+from ..model import CLIENT, SERVER, Command, Credential, Session
 from .lines import BULK, HOLD, LINE, TLS, LineDissector
 from .sasl import SaslExchange
 from .smtp_data import Body, DataReader
@@ -59,10 +59,11 @@ from .smtp_syntax import VERBS as _VERBS
 from .smtp_syntax import is_command_line as _is_command_line
 from .smtp_syntax import looks_like_smtp
 from .smtp_syntax import parse_path as _parse_path
-from .smtp_syntax import queue_id as _queue_id
 from .smtp_syntax import server_software as _server_software
 from .smtp_syntax import starts_with_verb as _starts_with_verb
 from .smtp_syntax import text as _text
+from .smtp_txn import Txn as _Txn
+from .smtp_txn import envelope_of, message_of
 
 __all__ = ["SmtpDissector", "looks_like_smtp", "ANOMALIES"]
 
@@ -92,64 +93,6 @@ _MAX_SASL_LINES = 32
 
 #: the largest BDAT chunk size (RFC 3030: a 64-bit count); beyond it the command is bad
 _MAX_CHUNK = 2 ** 64 - 1
-
-class _Txn:
-    """One mail transaction: envelope, recipients' outcomes, message body, and how it ended."""
-
-    __slots__ = ("mail_from", "rcpts", "rcpt_overflow", "body", "data_ts", "source", "gap",
-                 "tls", "body_done", "reply", "reply_seen", "emitted", "number", "data_seq",
-                 "ts", "mail_seq", "mail_ok", "refused", "last", "ended", "outstanding", "messages")
-
-    def __init__(self, mail_from: str | None = None, gap: bool = False, number: int = 0, ts: float = 0.0):
-        self.mail_from = mail_from
-        self.ts = ts  # when it began (its MAIL, or the first command of an implicit one)
-        self.mail_seq: int | None = None  # Command.seq of its MAIL
-        self.mail_ok: bool | None = None  # the server's verdict on MAIL (None: not seen)
-        self.refused: tuple[str, str] | None = None  # DATA or BDAT refused: (code, text)
-        self.last: tuple[str, str] | None = None  # the last reply to one of its commands
-        self.ended: str | None = None  # the command that ended it before its data did (rset, quit...)
-        self.outstanding = 0  # its commands still awaiting a reply
-        self.messages = 0  # message rows it produced (a BDAT message given up on may be followed by another)
-        self.number = number  # ordinal in the session (Command.transaction, Message.transaction)
-        self.data_seq: int | None = None  # Command.seq of the DATA / first BDAT carrying the message
-        self.rcpts: list[list] = []  # [address, True accepted / False refused / None no reply]
-        self.rcpt_overflow = False
-        self.body: Body | None = None
-        self.data_ts = 0.0
-        self.source = ""
-        self.gap = gap  # a gap touched the transaction
-        self.tls = False
-        self.body_done = False
-        self.reply: tuple[str, list[str], float] | None = None
-        self.reply_seen = False  # final reply received or given up on
-        self.emitted = False
-
-
-#: what ended a transaction before its data: commands that reset it (RFC 5321 4.1.4, RFC 3207)
-_ABORTING = frozenset(("rset", "quit", "ehlo", "helo", "mail", "starttls"))
-
-
-def _outcome(txn: _Txn) -> str:
-    """A transaction's outcome (messages.outcome, docs/protocols/smtp.md): delivered (final 2xx
-    to its data), rejected (its MAIL, DATA/BDAT or data refused), no_recipients (RCPTs sent, none
-    accepted), aborted (RSET, QUIT, HELO/EHLO, a new MAIL or STARTTLS before its data ended),
-    unterminated (the capture or a gap ended it)."""
-    rcpts = [ok for _, ok in txn.rcpts]
-    nobody = bool(rcpts) and all(ok is False for ok in rcpts)
-    if txn.reply is not None:
-        if txn.reply[0][:1] == "2":
-            return "delivered"
-        return "no_recipients" if nobody else "rejected"
-    if txn.mail_ok is False:
-        return "rejected"
-    if nobody:
-        return "no_recipients"
-    if txn.refused is not None:
-        return "rejected"
-    if txn.ended in _ABORTING and not txn.gap and (txn.body is None or txn.source == "BDAT"):
-        return "aborted"
-    return "unterminated"
-
 
 class _Auth:
     """One AUTH exchange."""
@@ -987,48 +930,10 @@ class SmtpDissector(LineDissector):
 
     def _finalize(self, txn: _Txn, ts: float, out: list) -> None:
         """Emit the message of ``txn`` (once its data and reply are settled)."""
-        body = txn.body
-        if txn.emitted or body is None:
+        if txn.emitted or txn.body is None:
             return
-        txn.emitted = True
-        txn.messages += 1
-        raw = b"".join(body.chunks)
-        body.chunks = []  # the joined copy is all that is needed from here
-        accepted = [a for a, ok in txn.rcpts if ok is not False]
-        refused = [a for a, ok in txn.rcpts if ok is False]
-        msg = Message(protocol="smtp", session_id=self.session.session_id, ts=txn.data_ts,
-                      direction="sent", mail_from=txn.mail_from, rcpt_to=accepted,
-                      rcpt_rejected=refused, helo=self.session.helo, tls=txn.tls, source=txn.source,
-                      kind=txn.source.lower(), command_seq=txn.data_seq, transaction=txn.number,
-                      user=self.session.auth_user, outcome=_outcome(txn))
-        if txn.reply is not None:
-            code, lines, _ = txn.reply
-            msg.reply_code = code
-            msg.reply_text = lines[-1] if lines else ""
-            msg.queue_id = _queue_id(lines)
-        found = mime.fill_message(msg, raw, self.config)
-        self.session.anomalies += len(found)
-        if body.hasher is not None:
-            # only the beginning was kept: size and hash are of everything
-            msg.size = body.size
-            msg.sha256 = body.hasher.hexdigest()
-            msg.body_sha256 = None
-        msg.missing_bytes = body.missing
-        msg.complete = not (txn.gap or body.missing or body.hasher is not None or not body.terminated)
-        out.append(msg)
-        out.extend(found)
-        body.kept = 0
+        message_of(txn, self.session, self.config, out)
 
     def _envelope(self, txn: _Txn, out: list) -> None:
-        """The row of a transaction that ended before any message: its envelope, the replies
-        it got, and its outcome (rejected, no_recipients, aborted, unterminated)."""
-        accepted = [a for a, ok in txn.rcpts if ok is not False]
-        refused = [a for a, ok in txn.rcpts if ok is False]
-        msg = Message(protocol="smtp", session_id=self.session.session_id, ts=txn.ts, direction="sent",
-                      mail_from=txn.mail_from, rcpt_to=accepted, rcpt_rejected=refused, helo=self.session.helo,
-                      tls=txn.tls, source="", kind="envelope", command_seq=txn.mail_seq, transaction=txn.number,
-                      user=self.session.auth_user, complete=not txn.gap, outcome=_outcome(txn))
-        reply = txn.refused or txn.last
-        if reply is not None:
-            msg.reply_code, msg.reply_text = reply
-        out.append(msg)
+        """The row of a transaction that ended before any message."""
+        envelope_of(txn, self.session, out)
