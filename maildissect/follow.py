@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .capture.decode import Decoder
-from .capture.files import read_frames
-from .config import Limits
+from .config import Config, Limits
 from .model import CLIENT, Flow
+from .pipeline import Collector, Pipeline
+from .runner import Files
 from .tcp import Reassembler
 
 
@@ -94,15 +94,18 @@ def follow(paths, flow_id: int, on_event: Callable, limits: Limits | None = None
             on_flow(conn.flow)
         return recorder
 
-    decoder = Decoder(limits.max_fragment_bytes, limits.max_fragment_sets, limits.fragment_timeout)
-    reasm = Reassembler(limits, on_open=on_open)
-    decode, packet = decoder.decode, reasm.packet
-    for ts, linktype, data, wirelen in read_frames(paths, limits.max_frame):
-        seg = decode(ts, linktype, data, wirelen)
-        if seg is not None:
-            packet(ts, seg)
-    reasm.finish()
+    # the analysis's frame loop, its segments going to a reassembler that listens to one connection
+    reasm = _Reassembly(limits, on_open=on_open)
+    Pipeline(Files(paths), Collector(), Config(limits=limits), segments=reasm).run()
     return found[0] if found else None
+
+
+class _Reassembly(Reassembler):
+    """Reassembly alone; at the end of the input a connection still open closes at its own
+    last packet (as Follow TCP Stream shows it), not at the capture's last frame."""
+
+    def finish(self, ts=None) -> None:
+        super().finish()
 
 
 def _printable(data: bytes, terminal: bool = False) -> str:
