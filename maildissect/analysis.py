@@ -219,6 +219,7 @@ def analyze(paths: str | Iterable[str], *, limits: dict | Limits | None = None,
             raise AnalysisError("extraction runs on one machine; drop --scheduler")
         _, stats = _run_scheduler(paths, config, scheduler, sink)
         stats.files, stats.jobs, stats.scheduler = list(paths), None, scheduler
+        stats.span(sink.records)
         if secrets:
             sink.records.anomalies.append(_secrets_unused("TLS decryption runs on one machine: drop --scheduler"))
         return _whole(sink, config, stats)
