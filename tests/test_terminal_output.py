@@ -345,6 +345,20 @@ def test_csv_numbers_and_lists_are_not_text():
     assert list(csv.reader(io.StringIO(out.getvalue())))[1][3] == "-ERR x"
 
 
+def test_a_cr_inside_a_cell_does_not_start_a_row(tmp_path):
+    """A CR in a cell is quoted (rows end with CRLF): left bare, a spreadsheet started a new row
+    there, whose first cell (the rest of the text) was a formula. The suite's csv-formulas capture
+    found it (a Subject "\\r=1+3+cmd...")."""
+    df = pd.DataFrame({"subject": pd.array(["x\r=HYPERLINK(1)", "\r=1+3", "a\nb"], dtype="string"), "n": [1, 2, 3]})
+    for raw in (False, True):
+        out = io.StringIO(newline="")
+        write_csv(df, out, raw=raw)
+        rows = list(csv.reader(io.StringIO(out.getvalue(), newline="")))
+        assert [r[0] for r in rows[1:]] == ["x\r=HYPERLINK(1)", "\r=1+3" if raw else "'\r=1+3", "a\nb"]
+        assert out.getvalue().endswith("\r\n")
+    # (extract's index.csv writes the same line end: test_hostile's csv-formulas case reads it)
+
+
 # ---------------------------------------------------------------------------------
 # extracted file names
 

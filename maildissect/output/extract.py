@@ -26,7 +26,7 @@ import unicodedata
 from datetime import datetime, timezone
 
 from ..model import Message
-from .spreadsheet import csv_cell
+from .spreadsheet import LINE_END, csv_cell
 
 MAX_NAME_BYTES = 120
 _RESERVED = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$",
@@ -371,7 +371,7 @@ class Extractor:
         rows = [r for r in self.rows if not (r["kind"] == "http" and r["sha256"] and (
             r["session_id"], r["http_seq"], r["sha256"]) in self._held)]
         text = io.StringIO(newline="")
-        w = csv.DictWriter(text, fieldnames=INDEX_FIELDS)
+        w = csv.DictWriter(text, fieldnames=INDEX_FIELDS, lineterminator=LINE_END)
         w.writeheader()
         w.writerows({k: csv_cell(v, self.csv_raw) for k, v in row.items()} for row in rows)
         data = text.getvalue().encode("utf-8")

@@ -17,8 +17,8 @@ import sys
 
 import pandas as pd
 
-from .spreadsheet import csv_cell
-from .terminal import json_inert
+from .spreadsheet import LINE_END, csv_cell
+from .terminal import CleanWriter, json_inert
 
 FORMATS = ("table", "jsonl", "csv", "parquet")
 
@@ -75,7 +75,7 @@ def write_csv(df: pd.DataFrame, out, raw: bool = False) -> None:
             dtype = df[name].dtype
             if not raw and not (pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype)):
                 flat[name] = [csv_cell(v) for v in flat[name]]  # (numbers are never defused)
-        flat.to_csv(out, index=False, lineterminator="\n", header=start == 0)
+        flat.to_csv(out, index=False, lineterminator=LINE_END, header=start == 0)
 
 
 def write_parquet(df: pd.DataFrame, path_or_buffer) -> None:
@@ -96,6 +96,7 @@ def write(df: pd.DataFrame, fmt: str, output: str | None, csv_raw: bool = False)
     ``csv_raw``: CSV text cells are written as they are (formulas not defused).
     """
     to_stdout = output in (None, "-")
+    terminal = to_stdout and sys.stdout.isatty()
     if fmt == "parquet":
         if to_stdout:
             buf = io.BytesIO()
@@ -107,7 +108,9 @@ def write(df: pd.DataFrame, fmt: str, output: str | None, csv_raw: bool = False)
         return
     writer = write_jsonl if fmt == "jsonl" else (lambda d, out: write_csv(d, out, raw=csv_raw))
     if to_stdout:
-        writer(df, sys.stdout)
+        # CSV keeps the capture's text as it is, for a file or a pipe; a person's terminal gets it
+        # through the one cleaner (JSON lines are inert already: controls are \u escapes)
+        writer(df, CleanWriter(sys.stdout, crlf=True) if terminal and fmt == "csv" else sys.stdout)
         sys.stdout.flush()
     else:
         with open(output, "w", encoding="utf-8", newline="") as f:

@@ -15,6 +15,11 @@ from __future__ import annotations
 #: A text cell starting with one of these is read as a formula by spreadsheets.
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
+#: Rows end with CRLF (RFC 4180). Python's csv writer quotes a cell holding a character of the
+#: line end only: with a bare LF it wrote a CR inside a cell unquoted, and a spreadsheet starts a
+#: new row at that CR, where the rest of the cell (``x\r=HYPERLINK(...)``) begins a formula.
+LINE_END = "\r\n"
+
 
 def csv_cell(value, raw: bool = False):
     """``value`` for a CSV cell: text that starts a formula gets a leading ``'`` (unless ``raw``)."""

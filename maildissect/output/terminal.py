@@ -127,14 +127,21 @@ class CleanWriter:
     """A text stream wrapper that cleans what is written, keeping line breaks.
 
     Used for messages composed by libraries (click's usage errors quote the
-    arguments as given).
+    arguments as given), and for CSV written to a terminal (``crlf``: a CR that
+    ends a line, the CSV row end, is kept; any other is shown as ``␍``).
     """
 
-    def __init__(self, stream=None):
+    def __init__(self, stream=None, crlf: bool = False):
         self.stream = stream if stream is not None else sys.stderr
+        self.crlf = crlf
+
+    def _line(self, line: str) -> str:
+        if self.crlf and line.endswith("\r"):
+            return clean(line[:-1]) + "\r"
+        return clean(line)
 
     def write(self, s: str) -> int:
-        self.stream.write("\n".join(clean(line) for line in s.split("\n")))
+        self.stream.write("\n".join(self._line(line) for line in s.split("\n")))
         return len(s)
 
     def flush(self) -> None:
