@@ -279,6 +279,9 @@ def emit_table(df, table: str, fmt: str, output: str | None, title: str | None =
             from .output.tables import render
             render(df, table, screen, title=title)
         return
+    if fmt == "parquet" and output in (None, "-") and sys.stdout.isatty():
+        # binary, with the capture's strings in it (escapes a terminal would obey)
+        raise UserError("parquet is binary: write it with -o FILE or into a pipe, not to a terminal")
     files.write(df, fmt, output, csv_raw=csv_raw)
 
 
@@ -479,6 +482,11 @@ def follow(capture, flow_id, fmt, side, output, limits, keylog):
             decryption = Decryption.run(list(capture), keylog)
         except DecryptError as e:
             raise UserError(str(e)) from None
+    if fmt == "raw" and output is None and sys.stdout.isatty():
+        # the connection's bytes as they are would be obeyed by the terminal (escapes, OSC 8 links);
+        # as curl does, a terminal gets them only when asked by name (-o -)
+        raise UserError("follow -f raw writes the connection's bytes as they are: not to a terminal "
+                        "(use -o FILE, a pipe, or -o - to insist)")
     out = sys.stdout if output in (None, "-") else open(output, "w" if fmt != "raw" else "wb")
     try:
         if fmt == "raw":
