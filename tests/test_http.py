@@ -331,6 +331,22 @@ def test_bad_request_line_resyncs():
     assert anomalies(recs) == ["http_bad_request_line"]
 
 
+def test_the_reply_to_a_bad_request_line_is_not_given_to_the_next_request():
+    """A server answers a line that is no request (``=GET /x``, hostile-content suite's
+    csv-formulas capture) before the next request is sent: that reply is the bad line's, not the
+    next request's (which showed a reply before its request: a negative latency)."""
+    recs, _ = run([
+        (C, b"=GET /x HTTP/1.1\r\nHost: h\r\n\r\n"),
+        (S, resp(b"no", status=b"400 Bad Request")),
+        (C, b"GET /ok HTTP/1.1\r\nHost: h\r\n\r\n"),
+        (S, resp(b"fine")),
+    ])
+    pairs = [(h.uri, h.status) for h in http(recs)]
+    assert pairs == [("", 400), ("/ok", 200)], pairs
+    assert anomalies(recs) == ["http_bad_request_line", "http_response_without_request"]
+    assert all(h.latency is None or h.latency >= 0 for h in http(recs))
+
+
 def test_bad_status_line_resyncs():
     recs, _ = run([
         (C, b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\n"),

@@ -526,7 +526,9 @@ class HttpDissector(Dissector):
             msg, st.waiting = st.waiting, None
             st.state = _LINE
             self._response_head(st, self._unanswered[0], msg, ts)
-        elif len(st.buf) > self.limits.max_http_header_bytes:
+        elif self._c.resync or len(st.buf) > self.limits.max_http_header_bytes:
+            # (after http_bad_request_line the response answers that line, not the next request,
+            # which it precedes: held for the next one it showed a reply before its request)
             self._orphan(st, ts)
             self._start_orphan_body(st, ts)
 
