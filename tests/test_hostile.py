@@ -48,6 +48,7 @@ from maildissect.output import tables
 from maildissect.output.extract import is_device_name
 from maildissect.output.spreadsheet import FORMULA_START
 from tests.hostile import make_suite
+from tests.test_live import ReplaySource
 from tests.test_redact import secret_forms, texts_of
 from tests.test_terminal_output import SGR, assert_inert, pty_run
 
@@ -95,27 +96,6 @@ def invoke(args: list[str]) -> tuple[int, bytes, bytes, str]:
     return res.exit_code, res.stdout_bytes, res.stderr_bytes, error
 
 
-class ReplaySource:
-    """A live source that plays a capture file's frames (no packet socket needed)."""
-
-    name = "replay"
-    linktype = 1
-
-    def __init__(self, path):
-        from maildissect.capture.files import CaptureReader
-        self.frames_ = list(CaptureReader(str(path)))
-
-    def frames(self):
-        yield from self.frames_
-        yield 0.0, None, b"", 0  # a tick, as the real sources give while idle
-
-    def stats(self):
-        return {}
-
-    def close(self):
-        pass
-
-
 def run_everything(path: Path, tmp: Path, case: dict) -> Runs:
     """Every command on ``path``, plain and with --redact; outputs under ``tmp``."""
     from maildissect import live as live_mod
@@ -131,7 +111,7 @@ def run_everything(path: Path, tmp: Path, case: dict) -> Runs:
                 mp.setattr(tables, "is_terminal", lambda f: True)
                 mp.setenv("COLUMNS", str(WIDTH))
             if args[0] == "live":
-                mp.setattr(live_mod, "open_live", lambda iface, bpf, backend: ReplaySource(path))
+                mp.setattr(live_mod, "open_live", lambda iface, bpf, backend: ReplaySource(str(path)))
             if args[0] == "extract":
                 mp.chdir(tmp)  # a relative path that escaped would land in tmp
             code, out, err, error = invoke(args)
