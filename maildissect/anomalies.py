@@ -31,6 +31,7 @@ MODULES = (
     "maildissect.mime",
     "maildissect.text",
     "maildissect.pipeline",
+    "maildissect.live",
     "maildissect.live_decrypt",
     "maildissect.output.livelines",
 )

@@ -755,16 +755,22 @@ def write_tables(result, directory: str, fmt: str, csv_raw: bool = False) -> int
 @click.option("-f", "--filter", "bpf", default=None,
               help="BPF capture filter (default: TCP on the mail and web ports plus --ports).")
 @click.option("--ports", "extra_ports", default="", metavar="P1,P2", help="More TCP ports to capture.")
-@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
-@click.option("--count", type=int, default=None, help="Stop after this many packets.")
+@click.option("--duration", type=float, default=None, help="Stop capturing after this many seconds.")
+@click.option("--count", type=int, default=None, help="Stop capturing after this many packets.")
 @click.option("-w", "--write", "write", type=click.Path(dir_okay=False), default=None,
               help="Also write the packets to this pcap file.")
 @click.option("--rotate-size", default=None, metavar="SIZE",
               help="With -w: start a new file (FILE1, FILE2...) every SIZE bytes (e.g. 100M).")
 @click.option("--format", "fmt", type=click.Choice(["table", "jsonl"]), default="table", show_default=True,
               help="table: a line per record; jsonl: one JSON object per line, for piping.")
-@click.option("--backend", type=click.Choice(["scapy", "tcpdump", "tshark"]), default="scapy",
-              show_default=True, help="Capture with scapy's packet socket, a tcpdump pipe, or pyshark/tshark.")
+@click.option("--backend", type=click.Choice(["spool", "scapy", "tcpdump", "tshark"]), default="spool",
+              show_default=True,
+              help="spool: tcpdump captures into a bounded spool of pcap files that the analysis follows "
+                   "(loses nothing to a slow analysis); scapy (a packet socket), tcpdump (a pipe) and tshark: "
+                   "capture and analysis in one loop, which drops packets when the analysis falls behind.")
+@click.option("--spool", "spool_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Spool directory (default: a temporary one, removed at the end). Its size is bounded by "
+                   "--limit max_live_spool=SIZE; analysed files are deleted.")
 @click.option("--idle-timeout", type=float, default=300.0, show_default=True,
               help="Seconds of silence after which a connection is closed and reported.")
 @click.option("--keylog", type=click.Path(dir_okay=False), multiple=True, metavar="FILE",
@@ -772,13 +778,23 @@ def write_tables(result, directory: str, fmt: str, csv_raw: bool = False) -> int
                    "the file may be written while the capture runs (docs/protocols/tls.md). Repeatable.")
 @analysis_options
 @handle_errors
-def live(iface, bpf, extra_ports, duration, count, write, rotate_size, fmt, backend, idle_timeout, keylog, quiet,
-         redact, limits, ports, jobs):
+def live(iface, bpf, extra_ports, duration, count, write, rotate_size, fmt, backend, spool_dir, idle_timeout, keylog,
+         quiet, redact, limits, ports, jobs):
     """Capture on an interface and print each session and message as it completes.
 
-    Memory stays bounded: finished sessions are printed and forgotten, idle
-    connections time out. Stop with Ctrl-C, --duration or --count; a summary
-    (with kernel drop counts) goes to stderr. Needs root or CAP_NET_RAW.
+    By default tcpdump captures into a spool of pcap files on disk and --jobs
+    processes analyse them behind it, so a burst the analysis cannot follow
+    waits on disk instead of being dropped by the kernel. The spool is bounded
+    (--limit max_live_spool); if the analysis falls that far behind, the oldest
+    unread packets are dropped and counted.
+
+    Stop with Ctrl-C, SIGTERM, --duration or --count: the capture stops, what
+    was captured is analysed to its end, then a summary goes to stderr (packets
+    captured, kernel and spool drops, the backlog at the stop and how long the
+    analysis took to catch up; a second Ctrl-C leaves the backlog). On a
+    terminal, stderr shows the packets captured and analysed per second, the
+    backlog and the drops. Memory stays bounded: finished sessions are printed
+    and forgotten, idle connections time out. Needs root or CAP_NET_RAW.
     With --keylog, a TLS session is printed decrypted, with the messages it
     carried, once it ends.
     """
@@ -804,25 +820,29 @@ def live(iface, bpf, extra_ports, duration, count, write, rotate_size, fmt, back
         if find_tshark() is None:
             raise UserError(MISSING_TSHARK)
 
-    from .output.livelines import LiveRenderer
+    from .output.livelines import LiveProgress, LiveRenderer, summary_line
     # under --redact run_live masks every record before it is rendered (config.redact)
     on_record = LiveRenderer(fmt, click.echo, encoding=getattr(sys.stdout, "encoding", None) or "utf-8")
+    from .output.terminal import echo_err
     if not quiet:
-        from .output.terminal import echo_err
-        echo_err(f"capturing on {iface} ({backend}); Ctrl-C to stop")
+        echo_err(f"capturing on {iface} ({backend}{f', {jobs} analysing processes' if backend == 'spool' else ''})"
+                 "; Ctrl-C to stop")
+    progress = LiveProgress.on_terminal() if not quiet and backend == "spool" else None
     try:
         summary = run_live(iface, bpf=bpf or default_filter(extra + list(port_map)), backend=backend,
-                           config=config, on_record=on_record, duration=duration, count=count, write=write,
-                           rotate_size=rotate, keylog=keylog)
+                           config=config, on_record=progress.wrap(on_record) if progress else on_record,
+                           duration=duration, count=count, write=write, rotate_size=rotate, keylog=keylog,
+                           jobs=jobs, spool_dir=spool_dir, progress=progress.update if progress else None)
     except LiveError as e:
         raise UserError(str(e)) from None
+    finally:
+        if progress is not None:
+            progress.close()
+    if summary.get("capture_error"):
+        echo_err(f"maildissect: warning: the capture ended: {summary['capture_error']}")
     if not quiet:
-        from .output.terminal import echo_err
-        drops = summary.get("kernel_drops")
-        echo_err(f"{summary['frames']} packets, {summary['flows']} connections, {summary['sessions']} sessions, "
-                 f"{summary['messages']} messages in {summary['seconds']} s"
-                 + (f", {summary['tls_decrypted']} TLS sessions decrypted" if keylog is not None else "")
-                 + (f"; kernel dropped {drops}" if drops is not None else ""))
+        for line in summary_line(summary, keylog is not None):
+            echo_err(line)
 
 
 def _register_optional():

@@ -28,6 +28,9 @@ class Limits:
     idle_timeout: float = 3600.0  # seconds of silence before a flow is closed (live mode)
     max_live_tls_bytes: int = 64 * 1024 * 1024  # live --keylog: frames kept per connection until it is decrypted
     max_live_tls_total: int = 256 * 1024 * 1024  # live --keylog: frames kept for all open connections together
+    max_live_spool: int = 1024 * 1024 * 1024  # live: bytes of captured packets waiting on disk for the analysis; beyond it the oldest unread spool files are dropped and counted (live_spool_full)
+    live_spool_file: int = 16 * 1000 * 1000  # live: bytes per spool file (tcpdump -C, rounded up to millions of bytes); the spool may pass max_live_spool by the files being read and written
+    live_capture_buffer: int = 32 * 1024 * 1024  # live: kernel capture buffer asked of tcpdump (-B), what absorbs a burst while tcpdump writes
     # protocol detection
     max_detect_bytes: int = 4_096  # bytes buffered per side while the protocol is unknown
     max_start_violations: int = 2  # protocol violations before any valid answer that make a port-mapped session's dissector be given up (protocol_mismatch)

@@ -1,23 +1,43 @@
 """Watching mail traffic as it happens.
 
-:func:`run_live` reads frames from a live backend (:mod:`maildissect.capture.live`)
-into the same decoder, reassembler and dissectors as file analysis, and hands
-each session and message to a callback as soon as it completes. Nothing
-accumulates: finished sessions are emitted and dropped, idle connections time
-out (``Limits.idle_timeout``), and only counters are kept, so memory stays
-bounded over hours.
+:func:`run_live` captures on an interface and hands each session and message
+to a callback as soon as it completes, analysed by the same decoder,
+reassembler and dissectors as file analysis.
+
+The default backend (``spool``) decouples the two, as Zeek's and Suricata's
+sensors do: tcpdump captures into a bounded spool of rotating pcap files
+(:mod:`maildissect.capture.spool`) and never waits for Python; ``jobs``
+analysing processes follow behind, each reading every file and keeping the
+connections of its share of the flow hash (the same sharding as ``--jobs`` on
+files), and send their records to this process, which prints them, keeps the
+spool within ``max_live_spool`` (dropping, and counting, the oldest unread
+files when the analysis falls that far behind) and shows progress. Stopping
+stops the capture first, then lets the analysis finish what was captured.
+
+Nothing accumulates: finished sessions are emitted and dropped, idle
+connections time out (``Limits.idle_timeout``), analysed spool files are
+deleted, and only counters are kept, so memory stays bounded over hours.
 """
 
 from __future__ import annotations
 
+import gc
 import signal
 import threading
 import time
 from typing import Callable
 
-from .capture.live import PcapWriter, open_live
+from .capture.live import LiveError, PcapWriter, open_live
 from .config import Config
 from .pipeline import Collector, Pipeline
+
+ANOMALIES = {
+    "live_spool_full": "live: the analysis fell more than max_live_spool bytes behind the capture; the oldest "
+                       "captured files not yet analysed were dropped (the detail counts their packets and bytes)",
+}
+
+#: backends: "spool" (tcpdump into a spool, analysis behind it) and the in-process ones
+BACKENDS = ("spool", "scapy", "tcpdump", "tshark")
 
 
 class _Sink:
@@ -76,14 +96,14 @@ def _stop_on_sigterm():
     return signal.signal(signal.SIGTERM, handler)
 
 
-def run_live(iface: str, *, bpf: str | None, backend: str = "scapy", config: Config | None = None,
-             on_record: Callable | None = None, tables=("sessions", "messages"), duration: float | None = None,
-             count: int | None = None, write: str | None = None, rotate_size: int | None = None,
-             should_stop: Callable[[], bool] | None = None, keylog: str | None = None) -> dict:
-    """Capture on ``iface`` until ``duration``/``count``/Ctrl-C; returns summary counters.
+def _run_inline(iface: str, *, bpf: str | None, backend: str = "scapy", config: Config | None = None,
+                on_record: Callable | None = None, tables=("sessions", "messages"), duration: float | None = None,
+                count: int | None = None, write: str | None = None, rotate_size: int | None = None,
+                should_stop: Callable[[], bool] | None = None, keylog: str | None = None, **_ignored) -> dict:
+    """The in-process backends (scapy, a tcpdump pipe, tshark): capture and analysis in one loop.
 
-    ``keylog``: decrypt each TLS session through tshark when it ends
-    (:mod:`maildissect.live_decrypt`).
+    Kept for interfaces and systems the spool cannot serve; the capture waits whenever
+    the analysis does, so bursts beyond its pace are dropped by the kernel (counted).
     """
     config = config or Config()
     if config.redact and on_record is not None:
@@ -111,6 +131,10 @@ def run_live(iface: str, *, bpf: str | None, backend: str = "scapy", config: Con
     sweep_every = min(10.0, max(1.0, config.limits.idle_timeout / 10))
     interrupted = False
     previous = _stop_on_sigterm()
+    # as in Pipeline.process: CPython's cyclic collector rescanning the many long-lived
+    # objects of open connections cost more than the analysis itself
+    thresholds = gc.get_threshold()
+    gc.set_threshold(max(thresholds[0], 50_000), max(thresholds[1], 50), max(thresholds[2], 50))
     try:
         for ts, linktype, data, wirelen in source.frames():
             now = time.time()
@@ -135,6 +159,7 @@ def run_live(iface: str, *, bpf: str | None, backend: str = "scapy", config: Con
     except KeyboardInterrupt:
         interrupted = True
     finally:
+        gc.set_threshold(*thresholds)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         stats = source.stats()
@@ -156,3 +181,28 @@ def run_live(iface: str, *, bpf: str | None, backend: str = "scapy", config: Con
         "interrupted": interrupted, "files_written": writer.files if writer else [],
         "tls_decrypted": decryptor.decrypted if decryptor is not None else None, **stats,
     }
+
+
+def run_live(iface: str, *, bpf: str | None, backend: str = "spool", config: Config | None = None,
+             on_record: Callable | None = None, tables=("sessions", "messages"), duration: float | None = None,
+             count: int | None = None, write: str | None = None, rotate_size: int | None = None,
+             should_stop: Callable[[], bool] | None = None, keylog=None, jobs: int = 1,
+             spool_dir: str | None = None, progress: Callable[[dict], None] | None = None, capture=None) -> dict:
+    """Capture on ``iface`` until ``duration``/``count``/Ctrl-C/SIGTERM/``should_stop()``, then
+    analyse what was captured to its end; returns the summary counters.
+
+    ``keylog``: decrypt each TLS session through tshark when it ends
+    (:mod:`maildissect.live_decrypt`). ``progress(counters)`` is called about once a
+    second (spool backend). ``spool_dir``: where the spool goes (default: a temporary
+    directory, removed at the end).
+    """
+    if backend != "spool":
+        if backend not in BACKENDS:
+            raise LiveError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+        return _run_inline(iface, bpf=bpf, backend=backend, config=config, on_record=on_record, tables=tables,
+                           duration=duration, count=count, write=write, rotate_size=rotate_size,
+                           should_stop=should_stop, keylog=keylog)
+    from .live_spool import run_spool
+    return run_spool(iface, bpf=bpf, config=config or Config(), on_record=on_record, tables=tables,
+                     duration=duration, count=count, write=write, rotate_size=rotate_size, should_stop=should_stop,
+                     keylog=keylog, jobs=jobs, spool_dir=spool_dir, progress=progress, capture=capture)

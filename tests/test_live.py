@@ -131,7 +131,7 @@ def replay_live(monkeypatch, path, **kw):
     from maildissect import live as live_mod
     monkeypatch.setattr(live_mod, "open_live", lambda iface, bpf, backend: ReplaySource(path))
     out = []
-    summary = live_mod.run_live("replay", bpf=None, on_record=lambda t, r: out.append((t, r)),
+    summary = live_mod.run_live("replay", bpf=None, backend="scapy", on_record=lambda t, r: out.append((t, r)),
                                 tables=("sessions", "messages", "credentials", "anomalies"), **kw)
     return out, summary
 
@@ -190,3 +190,129 @@ def test_live_keylog_during_generated_tls_traffic(tmp_path):
     missing = [m["message_id"] for m in wanted if m["sha256"] not in printed]
     assert not missing, f"not printed live: {missing}"
     assert "TLS sessions decrypted" in err
+
+
+# -- the spool backend, fed from a capture file (no packet socket needed) --------------------------
+class FileSpoolCapture:
+    """A capturer for the spool backend that writes a capture file's frames into the spool
+    as tcpdump -C would (live.pcap, live.pcap1...: a new file every ``rotate`` bytes), all at
+    once. The analysis may start only once the capture has stopped (``ready``), so at the
+    stop everything captured is backlog. A copy of every file is kept in ``keep``."""
+
+    def __init__(self, path, directory, limits, keep, rotate=20_000):
+        from maildissect.capture.files import CaptureReader
+        from maildissect.capture.live import PcapWriter
+        writer = PcapWriter(os.path.join(directory, "live.pcap"), 1, rotate)
+        self.captured = 0
+        for ts, _linktype, data, wirelen in CaptureReader(path):
+            writer.write(ts, data, wirelen)
+            self.captured += 1
+        writer.close()
+        self.files = [os.path.basename(f) for f in writer.files]
+        for f in writer.files:
+            shutil.copy(f, keep)
+        self.stopped = False
+
+    def ready(self):
+        return self.stopped
+
+    def running(self):
+        return not self.stopped
+
+    def stop(self):
+        self.stopped = True
+
+    def stats(self):
+        return {"captured": self.captured, "kernel_drops": 0}
+
+    def request_stats(self):
+        pass
+
+    def failure(self):
+        return None
+
+
+def spool_live(tmp_path, pcap, jobs=2, tables=("sessions", "messages", "anomalies"), **kw):
+    from maildissect import live as live_mod
+    keep = tmp_path / "captured"
+    keep.mkdir()
+    made = []
+
+    def capture(directory, limits):
+        made.append(FileSpoolCapture(pcap, directory, limits, str(keep)))
+        return made[0]
+    out = []
+    summary = live_mod.run_live("lo", bpf=None, on_record=lambda t, r: out.append((t, r)), tables=tables,
+                                jobs=jobs, capture=capture, should_stop=lambda: True, **kw)
+    return out, summary, made[0], keep
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_stopping_with_a_backlog_prints_every_captured_message(tmp_path, jobs):
+    """The capture stops with all it captured still unread: the analysis reads it to the end
+    before the summary, and prints what analysing the same capture file prints."""
+    pcap = os.path.join(CAPTURES, "journey.pcap")
+    out, summary, cap, _keep = spool_live(tmp_path, pcap, jobs=jobs)
+    offline = maildissect.analyze(pcap).records
+    assert len(cap.files) > 3  # (the journey spans several spool files)
+    assert summary["captured"] == cap.captured == summary["frames"]
+    assert summary["backlog_packets_at_stop"] == cap.captured  # nothing was analysed when the capture stopped
+    assert summary["backlog_bytes_at_stop"] > 0
+    assert summary["spool_dropped_packets"] == 0 and summary["kernel_drops"] == 0
+    msgs = [r for t, r in out if t == "messages"]
+    assert len(offline.messages) > 5
+    assert sorted((m.sha256 or "", m.protocol, m.direction) for m in msgs) == \
+        sorted((m.sha256 or "", m.protocol, m.direction) for m in offline.messages)
+    sessions = [r for t, r in out if t == "sessions"]
+    assert sorted((s.protocol, s.client_port, s.messages) for s in sessions) == \
+        sorted((s.protocol, s.client_port, s.messages) for s in offline.sessions)
+    # session ids stay unique across the analysing processes, and messages name their session
+    assert len({s.session_id for s in sessions}) == len(sessions)
+    by_id = {s.session_id: s for s in sessions}
+    assert all(by_id[m.session_id].client_port == m.client_port for m in msgs)
+    assert summary["messages"] == len(msgs) and summary["sessions"] == len(sessions)
+
+
+def test_a_full_spool_drops_the_oldest_unread_files_and_counts_them(tmp_path):
+    """Past max_live_spool the oldest files no process has started are dropped: every dropped
+    packet is counted, reported as an anomaly and in the summary, and the rest is analysed."""
+    from maildissect.capture.spool import count_packets
+    from maildissect.config import Config, Limits
+    from maildissect.output.livelines import summary_line
+    pcap = os.path.join(CAPTURES, "journey.pcap")
+    limit = 60_000
+    out, summary, cap, keep = spool_live(tmp_path, pcap, config=Config(limits=Limits().updated(max_live_spool=limit)))
+    sizes = {name: os.path.getsize(keep / name) for name in cap.files}
+    assert sum(sizes.values()) > limit
+    reports = [r for t, r in out if t == "anomalies" and r.name == "live_spool_full"]
+    dropped = [r.detail.split(":")[0] for r in reports]
+    # the oldest files went, until what is left fits the limit
+    assert dropped == cap.files[:len(dropped)] and dropped
+    assert sum(sizes[n] for n in cap.files[len(dropped):]) <= limit
+    assert sum(sizes[n] for n in cap.files[len(dropped) - 1:]) > limit
+    lost = sum(count_packets(str(keep / n))[0] for n in dropped)
+    assert summary["spool_dropped_packets"] == lost > 0
+    assert summary["spool_dropped_bytes"] == sum(sizes[n] for n in dropped)
+    assert summary["spool_dropped_files"] == len(dropped)
+    assert summary["frames"] + lost == summary["captured"] == cap.captured
+    assert all(f"{count_packets(str(keep / n))[0]} packets" in r.detail for n, r in zip(dropped, reports))
+    # what is left is analysed as the files left would be
+    rest = maildissect.analyze([str(keep / n) for n in cap.files[len(dropped):]]).records
+    msgs = [r for t, r in out if t == "messages"]
+    assert sorted(m.sha256 or "" for m in msgs) == sorted(m.sha256 or "" for m in rest.messages)
+    assert len(msgs) < len(maildissect.analyze(pcap).records.messages)
+    lines = summary_line(summary)
+    assert f"spool dropped {lost} " in lines[1]
+
+
+@needs_tshark
+def test_spool_keylog_prints_tls_sessions_decrypted(tmp_path):
+    """--keylog through the spool: each analysing process decrypts its own TLS sessions."""
+    pcap, keys = os.path.join(CAPTURES, "tls.pcap"), os.path.join(CAPTURES, "tls.keys")
+    out, summary, _cap, _keep = spool_live(tmp_path, pcap, keylog=keys,
+                                           tables=("sessions", "messages", "credentials", "anomalies"))
+    offline = maildissect.analyze(pcap, keylog=keys).records
+    msgs = [r for t, r in out if t == "messages"]
+    assert sorted(m.sha256 or "" for m in msgs) == sorted(m.sha256 or "" for m in offline.messages)
+    assert len(msgs) == 12 and all(m.decrypted for m in msgs)
+    assert summary["tls_decrypted"] == sum(s.decrypted for s in offline.sessions) > 0

@@ -162,3 +162,78 @@ class LiveRenderer:
         except Exception:  # (cannot fail on these plain values; a last resort all the same)
             line = clean(f"anomaly {name}: {detail}")
         self.write(line)
+
+
+def _size(n) -> str:
+    n = n or 0
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def summary_line(s: dict, keylog: bool = False) -> list[str]:
+    """The lines `live` ends with on stderr: what was analysed, then what the capture saw and lost."""
+    first = (f"{s['frames']} packets analysed, {s['flows']} connections, {s['sessions']} sessions, "
+             f"{s['messages']} messages in {s['seconds']} s"
+             + (f", {s['tls_decrypted']} TLS sessions decrypted" if keylog and s.get("tls_decrypted") is not None
+                else ""))
+    if s.get("backend") != "spool":
+        drops = s.get("kernel_drops")
+        return [first + (f"; kernel dropped {drops}" if drops is not None else "")]
+    captured = s.get("captured")
+    drops = s.get("kernel_drops")
+    second = (f"capture: {captured if captured is not None else '?'} packets captured, kernel dropped "
+              f"{drops if drops is not None else '?'}, spool dropped {s['spool_dropped_packets']} "
+              f"({_size(s['spool_dropped_bytes'])}); backlog when stopped {s['backlog_packets_at_stop']} packets "
+              f"({_size(s['backlog_bytes_at_stop'])}), analysis lag {s['lag_at_stop']} s, caught up in "
+              f"{s['catch_up_seconds'] if s['catch_up_seconds'] is not None else '?'} s")
+    if s.get("abandoned"):
+        second += "; analysis abandoned (second interrupt): the rest of the backlog was not analysed"
+    return [first, second]
+
+
+class LiveProgress:
+    """One status line on stderr, when it is a terminal: packets per second captured and
+    analysed, the backlog waiting in the spool, the drops (rich, through the terminal module)."""
+
+    @classmethod
+    def on_terminal(cls):
+        import sys
+        try:
+            tty = sys.stderr.isatty()
+        except (AttributeError, ValueError):
+            tty = False
+        return cls() if tty else None
+
+    def __init__(self, file=None):
+        from rich.live import Live
+        from .terminal import make_console
+        self.console = make_console(file=file, stderr=file is None)
+        # record lines printed meanwhile (stdout) go above the status line
+        self.live = Live(console=self.console, auto_refresh=False, transient=True, redirect_stdout=True,
+                         redirect_stderr=True)
+        self.live.start()
+
+    @staticmethod
+    def text(c: dict):
+        from rich.text import Text
+        cap = c.get("captured_per_s")
+        ana = c.get("analysed_per_s")
+        line = (f"captured {c['captured']:,}" + (f" ({cap:,.0f}/s)" if cap is not None else "")
+                + f"  analysed {c['analysed']:,}" + (f" ({ana:,.0f}/s)" if ana is not None else "")
+                + f"  backlog {_size(c['backlog_bytes'])}  kernel drops {c['kernel_drops']:,}"
+                + f"  spool drops {c['spool_dropped_packets']:,}")
+        if c.get("stopped"):
+            line += "  (capture stopped: analysing the backlog; Ctrl-C again to leave it)"
+        return Text(line)
+
+    def update(self, counters: dict) -> None:
+        self.live.update(self.text(counters), refresh=True)
+
+    def wrap(self, on_record):
+        return on_record
+
+    def close(self) -> None:
+        self.live.stop()
