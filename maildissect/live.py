@@ -29,7 +29,8 @@ from typing import Callable
 
 from .capture.live import LiveError, PcapWriter, open_live
 from .config import Config
-from .pipeline import Collector, Pipeline
+from .pipeline import Pipeline
+from .runner import TABLES, Stream
 
 ANOMALIES = {
     "live_spool_full": "live: the analysis fell more than max_live_spool bytes behind the capture; the oldest "
@@ -40,50 +41,23 @@ ANOMALIES = {
 BACKENDS = ("spool", "scapy", "tcpdump", "tshark")
 
 
-class _Sink:
-    """A list stand-in that forwards records instead of keeping them.
-
-    ``hold(table, record)``, when set, sees each record first and may keep it
-    back (live TLS decryption replaces encrypted sessions); :meth:`put` passes
-    a record on without asking.
-    """
-
-    __slots__ = ("table", "callback", "count", "hold")
-
-    def __init__(self, table: str, callback):
-        self.table = table
-        self.callback = callback
-        self.count = 0
-        self.hold = None
-
-    def append(self, record):
-        if self.hold is not None and self.hold(self.table, record):
-            return
-        self.put(record)
-
-    def put(self, record):
-        self.count += 1
-        if self.callback is not None:
-            self.callback(self.table, record)
-
-    def extend(self, records):
-        for r in records:
-            self.append(r)
-
-    def __len__(self):
-        return self.count
-
-
-_TABLE_NAMES = ("flows", "sessions", "commands", "messages", "credentials", "anomalies", "http", "mailboxes")
-
-
-class StreamingCollector(Collector):
-    """Collector whose tables are sinks calling ``on_record(table, record)``."""
-
-    def __init__(self, on_record: Callable, tables=("sessions", "messages")):
-        super().__init__()
-        for name in _TABLE_NAMES:
-            setattr(self, name, _Sink(name, on_record if name in tables else None))
+def live_pipeline(config: Config, on_record, tables, keylog=None, source=None):
+    """A pipeline whose sink streams each record of ``tables`` to ``on_record(table, record)``
+    (masked as it leaves under ``config.redact``), with the live TLS decryptor when there is a
+    key log; returns (pipeline, sink, decryptor or None)."""
+    sink = Stream(on_record, tables)
+    if config.redact:
+        from .redact import Redacting
+        sink = Redacting(sink)  # every record masked as it leaves, as an Analysis masks them
+    pipe = Pipeline(source, sink, config)
+    decryptor = None
+    if keylog is not None:
+        from .live_decrypt import LiveDecryptor
+        decryptor = LiveDecryptor(keylog, config, lambda table, record: getattr(sink, table).put(record))
+        for name in TABLES:
+            getattr(sink, name).hold = decryptor.take
+        pipe.flow_hook = decryptor.closed
+    return pipe, sink, decryptor
 
 
 def _stop_on_sigterm():
@@ -106,19 +80,7 @@ def _run_inline(iface: str, *, bpf: str | None, backend: str = "scapy", config: 
     the analysis does, so bursts beyond its pace are dropped by the kernel (counted).
     """
     config = config or Config()
-    if config.redact and on_record is not None:
-        from .redact import redacting
-        on_record = redacting(on_record)  # every record masked as it leaves, as an Analysis masks them
-    collector = StreamingCollector(on_record, tables)
-    pipe = Pipeline(config)
-    pipe.collector = collector
-    decryptor = None
-    if keylog is not None:
-        from .live_decrypt import LiveDecryptor
-        decryptor = LiveDecryptor(keylog, config, lambda table, record: getattr(collector, table).put(record))
-        for name in _TABLE_NAMES:
-            getattr(collector, name).hold = decryptor.take
-        pipe.flow_hook = decryptor.closed
+    pipe, collector, decryptor = live_pipeline(config, on_record, tables, keylog)
     source = open_live(iface, bpf, backend)
     writer = PcapWriter(write, getattr(source, "linktype", 1), rotate_size) if write else None
     decode = pipe.decoder.decode

@@ -52,7 +52,7 @@ def _analyse(slot: int, jobs: int, directory: str, state: SpoolState, conn, conf
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the capturing process to handle
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     die_with_parent()
-    from .live import StreamingCollector, _TABLE_NAMES
+    from .live import live_pipeline
 
     def send(table, record):
         if table == "messages":
@@ -63,20 +63,8 @@ def _analyse(slot: int, jobs: int, directory: str, state: SpoolState, conn, conf
                 a.data = None
         conn.send((table, record))
 
-    on_record = send
-    if config.redact:
-        from .redact import redacting
-        on_record = redacting(send)  # masked here: secrets never leave the analysing process
-    collector = StreamingCollector(on_record, tables)
-    pipe = Pipeline(config)
-    pipe.collector = collector
-    decryptor = None
-    if keylog is not None:
-        from .live_decrypt import LiveDecryptor
-        decryptor = LiveDecryptor(keylog, config, lambda table, record: getattr(collector, table).put(record))
-        for name in _TABLE_NAMES:
-            getattr(collector, name).hold = decryptor.take
-        pipe.flow_hook = decryptor.closed
+    source = SpoolReader(directory, state, slot, shard, config.limits.max_frame)
+    pipe, collector, decryptor = live_pipeline(config, send, tables, keylog, source)
     reasm = pipe.reassembler
     sweep_every = min(10.0, max(1.0, config.limits.idle_timeout / 10))
     last_sweep = [time.time()]
@@ -91,12 +79,11 @@ def _analyse(slot: int, jobs: int, directory: str, state: SpoolState, conn, conf
         if decryptor is not None:
             decryptor.poll()
 
-    source = SpoolReader(directory, state, slot, shard, config.limits.max_frame, idle=idle,
-                         batch=decryptor.poll if decryptor is not None else None)
-    frames = source.open(pipe)
+    source.idle = idle
     if decryptor is not None:
-        frames = _with_decryption(frames, pipe, decryptor)
-    pipe.process(frames, None, source.shard)
+        source.batch = decryptor.poll
+        source.wrap = lambda frames: _with_decryption(frames, pipe, decryptor)
+    pipe.run()
     if decryptor is not None:
         decryptor.close()
     summary = _summary_of(pipe, collector, state.frames[slot])

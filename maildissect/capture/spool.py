@@ -296,6 +296,7 @@ class SpoolReader:
         self.max_frame = max_frame
         self.idle = idle
         self.batch = batch  # called between batches of frames (progress, polling)
+        self.wrap = None  # what the frames pass through before the frame loop (live --keylog)
         self.reader: CaptureReader | None = None
         self._last = None
         self.files = 0
@@ -316,7 +317,8 @@ class SpoolReader:
 
     def open(self, pipeline):
         # frames come in per-block lists; chaining them costs no Python step per frame
-        return itertools.chain.from_iterable(self._frames(pipeline))
+        frames = itertools.chain.from_iterable(self._frames(pipeline))
+        return self.wrap(frames) if self.wrap is not None else frames
 
     def _frames(self, pipeline):
         st = self.state
@@ -367,6 +369,10 @@ class SpoolReader:
 
     def last_ts(self, seen):
         return self._last if self._last is not None else seen
+
+    def stats(self, pipeline):
+        from ..runner import Stats
+        return Stats.of(pipeline, [self.directory])
 
 
 def _capture_anomaly(name: str, detail: str):
