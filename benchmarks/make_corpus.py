@@ -96,7 +96,7 @@ def main():
     for i in range(a.sessions):
         kind = kinds[i % 4]
         sender, rcpt = alice[i % len(alice)], bob[i % len(bob)]
-        msg = factory.compose(sender, [rcpt])
+        msg = factory.compose(sender, [rcpt], with_attachment=True)
         raw = msg.data
         if kind == "smtp":
             port, dialog = smtp(raw, sender, rcpt.address, i)

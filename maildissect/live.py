@@ -45,10 +45,10 @@ def live_pipeline(config: Config, on_record, tables, keylog=None, source=None):
     """A pipeline whose sink streams each record of ``tables`` to ``on_record(table, record)``
     (masked as it leaves under ``config.redact``), with the live TLS decryptor when there is a
     key log; returns (pipeline, sink, decryptor or None)."""
+    if config.redact and on_record is not None:
+        from .redact import redacting
+        on_record = redacting(on_record)  # every record masked as it leaves, as an Analysis masks them
     sink = Stream(on_record, tables)
-    if config.redact:
-        from .redact import Redacting
-        sink = Redacting(sink)  # every record masked as it leaves, as an Analysis masks them
     pipe = Pipeline(source, sink, config)
     decryptor = None
     if keylog is not None:

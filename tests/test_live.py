@@ -316,3 +316,16 @@ def test_spool_keylog_prints_tls_sessions_decrypted(tmp_path):
     assert sorted(m.sha256 or "" for m in msgs) == sorted(m.sha256 or "" for m in offline.messages)
     assert len(msgs) == 12 and all(m.decrypted for m in msgs)
     assert summary["tls_decrypted"] == sum(s.decrypted for s in offline.sessions) > 0
+
+
+def test_spool_masks_secrets_before_they_leave_the_analysing_processes(tmp_path):
+    """Under --redact the analysing processes mask each record before sending it on."""
+    from maildissect.config import Config
+    pcap = os.path.join(CAPTURES, "journey.pcap")
+    secrets = {c.secret for c in maildissect.analyze(pcap).records.credentials if c.secret and len(c.secret) > 3}
+    assert secrets
+    out, _summary, _cap, _keep = spool_live(tmp_path, pcap, config=Config(redact=True),
+                                            tables=("sessions", "commands", "messages", "credentials", "anomalies"))
+    assert any(t == "credentials" for t, _ in out)
+    text = repr(out)
+    assert not [s for s in secrets if s in text]

@@ -404,13 +404,14 @@ def test_live_is_masked(capture, monkeypatch):
     from maildissect.config import Config
     live_mod = _replay_live(monkeypatch, capture)
     out = []
-    live_mod.run_live("replay", bpf=None, config=Config(redact=True), on_record=lambda t, r: out.append((t, r)),
+    live_mod.run_live("replay", bpf=None, backend="scapy", config=Config(redact=True),
+                      on_record=lambda t, r: out.append((t, r)),
                       tables=("flows", "sessions", "commands", "messages", "credentials", "anomalies", "http",
                               "mailboxes"))
     assert {t for t, _ in out} >= {"commands", "credentials", "anomalies", "http", "messages"}
     assert not leaks(repr(out))
     for fmt in ("jsonl", "table"):
-        res = CliRunner().invoke(cli, ["live", "-i", "replay", "--redact", "-q", "--format", fmt],
+        res = CliRunner().invoke(cli, ["live", "-i", "replay", "--backend", "scapy", "--redact", "-q", "--format", fmt],
                                  catch_exceptions=False)
         assert res.exit_code == 0 and res.output.strip(), res.output
         assert not leaks(res.output), fmt
