@@ -23,6 +23,11 @@
    sampled every 50 ms from /proc: the sum of PSS (shared pages counted once)
    and the sum of RSS (shared pages counted in each process).
 
+``--soak SECONDS`` instead replays the corpus in a loop at ``--soak-rate``
+for that long and samples the process tree's memory every 10 s: what the
+memory of a long capture does (every loop of the corpus is 1,000 more
+sessions to print and forget).
+
 This is a measurement, not a test: other work on the machine changes it
 (the load average is printed with each run).
 """
@@ -212,6 +217,42 @@ def run_live(pcap: Path, manifest: dict, rate: int, backend: str, jobs: int | No
             "processes": peak.processes, "summary": err.strip().splitlines()[-2:]}
 
 
+def soak(pcap: Path, manifest: dict, rate: int, seconds: float, jobs: int | None) -> dict:
+    """Replay the corpus in a loop for ``seconds`` while live runs; memory sampled every 10 s."""
+    cmd = [sys.executable, "-m", "maildissect.cli", "live", "-i", "lo", "--format", "jsonl"]
+    if jobs:
+        cmd += ["--jobs", str(jobs)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    count = [0]
+
+    def read():
+        for line in proc.stdout:
+            if '"record": "message"' in line:
+                count[0] += 1
+    threading.Thread(target=read, daemon=True).start()
+    proc.stderr.readline()
+    time.sleep(1.0)
+    per_loop = manifest["packets"] / rate
+    loops = max(1, int(seconds / per_loop))
+    player = subprocess.Popen(["tcpreplay", "-i", "lo", f"--pps={rate}", f"--loop={loops}", str(pcap)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    began = time.time()
+    samples = []
+    while player.poll() is None:
+        time.sleep(10.0)
+        pss, rss = _memory(_tree(proc.pid))
+        samples.append((round(time.time() - began), round(pss / 1024, 1), round(rss / 1024, 1), count[0]))
+        print(f"  {samples[-1][0]:5d} s: PSS {samples[-1][1]} MiB, RSS {samples[-1][2]} MiB, "
+              f"{samples[-1][3]} messages printed", flush=True)
+    time.sleep(5.0)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=600)[1]
+    return {"rate": rate, "loops": loops, "seconds": round(time.time() - began), "messages": count[0],
+            "expected": loops * len(manifest["messages"]), "samples": samples,
+            "summary": err.strip().splitlines()[-2:], "load": os.getloadavg()}
+
+
 def table(rows: list[dict]) -> str:
     out = ["| rate (pkts/s) | backend | kernel drops | spool drops | messages | catch-up after replay (s) "
            "| peak memory, PSS (RSS) MiB |", "|---|---|---|---|---|---|---|"]
@@ -238,6 +279,9 @@ def main():
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--work", default="/tmp/maildissect-bench-live")
     ap.add_argument("--json", default=None, help="also write the rows here")
+    ap.add_argument("--soak", type=float, default=None, metavar="SECONDS",
+                    help="replay the corpus in a loop this long, sampling memory (instead of the rates)")
+    ap.add_argument("--soak-rate", type=int, default=20000)
     a = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("capturing and replaying on lo need root")
@@ -249,6 +293,12 @@ def main():
     pcap, manifest = build_corpus(work)
     print(f"corpus: {manifest['packets']} packets, {pcap.stat().st_size / 1e6:.0f} MB, "
           f"{len(manifest['messages'])} messages; {os.cpu_count()} CPUs", flush=True)
+    if a.soak:
+        result = soak(pcap, manifest, a.soak_rate, a.soak, a.jobs)
+        print(json.dumps(result))
+        if a.json:
+            Path(a.json).write_text(json.dumps(result, indent=1))
+        return
     rows = []
     for rate in [int(x) for x in a.rates.split(",")]:
         if not a.no_baseline:

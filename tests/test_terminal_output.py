@@ -430,7 +430,7 @@ def test_live_command_goes_on_after_a_hostile_record(fmt, hostile, tmp_path, mon
     build_surrogates(str(sur))
     for path, messages in ((str(sur), 1), (hostile, 2)):
         monkeypatch.setattr(live_mod, "open_live", lambda iface, bpf, backend, p=path: ReplaySource(p))
-        res = run("live", "-i", "replay", "--format", fmt, "-q")
+        res = run("live", "-i", "replay", "--backend", "scapy", "--format", fmt, "-q")
         assert_inert(res.stdout_bytes, "live " + fmt)
         lines = res.stdout.splitlines()
         if fmt == "jsonl":

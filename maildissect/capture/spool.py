@@ -188,8 +188,9 @@ class TcpdumpSpool:
             self._parse(line)
 
     def _parse(self, line: str) -> None:
-        m = re.match(r"^(\d+) packets? (captured|received by filter|dropped by kernel)", line)
-        if m:
+        # at the end, a line each ("N packets captured"); on SIGUSR1, one line
+        # ("tcpdump: N packets captured, M packets received by filter, K packets dropped by kernel")
+        for m in re.finditer(r"(\d+) packets? (captured|received by filter|dropped by kernel)", line):
             key = {"captured": "captured", "received by filter": "kernel_packets",
                    "dropped by kernel": "kernel_drops"}[m.group(2)]
             self._stats[key] = int(m.group(1))

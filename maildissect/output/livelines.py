@@ -208,11 +208,17 @@ class LiveProgress:
         return cls() if tty else None
 
     def __init__(self, file=None):
+        import sys
         from rich.live import Live
         from .terminal import make_console
         self.console = make_console(file=file, stderr=file is None)
-        # record lines printed meanwhile (stdout) go above the status line
-        self.live = Live(console=self.console, auto_refresh=False, transient=True, redirect_stdout=True,
+        try:
+            # records printed on the same terminal go above the status line (through rich);
+            # to a file or a pipe they go straight to stdout
+            self.shared = sys.stdout.isatty()
+        except (AttributeError, ValueError):
+            self.shared = False
+        self.live = Live(console=self.console, auto_refresh=False, transient=True, redirect_stdout=self.shared,
                          redirect_stderr=True)
         self.live.start()
 
@@ -233,6 +239,11 @@ class LiveProgress:
         self.live.update(self.text(counters), refresh=True)
 
     def wrap(self, on_record):
+        """``on_record`` (a :class:`LiveRenderer`) printing through the status line's redirection
+        when stdout is the same terminal."""
+        if self.shared and isinstance(on_record, LiveRenderer):
+            import sys
+            on_record.write = lambda line: sys.stdout.write(line + "\n")  # (rich's stand-in, looked up per line)
         return on_record
 
     def close(self) -> None:
