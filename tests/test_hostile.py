@@ -139,7 +139,7 @@ def run_everything(path: Path, tmp: Path, case: dict) -> Runs:
         for fmt in ("jsonl", "csv", "parquet", "zeek", "zeek-json"):
             go(f"{tag}export {fmt}", ["export", cap, "-f", fmt, "-o", d / f"export-{fmt}"], redact=redact)
         for fmt in ("table", "jsonl"):
-            go(f"{tag}live {fmt}", ["live", "-i", "replay", "--format", fmt], redact=redact)
+            go(f"{tag}live {fmt}", ["live", "-i", "replay", "--backend", "scapy", "--format", fmt], redact=redact)
     flows = [json.loads(x) for x in runs.out("flows jsonl").splitlines()]
     for f in flows:
         for fmt in ("ascii", "hex"):
