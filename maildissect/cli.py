@@ -215,6 +215,19 @@ def _progress_callback(quiet: bool):
     return progress, update
 
 
+def _port_map(ports) -> dict[int, str]:
+    """--port PORT=PROTOCOL options as {port: protocol}, checked."""
+    port_map = {}
+    for k, v in _parse_pairs(ports, "--port").items():
+        if not (k.isascii() and k.isdigit()) or not 0 < int(k) < 65536:  # (isdigit alone accepts '²')
+            raise click.BadParameter(f"bad port {k!r}", param_hint="--port")
+        from .protocols.detect import parse_name
+        if parse_name(v)[0] not in ("smtp", "imap", "pop3", "http", "tls", "socks"):
+            raise click.BadParameter(f"unknown protocol {v!r}", param_hint="--port")
+        port_map[int(k)] = v
+    return port_map
+
+
 def run_analysis(captures, *, quiet=False, redact=False, limits=(), ports=(), keep_bodies=False,
                  message_hook=None, dissect=True, jobs=1, scheduler=None, keylog=None, file_hook=None):
     """Parse the shared options and run :func:`maildissect.analyze` with a progress bar.
@@ -226,14 +239,7 @@ def run_analysis(captures, *, quiet=False, redact=False, limits=(), ports=(), ke
         ctx = click.get_current_context(silent=True)
         keylog = ctx.meta.get("maildissect.keylog") if ctx is not None else None
     lim = _parse_pairs(limits, "--limit", _number)
-    port_map = {}
-    for k, v in _parse_pairs(ports, "--port").items():
-        if not (k.isascii() and k.isdigit()) or not 0 < int(k) < 65536:  # (isdigit alone accepts '²')
-            raise click.BadParameter(f"bad port {k!r}", param_hint="--port")
-        from .protocols.detect import parse_name
-        if parse_name(v)[0] not in ("smtp", "imap", "pop3", "http", "tls", "socks"):
-            raise click.BadParameter(f"unknown protocol {v!r}", param_hint="--port")
-        port_map[int(k)] = v
+    port_map = _port_map(ports)
     try:
         from .config import Limits
         Limits().updated(**lim)
@@ -798,8 +804,9 @@ def live(iface, bpf, extra_ports, duration, count, write, rotate_size, fmt, back
     With --keylog, a TLS session is printed decrypted, with the messages it
     carried, once it ends.
     """
+    from .analysis import make_config
     from .capture.live import LiveError, default_filter
-    from .config import Config, Limits
+    from .config import Limits
     from .live import run_live
     try:
         extra = [int(p) for p in extra_ports.split(",") if p.strip()]
@@ -811,8 +818,8 @@ def live(iface, bpf, extra_ports, duration, count, write, rotate_size, fmt, back
         lim = Limits().updated(**lim_changes)
     except (ValueError, TypeError) as e:
         raise click.BadParameter(str(e), param_hint="--limit") from None
-    port_map = {int(k): v for k, v in _parse_pairs(ports, "--port").items()}
-    config = Config(limits=lim, redact=redact, ports=port_map)
+    port_map = _port_map(ports)
+    config = make_config(lim, redact=redact, ports=port_map)
     rotate = _number(rotate_size) if rotate_size else None
     keylog = list(keylog) or None
     if keylog is not None:

@@ -21,7 +21,6 @@ deleted, and only counters are kept, so memory stays bounded over hours.
 
 from __future__ import annotations
 
-import gc
 import signal
 import threading
 import time
@@ -43,12 +42,12 @@ BACKENDS = ("spool", "scapy", "tcpdump", "tshark")
 
 def live_pipeline(config: Config, on_record, tables, keylog=None, source=None):
     """A pipeline whose sink streams each record of ``tables`` to ``on_record(table, record)``
-    (masked as it leaves under ``config.redact``), with the live TLS decryptor when there is a
-    key log; returns (pipeline, sink, decryptor or None)."""
-    if config.redact and on_record is not None:
-        from .redact import redacting
-        on_record = redacting(on_record)  # every record masked as it leaves, as an Analysis masks them
+    (masked as it leaves under ``config.redact``: the Redacting sink around the stream), with
+    the live TLS decryptor when there is a key log; returns (pipeline, sink, decryptor or None)."""
     sink = Stream(on_record, tables)
+    if config.redact:
+        from .redact import Redacting
+        sink = Redacting(sink)  # every record masked as it leaves, as an Analysis masks them
     pipe = Pipeline(source, sink, config)
     decryptor = None
     if keylog is not None:
@@ -57,7 +56,130 @@ def live_pipeline(config: Config, on_record, tables, keylog=None, source=None):
         for name in TABLES:
             getattr(sink, name).hold = decryptor.take
         pipe.flow_hook = decryptor.closed
+        pipe.segments = Decrypting(pipe.reassembler, decryptor)
     return pipe, sink, decryptor
+
+
+class Decrypting:
+    """Where the frame loop's segments go when a key log decrypts live: each goes to the
+    reassembler through the live decryptor, with the bytes of its frame, which the decryptor
+    keeps for tshark while its connection is open (:mod:`maildissect.live_decrypt`). Shaped
+    like the reassembler as the loop sees it; :meth:`frames` passes the frames on, noting
+    the current one."""
+
+    def __init__(self, reassembler, decryptor):
+        self.reassembler = reassembler
+        self.decryptor = decryptor
+        self.current = None
+
+    @property
+    def frame(self):
+        return self.reassembler.frame
+
+    @frame.setter
+    def frame(self, n):
+        self.reassembler.frame = n
+
+    @property
+    def anomalies(self):
+        return self.reassembler.anomalies
+
+    @anomalies.setter
+    def anomalies(self, value):
+        self.reassembler.anomalies = value
+
+    def packet(self, ts, seg):
+        _ts, linktype, data, wirelen = self.current
+        self.decryptor.packet(self.reassembler, ts, seg, linktype, data, wirelen)
+
+    def finish(self, ts=None):
+        self.reassembler.finish(ts)
+
+    def frames(self, frames):
+        for frame in frames:
+            if frame is not None:
+                self.current = frame
+            yield frame
+
+
+class Interface:
+    """A live interface read in this process (the scapy, tcpdump-pipe and tshark backends) as
+    the runner's source: its frames (copied to ``writer`` when writing), with idle connections
+    swept by the clock, the live decryptor polled, and the reading ended by ``duration``,
+    ``count``, ``should_stop()`` or Ctrl-C/SIGTERM; what was read is then finished, the
+    connections still open closed at the stop."""
+
+    shard = None
+    interruptible = True
+
+    def __init__(self, capture, config: Config, writer=None, decryptor=None, duration: float | None = None,
+                 count: int | None = None, should_stop: Callable[[], bool] | None = None):
+        self.capture = capture
+        self.writer = writer
+        self.decryptor = decryptor
+        self.count = count
+        self.should_stop = should_stop
+        self.started = time.time()
+        self.deadline = self.started + duration if duration else None
+        self.sweep_every = min(10.0, max(1.0, config.limits.idle_timeout / 10))
+        self.frames = 0
+        self.stats_: dict = {}
+
+    def open(self, pipeline):
+        frames = self._frames(pipeline.reassembler)
+        segments = pipeline.segments
+        return segments.frames(frames) if isinstance(segments, Decrypting) else frames
+
+    def _frames(self, reasm):
+        capture, writer, decryptor = self.capture, self.writer, self.decryptor
+        deadline, count, should_stop = self.deadline, self.count, self.should_stop
+        last_sweep = self.started
+        sweep_every = self.sweep_every
+        try:
+            for frame in capture.frames():
+                now = time.time()
+                if frame[1] is not None:  # (None: no frame, the clock goes on)
+                    self.frames += 1
+                    if writer is not None:
+                        writer.write(frame[0], frame[2], frame[3])
+                    yield frame
+                if decryptor is not None:
+                    decryptor.poll()
+                if now - last_sweep >= sweep_every:
+                    reasm.sweep(now)
+                    last_sweep = now
+                if (deadline is not None and now >= deadline) or (count is not None and self.frames >= count) \
+                        or (should_stop is not None and should_stop()):
+                    break
+        finally:
+            self.stop()
+
+    def stop(self):
+        """Stop capturing (once): the capture's counters are read and it is closed."""
+        if self.capture is None:
+            return
+        capture, self.capture = self.capture, None
+        try:
+            self.stats_ = capture.stats()
+        finally:
+            capture.close()
+            if hasattr(capture, "final_stats"):
+                self.stats_.update(capture.final_stats())
+            if self.writer is not None:
+                self.writer.close()
+
+    def closing_ts(self, seen):
+        return time.time()
+
+    def position(self):
+        return 0, 0
+
+    def last_ts(self, seen):
+        return seen
+
+    def stats(self, pipeline):
+        from .runner import Stats
+        return Stats.of(pipeline, [])
 
 
 def _stop_on_sigterm():
@@ -80,68 +202,29 @@ def _run_inline(iface: str, *, bpf: str | None, backend: str = "scapy", config: 
     the analysis does, so bursts beyond its pace are dropped by the kernel (counted).
     """
     config = config or Config()
+    capture = open_live(iface, bpf, backend)
+    writer = PcapWriter(write, getattr(capture, "linktype", 1), rotate_size) if write else None
     pipe, collector, decryptor = live_pipeline(config, on_record, tables, keylog)
-    source = open_live(iface, bpf, backend)
-    writer = PcapWriter(write, getattr(source, "linktype", 1), rotate_size) if write else None
-    decode = pipe.decoder.decode
-    reasm = pipe.reassembler
-    packet = reasm.packet
-    started = time.time()
-    deadline = started + duration if duration else None
-    frames = 0
-    last_sweep = started
-    sweep_every = min(10.0, max(1.0, config.limits.idle_timeout / 10))
-    interrupted = False
+    source = Interface(capture, config, writer, decryptor, duration, count, should_stop)
+    pipe.source = source
     previous = _stop_on_sigterm()
-    # as in Pipeline.process: CPython's cyclic collector rescanning the many long-lived
-    # objects of open connections cost more than the analysis itself
-    thresholds = gc.get_threshold()
-    gc.set_threshold(max(thresholds[0], 50_000), max(thresholds[1], 50), max(thresholds[2], 50))
     try:
-        for ts, linktype, data, wirelen in source.frames():
-            now = time.time()
-            if linktype is not None:
-                frames += 1
-                if writer is not None:
-                    writer.write(ts, data, wirelen)
-                seg = decode(ts, linktype, data, wirelen)
-                if seg is not None:
-                    if decryptor is None:
-                        packet(ts, seg)
-                    else:
-                        decryptor.packet(reasm, ts, seg, linktype, data, wirelen)
-            if decryptor is not None:
-                decryptor.poll()
-            if now - last_sweep >= sweep_every:
-                reasm.sweep(now)
-                last_sweep = now
-            if (deadline is not None and now >= deadline) or (count is not None and frames >= count) \
-                    or (should_stop is not None and should_stop()):
-                break
-    except KeyboardInterrupt:
-        interrupted = True
+        pipe.run()
     finally:
-        gc.set_threshold(*thresholds)
+        source.stop()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-        stats = source.stats()
-        source.close()
-        if hasattr(source, "final_stats"):
-            stats.update(source.final_stats())
-        if writer is not None:
-            writer.close()
-    pipe.frames = frames
-    pipe.finish(time.time())
     if decryptor is not None:
         decryptor.close()
     return {
-        "interface": iface, "backend": source.name, "filter": bpf or "", "seconds": round(time.time() - started, 3),
-        "frames": frames, "tcp_segments": pipe.decoder.tcp, "flows": len(collector.flows),
+        "interface": iface, "backend": capture.name, "filter": bpf or "",
+        "seconds": round(time.time() - source.started, 3),
+        "frames": source.frames, "tcp_segments": pipe.decoder.tcp, "flows": len(collector.flows),
         "sessions": len(collector.sessions), "messages": len(collector.messages),
         "credentials": len(collector.credentials), "anomalies": len(collector.anomalies),
-        "loopback_duplicates_dropped": getattr(source, "dropped_outgoing", 0),
-        "interrupted": interrupted, "files_written": writer.files if writer else [],
-        "tls_decrypted": decryptor.decrypted if decryptor is not None else None, **stats,
+        "loopback_duplicates_dropped": getattr(capture, "dropped_outgoing", 0),
+        "interrupted": pipe.interrupted, "files_written": writer.files if writer else [],
+        "tls_decrypted": decryptor.decrypted if decryptor is not None else None, **source.stats_,
     }
 
 

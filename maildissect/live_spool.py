@@ -82,7 +82,7 @@ def _analyse(slot: int, jobs: int, directory: str, state: SpoolState, conn, conf
     source.idle = idle
     if decryptor is not None:
         source.batch = decryptor.poll
-        source.wrap = lambda frames: _with_decryption(frames, pipe, decryptor)
+        source.wrap = pipe.segments.frames  # (live.Decrypting: each frame's bytes for the decryptor)
     pipe.run()
     if decryptor is not None:
         decryptor.close()
@@ -92,32 +92,6 @@ def _analyse(slot: int, jobs: int, directory: str, state: SpoolState, conn, conf
     state.finished[slot] = 1
     conn.send(("summary", summary))
     conn.close()
-
-
-def _with_decryption(frames, pipe: Pipeline, decryptor):
-    """The frames one by one, each handed with its bytes to the live decryptor, which keeps
-    the frames of open connections for tshark (maildissect.live_decrypt). (The reassembler's
-    ``packet`` is replaced now, before the frame loop takes it.)"""
-    from .tcp import Reassembler
-    reasm = pipe.reassembler
-    current = [None]
-
-    class _Real:  # the reassembler as the decryptor calls it
-        connection = reasm.connection
-        packet = Reassembler.packet.__get__(reasm)
-
-    real = _Real()
-
-    def packet(ts, seg):
-        _ts, linktype, data, wirelen = current[0]
-        decryptor.packet(real, ts, seg, linktype, data, wirelen)
-    reasm.packet = packet
-
-    def each():
-        for frame in frames:
-            current[0] = frame
-            yield frame
-    return each()
 
 
 class _Ids:

@@ -611,6 +611,7 @@ class Pipeline:
         self.segments = segments if segments is not None else self.reassembler
         self.readers: list[CaptureReader] = []
         self.frames = 0
+        self.interrupted = False  # an interruptible source's reading was ended by Ctrl-C
         #: where each frame came from (set by the source; see place_frames)
         self.origins: FrameOrigins | None = None
 
@@ -757,14 +758,19 @@ class Pipeline:
         endpoint hash modulo ``n``, maildissect.capture.sharding) is in
         ``lo``..``hi - 1`` (every frame is still read and counted, so frame
         numbers and capture-level anomalies are the same in every shard).
+
+        A source may give its own ``decode`` (segments decoded already), say what time
+        closes the connections still open (``closing_ts(last frame's time)``: a live
+        capture's stop), and be ``interruptible``: Ctrl-C (or SIGTERM made one) then
+        ends the reading like its end, and what was read is finished.
         """
         source = self.source
         decode = getattr(source, "decode", None) or self.decoder.decode
+        if source is None:
+            progress = None
         reasm = self.segments
         packet = reasm.packet
         n = 0
-        if source is None:
-            progress = None
         last_ts = None
         lo, hi, nshards = shard if shard else (0, 1, 1)
         others = 0  # TCP frames of other shards, skipped before decoding
@@ -775,34 +781,46 @@ class Pipeline:
         # while reading (cycles are rare here: a connection's are broken at its close).
         thresholds = gc.get_threshold()
         gc.set_threshold(max(thresholds[0], 50_000), max(thresholds[1], 50), max(thresholds[2], 50))
-        for frame in frames:
-            n += 1
-            if frame is None:  # another shard's frame, skipped by the reader
-                skipped += 1
-                continue
-            ts, linktype, data, wirelen = frame
-            last_ts = ts
-            if nshards > 1:
-                if linktype == 1 and len(data) >= MIN_FIXED:
-                    s = frame_shard(data, 0, nshards)
-                    if s >= 0 and not lo <= s < hi:
-                        others += 1
-                        continue
-                # the decoder numbers its anomalies by the frames it decoded: count the skipped ones
-                self.decoder.frames = base + n - 1
-            seg = decode(ts, linktype, data, wirelen)
-            if seg is not None:
-                if nshards == 1 or \
-                        lo <= shard_of((seg[1][-1] << 16) | seg[3], (seg[2][-1] << 16) | seg[4], nshards) < hi:
-                    reasm.frame = n
-                    packet(ts, seg)
-            if progress is not None and not n & 0x3FFF:
-                progress(*source.position())
-        gc.set_threshold(*thresholds)
+        try:
+            for frame in frames:
+                n += 1
+                if frame is None:  # another shard's frame, skipped by the reader
+                    skipped += 1
+                    continue
+                ts, linktype, data, wirelen = frame
+                last_ts = ts
+                if nshards > 1:
+                    if linktype == 1 and len(data) >= MIN_FIXED:
+                        s = frame_shard(data, 0, nshards)
+                        if s >= 0 and not lo <= s < hi:
+                            others += 1
+                            continue
+                    # the decoder numbers its anomalies by the frames it decoded: count the skipped ones
+                    self.decoder.frames = base + n - 1
+                seg = decode(ts, linktype, data, wirelen)
+                if seg is not None:
+                    if nshards == 1 or \
+                            lo <= shard_of((seg[1][-1] << 16) | seg[3], (seg[2][-1] << 16) | seg[4], nshards) < hi:
+                        reasm.frame = n
+                        packet(ts, seg)
+                if progress is not None and not n & 0x3FFF:
+                    progress(*source.position())
+        except KeyboardInterrupt:
+            if not getattr(source, "interruptible", False):
+                raise
+            self.interrupted = True
+            close = getattr(frames, "close", None)
+            if close is not None:
+                close()  # the source's generator lets its capture go now
+        finally:
+            gc.set_threshold(*thresholds)
         if skipped:
             others += skipped
             # the reading's last frame may have been skipped
             last_ts = source.last_ts(last_ts) if source is not None else last_ts
+        closing = getattr(source, "closing_ts", None)
+        if closing is not None:
+            last_ts = closing(last_ts)
         self.frames += n
         if nshards > 1:
             self.decoder.frames = base + n

@@ -35,7 +35,7 @@ from urllib.parse import unquote
 from .model import Anomaly, Command, Credential, Flow, Session
 
 __all__ = ["MASK", "redact_text", "is_secret_name", "masked_argument", "redact_record", "Redacting",
-           "redact_collector", "redacting", "masked_analysis"]
+           "masked_analysis"]
 
 MASK = "********"
 
@@ -234,10 +234,10 @@ class Redacting:
         return self.inner.records
 
     def hook(self, callback):
-        """``callback(record)`` or ``callback(table, record)`` / ``callback(request, session)``
-        handed the masked record (the record is the argument that is not a Session)."""
+        """``callback(record)``, ``callback(table, record)`` (a stream's) or
+        ``callback(request, session)`` (the file hook) handed the masked record."""
         def masked(*args):
-            if len(args) == 2 and type(args[1]) is Session:  # file_hook(request, session)
+            if len(args) == 2 and type(args[0]) is not str and type(args[1]) is Session:  # (request, session)
                 return callback(redact_record(args[0]), args[1])
             return callback(*args[:-1], redact_record(args[-1]))
         return masked
@@ -253,20 +253,6 @@ class Redacting:
                     masked = redact_record(r)
                     if masked is not r:
                         table[i] = masked
-
-
-def redact_collector(collector):
-    """Mask the secrets of every record of a Collector, in place."""
-    Redacting(collector).close()
-    return collector
-
-
-def redacting(callback):
-    """A record stream's callback that is handed masked records: ``callback(record)``
-    or ``callback(table, record)`` (live capture)."""
-    def masked(*args):
-        return callback(*args[:-1], redact_record(args[-1]))
-    return masked
 
 
 def masked_analysis(result):

@@ -73,7 +73,7 @@ def test_bucket_source_numbers_frames_as_the_whole_reading():
 
 def test_redacting_a_stream_masks_each_record_as_it_leaves():
     out = []
-    sink = Redacting(Stream(lambda table, record: out.append((table, record)), ("commands", "credentials")))
+    sink = Redacting(Stream(lambda table, record: out.append((table, record)), ("sessions", "commands", "credentials")))
     Pipeline(Files([POP3]), sink, Config(redact=True)).run()
     creds = [r for t, r in out if t == "credentials"]
     assert len(creds) == 2 and {c.secret for c in creds} == {MASK}
