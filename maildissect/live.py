@@ -209,7 +209,7 @@ def _run_inline(iface: str, *, bpf: str | None, backend: str = "scapy", config: 
     pipe.source = source
     previous = _stop_on_sigterm()
     try:
-        pipe.run()
+        stats = pipe.run()
     finally:
         source.stop()
         if previous is not None:
@@ -219,9 +219,7 @@ def _run_inline(iface: str, *, bpf: str | None, backend: str = "scapy", config: 
     return {
         "interface": iface, "backend": capture.name, "filter": bpf or "",
         "seconds": round(time.time() - source.started, 3),
-        "frames": source.frames, "tcp_segments": pipe.decoder.tcp, "flows": len(collector.flows),
-        "sessions": len(collector.sessions), "messages": len(collector.messages),
-        "credentials": len(collector.credentials), "anomalies": len(collector.anomalies),
+        "frames": stats.frames, "tcp_segments": stats.tcp_segments, **collector.counts(),
         "loopback_duplicates_dropped": getattr(capture, "dropped_outgoing", 0),
         "interrupted": pipe.interrupted, "files_written": writer.files if writer else [],
         "tls_decrypted": decryptor.decrypted if decryptor is not None else None, **source.stats_,

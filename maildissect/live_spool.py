@@ -29,7 +29,6 @@ from .capture.live import LiveError, PcapWriter
 from .capture.spool import SpoolKeeper, SpoolReader, SpoolState, TcpdumpSpool, die_with_parent, spool_files
 from .config import Config
 from .model import Anomaly
-from .pipeline import Pipeline
 
 #: how often the capturing process looks at the spool and refreshes progress (seconds)
 TEND = 0.2
@@ -37,12 +36,10 @@ TEND = 0.2
 MAX_IDS = 200_000
 
 
-def _summary_of(pipe: Pipeline, collector, frames: int) -> dict:
+def _summary_of(stats, sink, frames: int) -> dict:
+    """One analysing process's summary: the run's Stats, the records its sink passed on."""
     import resource
-    d = pipe.decoder
-    return {"frames": frames, "tcp_segments": d.tcp, "flows": len(collector.flows),
-            "sessions": len(collector.sessions), "messages": len(collector.messages),
-            "credentials": len(collector.credentials), "anomalies": len(collector.anomalies),
+    return {"frames": frames, "tcp_segments": stats.tcp_segments, **sink.counts(),
             "max_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
 
 
@@ -83,10 +80,10 @@ def _analyse(slot: int, jobs: int, directory: str, state: SpoolState, conn, conf
     if decryptor is not None:
         source.batch = decryptor.poll
         source.wrap = pipe.segments.frames  # (live.Decrypting: each frame's bytes for the decryptor)
-    pipe.run()
+    stats = pipe.run()
     if decryptor is not None:
         decryptor.close()
-    summary = _summary_of(pipe, collector, state.frames[slot])
+    summary = _summary_of(stats, collector, state.frames[slot])
     if decryptor is not None:
         summary["tls_decrypted"] = decryptor.decrypted
     state.finished[slot] = 1

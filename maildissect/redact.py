@@ -233,6 +233,9 @@ class Redacting:
     def records(self):
         return self.inner.records
 
+    def counts(self) -> dict:
+        return self.inner.counts()
+
     def hook(self, callback):
         """``callback(record)``, ``callback(table, record)`` (a stream's) or
         ``callback(request, session)`` (the file hook) handed the masked record."""

@@ -284,3 +284,8 @@ class Stream:
 
     def close(self):
         pass
+
+    def counts(self) -> dict:
+        """Records that went through, per table (the summary of a live run)."""
+        return {name: getattr(self, name).count for name in ("flows", "sessions", "messages", "credentials",
+                                                              "anomalies")}
