@@ -16,7 +16,12 @@ over):
 - :class:`Bucket`: one Dask bucket's segments, decoded already on the machines that
   read the files, placed at their frame numbers in the whole reading
   (maildissect.distributed);
-- a live interface: maildissect.live's source.
+- a live interface: :class:`maildissect.live.Interface` (read in this process) or
+  :class:`maildissect.capture.spool.SpoolReader` (the spool tcpdump fills, followed).
+
+A source may also give its own ``decode`` (segments decoded already), ``closing_ts``
+(the time that closes the connections still open) and ``interruptible`` (Ctrl-C ends the
+reading like its end); see :meth:`maildissect.pipeline.Pipeline.process`.
 
 Sinks are shaped like a :class:`~maildissect.pipeline.Collector` (one attribute per
 table with ``append``/``extend``): the Collector itself (lists: the records of a
