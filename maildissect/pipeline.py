@@ -113,9 +113,9 @@ class Collector:
         """The collector that holds the records (a sink wrapping one gives that one)."""
         return self
 
-    def hook(self, callback):
-        """``callback`` as records it sees on their way must reach it (unchanged here; masked
-        by :class:`maildissect.redact.Redacting`)."""
+    def hook(self, callback, record_at: int = -1):
+        """``callback`` as records it sees on their way (its argument ``record_at``) must reach
+        it: unchanged here; masked by :class:`maildissect.redact.Redacting`."""
         return callback
 
     def close(self) -> None:
@@ -599,7 +599,7 @@ class Pipeline:
         # hooks see records as every other output does (masked by a redacting sink)
         self.message_hook = self.collector.hook(message_hook) if message_hook is not None else None
         # called with (request, session) for each HttpRequest carrying files
-        self.file_hook = self.collector.hook(file_hook) if file_hook is not None else None
+        self.file_hook = self.collector.hook(file_hook, 0) if file_hook is not None else None
         self.flow_hook = flow_hook  # called with each closed Connection (e.g. follow)
         self.decryption = None  # a maildissect.decrypt.Decryption when a key log decrypts TLS
         lim = self.config.limits

@@ -236,12 +236,15 @@ class Redacting:
     def counts(self) -> dict:
         return self.inner.counts()
 
-    def hook(self, callback):
-        """``callback(record)``, ``callback(table, record)`` (a stream's) or
-        ``callback(request, session)`` (the file hook) handed the masked record."""
+    def hook(self, callback, record_at: int = -1):
+        """``callback`` handed the masked record: ``callback(record)``, ``callback(table, record)``
+        (a stream's), or with ``record_at=0`` ``callback(request, session)`` (the file hook)."""
+        if record_at == 0:
+            def masked_first(record, *rest):
+                return callback(redact_record(record), *rest)
+            return masked_first
+
         def masked(*args):
-            if len(args) == 2 and type(args[0]) is not str and type(args[1]) is Session:  # (request, session)
-                return callback(redact_record(args[0]), args[1])
             return callback(*args[:-1], redact_record(args[-1]))
         return masked
 

@@ -284,7 +284,7 @@ class Stream:
     def records(self):
         return self
 
-    def hook(self, callback):
+    def hook(self, callback, record_at: int = -1):
         return callback
 
     def close(self):
