@@ -254,17 +254,21 @@ def soak(pcap: Path, manifest: dict, rate: int, seconds: float, jobs: int | None
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| rate (pkts/s) | backend | kernel drops | spool drops | messages | catch-up after replay (s) "
-           "| peak memory, PSS (RSS) MiB |", "|---|---|---|---|---|---|---|"]
+    out = ["| rate asked (pkts/s) | replayed at | backend | kernel drops | spool drops | messages "
+           "| last message after the replay (s) | peak memory, PSS (RSS) MiB |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        m = re.search(r"sent in ([\d.]+) seconds", r["replay"])
+        m2 = re.search(r"Actual: (\d+) packets", r["replay"])
+        actual = f"{int(m2.group(1)) / float(m.group(1)):,.0f}/s" if m and m2 and float(m.group(1)) else "?"
         if r["backend"] == "tcpdump -w (baseline)":
-            out.append(f"| {r['rate']:,} | tcpdump -w alone | {r['kernel_drops']} | - | - | - | - |")
+            out.append(f"| {r['rate']:,} | {actual} | tcpdump -w alone ({r['captured']:,} captured) "
+                       f"| {r['kernel_drops']} | - | - | - | - |")
             continue
         spool = r["spool_drops"] if r["spool_drops"] is not None else "-"
-        catch = r["catch_up_seconds"] if r["catch_up_seconds"] is not None else \
-            f"never ({r['last_message_after_replay']} to the last)"
-        out.append(f"| {r['rate']:,} | {r['backend']} | {r['kernel_drops']} | {spool} | {r['messages']}/{r['of']} "
-                   f"| {catch} | {r['peak_pss_mib']} ({r['peak_rss_mib']}) |")
+        last = r["last_message_after_replay"]
+        last = "-" if last is None else f"{max(0.0, last):.1f}"
+        out.append(f"| {r['rate']:,} | {actual} | {r['backend']} | {r['kernel_drops']} | {spool} "
+                   f"| {r['messages']}/{r['of']} | {last} | {r['peak_pss_mib']} ({r['peak_rss_mib']}) |")
     return "\n".join(out)
 
 
@@ -279,10 +283,14 @@ def main():
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--work", default="/tmp/maildissect-bench-live")
     ap.add_argument("--json", default=None, help="also write the rows here")
+    ap.add_argument("--table", default=None, metavar="JSON", help="print the table of an earlier --json and stop")
     ap.add_argument("--soak", type=float, default=None, metavar="SECONDS",
                     help="replay the corpus in a loop this long, sampling memory (instead of the rates)")
     ap.add_argument("--soak-rate", type=int, default=20000)
     a = ap.parse_args()
+    if a.table:
+        print(table(json.loads(Path(a.table).read_text())))
+        return
     if os.geteuid() != 0:
         raise SystemExit("capturing and replaying on lo need root")
     for tool in ("tcpdump", "tcpreplay"):

@@ -32,6 +32,8 @@ from .model import Anomaly
 
 #: how often the capturing process looks at the spool and refreshes progress (seconds)
 TEND = 0.2
+#: scheduling priority of the analysing processes, below the capturer's
+ANALYSIS_NICE = 10
 #: session ids of open sessions remembered for renumbering (several analysing processes)
 MAX_IDS = 200_000
 
@@ -49,6 +51,12 @@ def _analyse(slot: int, jobs: int, directory: str, state: SpoolState, conn, conf
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the capturing process to handle
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     die_with_parent()
+    try:
+        # the capturer comes first: when the CPUs are short, the analysis is what waits
+        # (it catches up from the spool), never tcpdump (whose waiting the kernel drops)
+        os.nice(ANALYSIS_NICE)
+    except OSError:
+        pass
     from .live import live_pipeline
 
     def send(table, record):
@@ -285,10 +293,11 @@ class _Run:
         analysed = min(self.state.frames)
         if captured is not None:
             self.backlog_packets_at_stop = max(0, captured - analysed - self.keeper.dropped_packets)
-        newest = max(self.state.last_ts) if any(self.state.last_ts) else None
+        # how far behind the analysis was: the time of the last packet the slowest process
+        # had read, against the stop (0 when nothing was waiting)
         slowest = min(self.state.last_ts)
-        self.lag_at_stop = round(max(0.0, (newest or self.stopped_at) - slowest), 3) \
-            if slowest and self.backlog_at_stop[0] else 0.0
+        self.lag_at_stop = round(max(0.0, self.stopped_at - slowest), 3) \
+            if slowest and self.backlog_at_stop[0] > 24 * len(spool_files(self.directory)) else 0.0
 
     def _tend(self, now: float) -> None:
         if self.writer is not None:
