@@ -831,20 +831,32 @@ def live(iface, bpf, extra_ports, duration, count, write, rotate_size, fmt, back
     # under --redact run_live masks every record before it is rendered (config.redact)
     on_record = LiveRenderer(fmt, click.echo, encoding=getattr(sys.stdout, "encoding", None) or "utf-8")
     from .output.terminal import echo_err
-    if not quiet:
-        echo_err(f"capturing on {iface} ({backend}{f', {jobs} analysing processes' if backend == 'spool' else ''})"
-                 "; Ctrl-C to stop")
-    progress = LiveProgress.on_terminal() if not quiet and backend == "spool" else None
+    progress = []
+
+    def started():
+        # said once the capture is open (tcpdump listening): traffic from now on is captured
+        if not quiet:
+            echo_err(f"capturing on {iface} ({backend}{f', {jobs} analysing processes' if backend == 'spool' else ''})"
+                     "; Ctrl-C to stop")
+            if backend == "spool":
+                progress[:] = [p for p in [LiveProgress.on_terminal()] if p is not None]
+
+    def update(counters):
+        if progress:
+            progress[0].update(counters)
+
+    def record(table, r):
+        (progress[0].wrap(on_record) if progress else on_record)(table, r)
     try:
         summary = run_live(iface, bpf=bpf or default_filter(extra + list(port_map)), backend=backend,
-                           config=config, on_record=progress.wrap(on_record) if progress else on_record,
-                           duration=duration, count=count, write=write, rotate_size=rotate, keylog=keylog,
-                           jobs=jobs, spool_dir=spool_dir, progress=progress.update if progress else None)
+                           config=config, on_record=record, duration=duration, count=count, write=write,
+                           rotate_size=rotate, keylog=keylog, jobs=jobs, spool_dir=spool_dir, progress=update,
+                           started=started)
     except LiveError as e:
         raise UserError(str(e)) from None
     finally:
-        if progress is not None:
-            progress.close()
+        if progress:
+            progress[0].close()
     if summary.get("capture_error"):
         echo_err(f"maildissect: warning: the capture ended: {summary['capture_error']}")
     if not quiet:

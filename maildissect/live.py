@@ -195,7 +195,8 @@ def _stop_on_sigterm():
 def _run_inline(iface: str, *, bpf: str | None, backend: str = "scapy", config: Config | None = None,
                 on_record: Callable | None = None, tables=("sessions", "messages"), duration: float | None = None,
                 count: int | None = None, write: str | None = None, rotate_size: int | None = None,
-                should_stop: Callable[[], bool] | None = None, keylog: str | None = None, **_ignored) -> dict:
+                should_stop: Callable[[], bool] | None = None, keylog: str | None = None,
+                started: Callable[[], None] | None = None) -> dict:
     """The in-process backends (scapy, a tcpdump pipe, tshark): capture and analysis in one loop.
 
     Kept for interfaces and systems the spool cannot serve; the capture waits whenever
@@ -203,6 +204,8 @@ def _run_inline(iface: str, *, bpf: str | None, backend: str = "scapy", config: 
     """
     config = config or Config()
     capture = open_live(iface, bpf, backend)
+    if started is not None:
+        started()
     writer = PcapWriter(write, getattr(capture, "linktype", 1), rotate_size) if write else None
     pipe, collector, decryptor = live_pipeline(config, on_record, tables, keylog)
     source = Interface(capture, config, writer, decryptor, duration, count, should_stop)
@@ -230,22 +233,26 @@ def run_live(iface: str, *, bpf: str | None, backend: str = "spool", config: Con
              on_record: Callable | None = None, tables=("sessions", "messages"), duration: float | None = None,
              count: int | None = None, write: str | None = None, rotate_size: int | None = None,
              should_stop: Callable[[], bool] | None = None, keylog=None, jobs: int = 1,
-             spool_dir: str | None = None, progress: Callable[[dict], None] | None = None, capture=None) -> dict:
+             spool_dir: str | None = None, progress: Callable[[dict], None] | None = None, capture=None,
+             started: Callable[[], None] | None = None) -> dict:
     """Capture on ``iface`` until ``duration``/``count``/Ctrl-C/SIGTERM/``should_stop()``, then
     analyse what was captured to its end; returns the summary counters.
 
     ``keylog``: decrypt each TLS session through tshark when it ends
     (:mod:`maildissect.live_decrypt`). ``progress(counters)`` is called about once a
     second (spool backend). ``spool_dir``: where the spool goes (default: a temporary
-    directory, removed at the end).
+    directory, removed at the end). ``capture``: another capturer than tcpdump for the
+    spool (maildissect.live_spool.run_spool). ``started()`` is called once the capture is
+    open: traffic sent from then on is captured.
     """
     if backend != "spool":
         if backend not in BACKENDS:
             raise LiveError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
         return _run_inline(iface, bpf=bpf, backend=backend, config=config, on_record=on_record, tables=tables,
                            duration=duration, count=count, write=write, rotate_size=rotate_size,
-                           should_stop=should_stop, keylog=keylog)
+                           should_stop=should_stop, keylog=keylog, started=started)
     from .live_spool import run_spool
     return run_spool(iface, bpf=bpf, config=config or Config(), on_record=on_record, tables=tables,
                      duration=duration, count=count, write=write, rotate_size=rotate_size, should_stop=should_stop,
-                     keylog=keylog, jobs=jobs, spool_dir=spool_dir, progress=progress, capture=capture)
+                     keylog=keylog, jobs=jobs, spool_dir=spool_dir, progress=progress, capture=capture,
+                     started=started)

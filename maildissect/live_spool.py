@@ -14,6 +14,7 @@ capture stops first, then the analysis reads what was captured to its end.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 import os
 import shutil
@@ -81,6 +82,7 @@ def _analyse(slot: int, jobs: int, directory: str, state: SpoolState, conn, conf
         if now - last_sweep[0] >= sweep_every:
             reasm.sweep(now)
             last_sweep[0] = now
+            gc.collect()  # (what the sweep closed: see SpoolReader)
         if decryptor is not None:
             decryptor.poll()
 
@@ -138,7 +140,7 @@ def _stop_on_sigterm():
 
 def run_spool(iface: str, *, bpf: str | None, config: Config, on_record: Callable | None, tables, duration,
               count, write, rotate_size, should_stop, keylog, jobs: int, spool_dir: str | None,
-              progress: Callable[[dict], None] | None, capture=None) -> dict:
+              progress: Callable[[dict], None] | None, capture=None, started=None) -> dict:
     """The spool backend (see the module's doc); ``capture(directory, limits)`` makes the
     capturer instead of tcpdump (shaped like :class:`TcpdumpSpool`: ``ready``, ``running``,
     ``stop``, ``stats``, ``request_stats``, ``failure``)."""
@@ -183,6 +185,8 @@ def run_spool(iface: str, *, bpf: str | None, config: Config, on_record: Callabl
         if own_dir:
             shutil.rmtree(directory, ignore_errors=True)
         raise
+    if started is not None:
+        started()
     run = _Run(capture, state, directory, lim.max_live_spool, conns, workers, on_record, jobs, write, rotate_size,
                progress)
     previous = _stop_on_sigterm()

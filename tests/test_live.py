@@ -47,7 +47,8 @@ def test_live_prints_every_message_of_a_generated_journey(tmp_path):
     proc = start_live("--format", "jsonl", "-w", str(pcap))
     try:
         doc = generate("journey", str(tmp_path / "journey.pcap"), capture="live", seed=3)
-        time.sleep(1.5)
+        # (libpcap hands a partly filled ring block over after at most a second)
+        time.sleep(3.0)
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C: finish, print the summary
         _, err = proc.communicate(timeout=30)
@@ -67,6 +68,63 @@ def test_live_prints_every_message_of_a_generated_journey(tmp_path):
     # what live wrote with -w analyses to the same messages
     again = maildissect.analyze(str(pcap))
     assert {m["sha256"] for m in wanted} <= set(again.messages["sha256"].dropna())
+
+
+def _smtp_exchange(port):
+    """One small SMTP-like exchange over loopback (a server thread and a client): a few dozen packets."""
+    import socket
+    import threading
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", port))
+    srv.listen(1)
+
+    def serve():
+        conn, _ = srv.accept()
+        conn.sendall(b"220 test ESMTP\r\n")
+        f = conn.makefile("rb")
+        for line in f:
+            conn.sendall(b"221 bye\r\n" if line.startswith(b"QUIT") else b"250 ok\r\n")
+            if line.startswith(b"QUIT"):
+                break
+        conn.close()
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    c = socket.create_connection(("127.0.0.1", port))
+    f = c.makefile("rb")
+    f.readline()
+    for cmd in (b"EHLO a.example", b"NOOP", b"NOOP", b"NOOP", b"NOOP", b"QUIT"):
+        c.sendall(cmd + b"\r\n")
+        f.readline()
+    c.close()
+    t.join(10)
+    srv.close()
+
+
+@needs_capture
+@pytest.mark.parametrize("how", ["sigterm", "duration", "count"])
+def test_live_stops_with_a_summary(how):
+    """SIGTERM, --duration and --count each stop the capture, and the summary follows."""
+    args = ["-f", "tcp port 2526", "--port", "2526=smtp", "--format", "jsonl"]
+    if how == "duration":
+        args += ["--duration", "2"]
+    if how == "count":
+        args += ["--count", "6"]
+    proc = start_live(*args)
+    if how != "duration":
+        _smtp_exchange(2526)
+    if how == "sigterm":
+        time.sleep(2.0)
+        proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)  # (--duration and --count end it by themselves)
+    assert proc.returncode == 0, err
+    assert "packets analysed" in err and "kernel dropped 0" in err and "spool dropped 0" in err, err
+    if how == "count":
+        assert "6 packets analysed" in err and "capture: 6 packets captured" in err, err
+    if how == "sigterm":
+        proc.out_file.seek(0)
+        rows = [json.loads(line) for line in proc.out_file.read().splitlines() if line.strip()]
+        assert any(r["record"] == "session" and r["protocol"] == "smtp" for r in rows), rows
 
 
 @needs_capture
@@ -176,7 +234,8 @@ def test_live_keylog_during_generated_tls_traffic(tmp_path):
     proc = start_live("--format", "jsonl", "--keylog", str(keys))
     try:
         doc = generate("tls", str(tmp_path / "tls.pcap"), capture="live", seed=5, keylog=str(keys))
-        time.sleep(1.5)
+        # (libpcap hands a partly filled ring block over after at most a second)
+        time.sleep(3.0)
     finally:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
