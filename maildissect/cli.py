@@ -859,6 +859,9 @@ def live(iface, bpf, extra_ports, duration, count, write, rotate_size, fmt, back
             progress[0].close()
     if summary.get("capture_error"):
         echo_err(f"maildissect: warning: the capture ended: {summary['capture_error']}")
+    if summary.get("analysis_failed"):
+        echo_err(f"maildissect: warning: {len(summary['analysis_failed'])} analysing process(es) failed; the "
+                 "connections they had are missing from the output (set MAILDISSECT_DEBUG=1 and report it)")
     if not quiet:
         for line in summary_line(summary, keylog is not None):
             echo_err(line)

@@ -374,6 +374,8 @@ class _Run:
             "files_written": self.writer.files if self.writer is not None else [],
             "tls_decrypted": total("tls_decrypted") if keylog is not None else None,
             "analysis_max_rss_kib": max((r.get("max_rss_kib", 0) for r in results), default=0),
+            # analysing processes that ended without their summary (a crash: their share is incomplete)
+            "analysis_failed": [k for k in range(self.jobs) if k not in self.results] if not self.abandoned else [],
         }
 
 

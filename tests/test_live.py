@@ -318,6 +318,7 @@ def test_stopping_with_a_backlog_prints_every_captured_message(tmp_path, jobs):
     assert summary["backlog_packets_at_stop"] == cap.captured  # nothing was analysed when the capture stopped
     assert summary["backlog_bytes_at_stop"] > 0
     assert summary["spool_dropped_packets"] == 0 and summary["kernel_drops"] == 0
+    assert summary["analysis_failed"] == [] and not summary["abandoned"]
     msgs = [r for t, r in out if t == "messages"]
     assert len(offline.messages) > 5
     assert sorted((m.sha256 or "", m.protocol, m.direction) for m in msgs) == \
