@@ -190,8 +190,8 @@ def run_spool(iface: str, *, bpf: str | None, config: Config, on_record: Callabl
     run = _Run(capture, state, directory, lim.max_live_spool, conns, workers, on_record, jobs, write, rotate_size,
                progress)
     previous = _stop_on_sigterm()
-    started = time.time()
-    deadline = started + duration if duration else None
+    began = time.time()
+    deadline = began + duration if duration else None
     try:
         run.loop(deadline, should_stop)
     finally:
@@ -207,7 +207,7 @@ def run_spool(iface: str, *, bpf: str | None, config: Config, on_record: Callabl
             run.writer.close()
         if own_dir:
             shutil.rmtree(directory, ignore_errors=True)
-    return run.summary(iface, bpf, started, keylog)
+    return run.summary(iface, bpf, began, keylog)
 
 
 class _Run:
