@@ -794,11 +794,13 @@ def live(iface, bpf, extra_ports, duration, count, write, rotate_size, fmt, back
     (--limit max_live_spool); if the analysis falls that far behind, the oldest
     unread packets are dropped and counted.
 
-    Stop with Ctrl-C, SIGTERM, --duration or --count: the capture stops, what
-    was captured is analysed to its end, then a summary goes to stderr (packets
+    Stop with Ctrl-C, SIGTERM, --duration or --count: the capture stops (a
+    second later, once libpcap has handed over what it holds), what was
+    captured is analysed to its end, then a summary goes to stderr (packets
     captured, kernel and spool drops, the backlog at the stop and how long the
-    analysis took to catch up; a second Ctrl-C leaves the backlog). On a
-    terminal, stderr shows the packets captured and analysed per second, the
+    analysis took to catch up). Ctrl-C again ends at once, leaving the backlog
+    unanalysed. On a terminal, stderr shows the packets captured and analysed
+    per second, the
     backlog and the drops. Memory stays bounded: finished sessions are printed
     and forgotten, idle connections time out. Needs root or CAP_NET_RAW.
     With --keylog, a TLS session is printed decrypted, with the messages it

@@ -129,13 +129,16 @@ class _Ids:
         return record
 
 
-def _stop_on_sigterm():
+def _on_stop_signals(run: "_Run"):
+    """Ctrl-C and SIGTERM (kill, timeout, a service manager) are counted, not raised: an
+    exception in the middle of reading a record from a pipe would lose the records behind
+    it. Returns the handlers to put back (None off the main thread)."""
     if threading.current_thread() is not threading.main_thread():
         return None
 
     def handler(signum, frame):
-        raise KeyboardInterrupt
-    return signal.signal(signal.SIGTERM, handler)
+        run.signals += 1
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
 def run_spool(iface: str, *, bpf: str | None, config: Config, on_record: Callable | None, tables, duration,
@@ -189,14 +192,15 @@ def run_spool(iface: str, *, bpf: str | None, config: Config, on_record: Callabl
         started()
     run = _Run(capture, state, directory, lim.max_live_spool, conns, workers, on_record, jobs, write, rotate_size,
                progress)
-    previous = _stop_on_sigterm()
+    previous = _on_stop_signals(run)
     began = time.time()
     deadline = began + duration if duration else None
     try:
         run.loop(deadline, should_stop)
     finally:
         if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         if capture.running():
             capture.stop()
         for p in workers:
@@ -228,6 +232,8 @@ class _Run:
         self.writer = PcapWriter(write, 1, rotate_size) if write else None
         self.written: set[int] = set()
         self.results: dict[int, dict] = {}
+        self.signals = 0  # Ctrl-C and SIGTERM received
+        self.stop_asked = None  # when stopping was asked (the capturer's ring is drained first)
         self.stopped_at = None  # when the capture stopped
         self.caught_up_at = None
         self.backlog_at_stop = (0, 0)
@@ -244,31 +250,34 @@ class _Run:
     def loop(self, deadline, should_stop) -> None:
         last_tend = 0.0
         while self.conns:
-            try:
-                for c in wait_any(list(self.conns), timeout=TEND):
-                    self._receive(c)
-                if not self.state.go.value and (self.stopped_at is not None or self.capture.ready()):
-                    self.state.go.value = 1
-                now = time.time()
-                if now - last_tend >= TEND:
-                    last_tend = now
-                    self._tend(now)
+            for c in wait_any(list(self.conns), timeout=TEND):
+                self._receive(c)
+            if not self.state.go.value and (self.stopped_at is not None or self.capture.ready()):
+                self.state.go.value = 1
+            now = time.time()
+            if now - last_tend >= TEND:
+                last_tend = now
+                self._tend(now)
+            if self.signals >= 2:  # Ctrl-C again: stop now, and leave what is not analysed yet
                 if self.stopped_at is None:
-                    if not self.capture.running():
-                        self.capture_error = self.capture.failure()
-                        self._stop()
-                    elif (deadline is not None and now >= deadline) or (should_stop is not None and should_stop()):
-                        self._stop()
-            except KeyboardInterrupt:
-                if self.stopped_at is None:
-                    self.interrupted = True
                     self._stop()
-                else:  # a second Ctrl-C: leave what is not analysed yet
-                    self.abandoned = True
-                    for p in self.workers:
-                        p.kill()
-                    self._tend(time.time())
-                    return
+                self.abandoned = True
+                for p in self.workers:
+                    p.kill()
+                self._tend(time.time())
+                return
+            if self.signals and self.stop_asked is None:
+                self.interrupted = True
+                self.stop_asked = now
+            if self.stopped_at is None:
+                if not self.capture.running():
+                    self.capture_error = self.capture.failure()
+                    self._stop()
+                elif self.stop_asked is not None:
+                    if now >= self.stop_asked + getattr(self.capture, "drain", 0.0):
+                        self._stop()
+                elif (deadline is not None and now >= deadline) or (should_stop is not None and should_stop()):
+                    self.stop_asked = now
         self.caught_up_at = time.time()
         self._tend(self.caught_up_at)
 
@@ -301,7 +310,7 @@ class _Run:
         # had read, against the stop (0 when nothing was waiting)
         slowest = min(self.state.last_ts)
         self.lag_at_stop = round(max(0.0, self.stopped_at - slowest), 3) \
-            if slowest and self.backlog_at_stop[0] > 24 * len(spool_files(self.directory)) else 0.0
+            if slowest and self.backlog_at_stop[0] else 0.0
 
     def _tend(self, now: float) -> None:
         if self.writer is not None:
